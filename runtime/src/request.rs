@@ -1,0 +1,142 @@
+//! What a caller (the CLI or the SPANK plugin) asks for: a plain value, no Slurm types.
+
+use crate::error::{Error, Result};
+use crate::users::User;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Absolute path of the image file or root folder.
+    pub image: PathBuf,
+    pub user: User,
+    /// The caller's working directory on the host, made visible at the same path.
+    pub cwd: Option<PathBuf>,
+    /// Where the command starts inside the container (default: `cwd`, else home).
+    pub workdir: Option<PathBuf>,
+    /// The user's own binds, opened with the user's rights.
+    pub mounts: Vec<MountSpec>,
+    /// Binds the site or Slurm needs (opened as root: admin-chosen, not user input).
+    pub host_binds: Vec<MountSpec>,
+    /// Make the host's Slurm commands usable inside the container.
+    pub slurm_clients: Option<SlurmClients>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SlurmClients {
+    /// The static launcher (`ferry-host-exec`) on the host.
+    pub launcher: PathBuf,
+    /// Command names linked to the launcher in `/.ferry/bin`.
+    pub commands: Vec<String>,
+}
+
+/// The folder inside every container that holds ferry's own things.
+pub const FERRY_DIR: &str = "/.ferry";
+/// The host's root, read-only, for the Slurm launcher.
+pub const HOST_ROOT: &str = "/.ferry/host";
+/// Put on PATH (last) so that `srun` and friends are found inside.
+pub const BIN_DIR: &str = "/.ferry/bin";
+
+pub const SLURM_COMMANDS: &[&str] = &[
+    "srun", "sbatch", "salloc", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sstat", "sattach", "sprio", "sshare",
+];
+
+/// The standard command folders, added to PATH where missing: an image's commands live
+/// there even when the host's PATH (a module system's, say) names other places.
+pub const STANDARD_PATH: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// PATH for a command in the container: the caller's, then any missing standard
+/// folder, then `extra` (ferry's own commands) last so that the image's win.
+pub fn container_path(caller: Option<&str>, extra: Option<&str>) -> String {
+    let mut parts: Vec<&str> = caller.unwrap_or("").split(':').filter(|p| !p.is_empty()).collect();
+    for dir in STANDARD_PATH.iter().copied().chain(extra) {
+        if !parts.contains(&dir) {
+            parts.push(dir);
+        }
+    }
+    parts.join(":")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub readonly: bool,
+}
+
+impl MountSpec {
+    /// Parses `SRC[:DST[:ro|rw]]`. A relative SRC is taken against `base` (the caller's
+    /// working directory); DST defaults to SRC and must be absolute and free of `..`.
+    pub fn parse(spec: &str, base: &Path) -> Result<MountSpec> {
+        let bad = |reason: &str| Error::BadMountSpec { spec: spec.to_string(), reason: reason.to_string() };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, flag) = match parts.as_slice() {
+            [s] => (*s, *s, None),
+            [s, d] if *d == "ro" || *d == "rw" => (*s, *s, Some(*d)),
+            [s, d] => (*s, *d, None),
+            [s, d, f] => (*s, *d, Some(*f)),
+            _ => return Err(bad("expected SRC[:DST[:ro]]")),
+        };
+        if src.is_empty() {
+            return Err(bad("the source is empty; expected SRC[:DST[:ro]]"));
+        }
+        let readonly = match flag {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => return Err(bad(&format!("unknown flag {other:?}; use ro or rw"))),
+        };
+        let source = base.join(src);
+        let dest = PathBuf::from(if dst.is_empty() { src } else { dst });
+        let dest = if dest.is_absolute() { dest } else if dst == src { source.clone() } else {
+            return Err(bad("the destination must be an absolute path"));
+        };
+        if dest.components().any(|c| c == Component::ParentDir) {
+            return Err(bad("the destination must not contain '..'"));
+        }
+        if dest == Path::new("/") {
+            return Err(bad("cannot mount over the container's root"));
+        }
+        Ok(MountSpec { source, dest, readonly })
+    }
+
+    /// Parses a comma-separated list (the plugin's `--container-mounts`).
+    pub fn parse_list(list: &str, base: &Path) -> Result<Vec<MountSpec>> {
+        list.split(',').filter(|s| !s.trim().is_empty()).map(|s| MountSpec::parse(s.trim(), base)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<MountSpec> {
+        MountSpec::parse(s, Path::new("/home/alice/run"))
+    }
+
+    #[test]
+    fn forms() {
+        assert_eq!(p("/data").unwrap(), MountSpec { source: "/data".into(), dest: "/data".into(), readonly: false });
+        assert_eq!(p("/data:ro").unwrap(), MountSpec { source: "/data".into(), dest: "/data".into(), readonly: true });
+        assert_eq!(p("/data:/in:ro").unwrap(), MountSpec { source: "/data".into(), dest: "/in".into(), readonly: true });
+        assert_eq!(p("out:/out").unwrap().source, PathBuf::from("/home/alice/run/out"));
+        assert_eq!(p("out").unwrap().dest, PathBuf::from("/home/alice/run/out"));
+    }
+
+    #[test]
+    fn path_keeps_the_callers_order_and_adds_what_is_missing() {
+        assert_eq!(
+            container_path(Some("/opt/x/bin:/usr/bin"), Some(BIN_DIR)),
+            "/opt/x/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin:/.ferry/bin"
+        );
+        assert_eq!(container_path(None, None), STANDARD_PATH.join(":"));
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        assert!(p("/a:/b:rx").unwrap_err().to_string().contains("unknown flag"));
+        assert!(p("/a:b").unwrap_err().to_string().contains("absolute"));
+        assert!(p("/a:/x/../etc").unwrap_err().to_string().contains(".."));
+        assert!(p("/a:/").unwrap_err().to_string().contains("root"));
+        assert!(p(":/b").unwrap_err().to_string().contains("empty"));
+        assert!(p("/a:/b:ro:x").is_err());
+    }
+}

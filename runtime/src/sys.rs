@@ -1,0 +1,371 @@
+//! The syscall seam: every privileged or raw system call the runtime makes lives here,
+//! behind small typed functions. This is the only module of the runtime with `unsafe`.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Turns a `-1` return into the thread's errno.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cstr_os(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
+}
+
+/// The path through which the kernel reaches an open file: mount(2) and overlayfs take
+/// paths, and this one names exactly the object we opened (no re-lookup by name).
+pub fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+// ---------------------------------------------------------------------------
+// Opening files relative to a directory.
+
+pub fn openat(dir: Option<BorrowedFd<'_>>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let name = cstr_os(name)?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `name` is a valid NUL-terminated string, `dirfd` is AT_FDCWD or a live fd
+    // borrowed for the call; a non-negative return is a new fd that we own.
+    let fd = check(unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn open_path(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    openat(None, path.as_os_str(), flags, 0)
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let name = cstr_os(name)?;
+    // SAFETY: valid fd and NUL-terminated name for the duration of the call.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, remove_dir: bool) -> io::Result<()> {
+    let name = cstr_os(name)?;
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid fd and NUL-terminated name for the duration of the call.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let target = cstring(target)?;
+    let name = cstr_os(name)?;
+    // SAFETY: both strings are NUL-terminated and live for the call; `dir` is a live fd.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// Reads the target of the symlink that `fd` (opened with O_PATH|O_NOFOLLOW) names.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let empty = c"";
+    // SAFETY: an empty path with an O_PATH symlink fd reads that link (readlinkat(2));
+    // `buf` is writable for `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), empty.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(OsStr::from_bytes(&buf)))
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    let empty = c"";
+    // SAFETY: `st` is writable; AT_EMPTY_PATH stats the fd itself, which works for O_PATH fds.
+    check(unsafe { libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH) })?;
+    // SAFETY: fstatat succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+pub fn is_symlink(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
+pub fn is_regular(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+// ---------------------------------------------------------------------------
+// Credentials.
+
+/// Sets the filesystem uid/gid and the supplementary groups, so that the next opens
+/// are checked with the user's rights (bubblewrap's rule: root never opens a user's
+/// path with root's rights). Only called in the single-threaded helper.
+pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: `groups` is a valid slice for the call. The helper is single-threaded, so
+    // the raw syscall changes the credentials of the only thread.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as libc::c_int })?;
+    // SAFETY: setfsgid/setfsuid take plain integers; they cannot fail in a way that
+    // matters here except by returning the old value, which we verify below.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    // setfsuid reports no errors: read the value back by a no-op call (-1 is invalid).
+    // SAFETY: as above.
+    let now = unsafe { libc::setfsuid(u32::MAX) };
+    if now as u32 != uid {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "setfsuid did not take effect"));
+    }
+    Ok(())
+}
+
+/// Drops to the user for good: groups, gid, then uid (order matters: after setuid we
+/// could no longer change groups).
+pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    nix::unistd::setgroups(&groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect::<Vec<_>>())?;
+    nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
+    nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
+    Ok(())
+}
+
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces and mounts.
+
+pub fn unshare_mount_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    Ok(())
+}
+
+pub fn setns_mount(ns: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+    Ok(())
+}
+
+use nix::mount::MsFlags;
+
+/// Receive host mount events, send none back: nothing we mount is seen by the host.
+pub fn make_tree_slave(path: &Path) -> io::Result<()> {
+    nix::mount::mount(None::<&str>, path, None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    Ok(())
+}
+
+pub fn make_unbindable(path: &Path) -> io::Result<()> {
+    nix::mount::mount(None::<&str>, path, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)?;
+    Ok(())
+}
+
+pub fn mount_fs(source: &Path, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> io::Result<()> {
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data)?;
+    Ok(())
+}
+
+pub fn mount_bind(source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    nix::mount::mount(Some(source), target, None::<&str>, flags, None::<&str>)?;
+    Ok(())
+}
+
+/// Changes the per-mount flags of a bind mount (ro, nosuid, nodev).
+pub fn remount_bind(target: &Path, flags: MsFlags) -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
+/// Makes the directory `root` the new `/` of this mount namespace and detaches the old
+/// root (pivot_root(".", ".") as in pivot_root(2)), so no host path stays reachable.
+pub fn pivot_into(root: BorrowedFd<'_>) -> io::Result<()> {
+    nix::unistd::fchdir(root.as_raw_fd())?;
+    let dot = c".";
+    // SAFETY: both arguments are valid NUL-terminated strings; pivot_root has no libc
+    // wrapper, hence the raw syscall.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int })?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Loop devices.
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_NAME_SIZE: usize = 64;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// A loop device bound read-only to an open image file; the device frees itself when
+/// its last user (our mount) goes away (LO_FLAGS_AUTOCLEAR), so nothing outlives the step.
+pub struct LoopDevice {
+    /// Held until the image is mounted: an unreferenced autoclear device may be freed.
+    pub _device: File,
+    pub path: PathBuf,
+}
+
+/// Binds a free loop device to `backing` (read-only, autoclear). Retries when another
+/// process takes the same free device first, as happens with many steps per node.
+pub fn attach_loop(backing: BorrowedFd<'_>, offset: u64, size_limit: u64) -> io::Result<LoopDevice> {
+    let control = open_path(Path::new("/dev/loop-control"), libc::O_RDWR)?;
+    for _ in 0..64 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let number = check(unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) })?;
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let device = match open_path(&path, libc::O_RDONLY) {
+            Ok(fd) => File::from(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut info = LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: offset,
+            lo_sizelimit: size_limit,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+            lo_file_name: [0; LO_NAME_SIZE],
+            lo_crypt_name: [0; LO_NAME_SIZE],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        };
+        let config = LoopConfig { fd: backing.as_raw_fd() as u32, block_size: 0, info: LoopInfo64 { ..info }, reserved: [0; 8] };
+        // SAFETY: LOOP_CONFIGURE reads a `struct loop_config` that lives for the call.
+        let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
+        if ret == 0 {
+            return Ok(LoopDevice { _device: device, path });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EBUSY) => continue, // someone else took it: ask for another
+            Some(libc::EINVAL) | Some(libc::ENOTTY) => {}
+            _ => return Err(err),
+        }
+        // Kernels before 5.8 have no LOOP_CONFIGURE: bind, then set the flags.
+        // SAFETY: LOOP_SET_FD takes the backing fd as an integer argument.
+        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(err);
+        }
+        info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64` that lives for the call.
+        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_STATUS64, &info as *const LoopInfo64) } != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: LOOP_CLR_FD takes no argument; undo the half-made binding.
+            unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD, 0) };
+            return Err(err);
+        }
+        return Ok(LoopDevice { _device: device, path });
+    }
+    Err(io::Error::new(io::ErrorKind::WouldBlock, "no free loop device after 64 tries"))
+}
+
+// ---------------------------------------------------------------------------
+// Processes.
+
+pub enum Forked {
+    Child,
+    Parent(nix::unistd::Pid),
+}
+
+/// Forks the current process. The child must only run the single-threaded helper and
+/// then call `exit_now`.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the child only runs the runtime's helper code, which takes no locks that
+    // another thread of the parent could hold except malloc's, which glibc resets in the
+    // child, and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+    }
+}
+
+/// Leaves the helper without running the parent's atexit handlers or destructors.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+pub fn execvp(argv: &[CString]) -> io::Error {
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: `ptrs` is a NULL-terminated array of valid C strings that outlive the call.
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+pub fn execv(path: &CStr, argv: &[CString]) -> io::Error {
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: as in `execvp`; `path` is a valid C string.
+    unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
