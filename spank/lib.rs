@@ -1,1 +1,85 @@
+//! ferry's SPANK plugin: runs every step of a job that asked for `--container=IMAGE`
+//! inside that image. Only the exported symbols live here; each is a thin call into the
+//! module for its context (`client` for srun/sbatch, `step` for slurmstepd).
 
+mod client;
+mod config;
+mod ffi;
+mod options;
+mod step;
+
+use ffi::{hook, spank_t, Context, Spank};
+use std::ffi::{c_char, c_int};
+
+/// Slurm's loader reads these three data symbols.
+#[no_mangle]
+pub static plugin_name: [u8; 6] = *b"ferry\0";
+#[no_mangle]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+/// The Slurm version this build is for (major.minor must match the running Slurm's).
+#[no_mangle]
+pub static plugin_version: u32 = parse_version(env!("FERRY_SLURM_VERSION_NUMBER"));
+
+const fn parse_version(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n: u32 = 0;
+    while i < b.len() {
+        n = n * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    n
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_init(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    hook(sp, argc, argv, |spank, args| match Spank::context() {
+        Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR => {
+            options::register(spank)?;
+            client::init();
+            Ok(())
+        }
+        Context::S_CTX_REMOTE => {
+            options::register(spank)?;
+            step::init(spank, args)
+        }
+        _ => Ok(()), // slurmd and job scripts: nothing to do
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_init_post_opt(
+    sp: spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    hook(sp, argc, argv, |spank, args| match Spank::context() {
+        Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR => client::init_post_opt(),
+        Context::S_CTX_REMOTE => step::prepare(spank, args),
+        _ => Ok(()),
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init_privileged(
+    sp: spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    hook(sp, argc, argv, |spank, _| step::task_join(spank))
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    hook(sp, argc, argv, |spank, _| step::task_enter(spank))
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    hook(sp, argc, argv, |_, _| {
+        if Spank::context() == Context::S_CTX_REMOTE {
+            step::release();
+        }
+        Ok(())
+    })
+}

@@ -31,15 +31,20 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL).
     sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
-    sys::make_tree_slave(Path::new("/")).map_err(|e| Error::system("making the mount namespace private", e))?;
+    sys::make_tree_slave(Path::new("/"))
+        .map_err(|e| Error::system("making the mount namespace private", e))?;
     sys::set_fs_credentials(user.uid, user.gid, &user.gids())
         .map_err(|e| Error::system(format!("taking the credentials of {}", user.name), e))?;
     let image = image::open(&req.image, &user.name)?;
     let mut skipped = Vec::new();
     let user_sources = open_sources(plan, Opener::User, &user.name, &mut skipped)?;
-    sys::set_fs_credentials(0, 0, &[0]).map_err(|e| Error::system("restoring root credentials", e))?;
+    sys::set_fs_credentials(0, 0, &[0])
+        .map_err(|e| Error::system("restoring root credentials", e))?;
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
-    if let Some((_, err)) = skipped.iter().find(|(b, _)| b.dest == plan.workdir && b.opener == Opener::User) {
+    if let Some((_, err)) = skipped
+        .iter()
+        .find(|(b, _)| b.dest == plan.workdir && b.opener == Opener::User)
+    {
         return Err(Error::Workdir {
             path: plan.workdir.clone(),
             reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
@@ -50,10 +55,17 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
     sources.sort_by_key(|s| plan.binds.iter().position(|b| std::ptr::eq(b, s.bind)));
 
     let staging = Path::new(STAGING);
-    sys::mount_fs(Path::new("ferry"), staging, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=64m"))
-        .map_err(|e| Error::system("mounting the staging tmpfs", e))?;
+    sys::mount_fs(
+        Path::new("ferry"),
+        staging,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700,size=64m"),
+    )
+    .map_err(|e| Error::system("mounting the staging tmpfs", e))?;
     for dir in ["image", "upper", "work", "root"] {
-        std::fs::create_dir(staging.join(dir)).map_err(|e| Error::system("creating the staging folders", e))?;
+        std::fs::create_dir(staging.join(dir))
+            .map_err(|e| Error::system("creating the staging folders", e))?;
     }
     mount_image(&image, &staging.join("image"))?;
     let overlay_opts = format!(
@@ -61,39 +73,72 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
         staging.display()
     );
     let root_path = staging.join("root");
-    sys::mount_fs(Path::new("ferry"), &root_path, "overlay", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&overlay_opts))
-        .map_err(|e| image_err(&image, "mounting the writable layer (overlay)", e))?;
+    sys::mount_fs(
+        Path::new("ferry"),
+        &root_path,
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&overlay_opts),
+    )
+    .map_err(|e| image_err(&image, "mounting the writable layer (overlay)", e))?;
     // Unbindable (only now: overlayfs clones its layers' mounts, which must not be):
     // recursive binds of / or /tmp skip the staging tree instead of copying the
     // container into itself.
-    sys::make_unbindable(staging).map_err(|e| Error::system("making the staging tmpfs unbindable", e))?;
-    let root = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| Error::system("opening the new root", e))?;
-    let writable_dev = sys::fstat(root.as_fd()).map_err(|e| Error::system("stat of the new root", e))?.st_dev;
-    let in_root = InRoot { root: &root, writable_dev: Some(writable_dev) };
+    sys::make_unbindable(staging)
+        .map_err(|e| Error::system("making the staging tmpfs unbindable", e))?;
+    let root = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| Error::system("opening the new root", e))?;
+    let writable_dev = sys::fstat(root.as_fd())
+        .map_err(|e| Error::system("stat of the new root", e))?
+        .st_dev;
+    let in_root = InRoot {
+        root: &root,
+        writable_dev: Some(writable_dev),
+    };
 
     for file in &plan.files {
         let content = match &file.content {
-            FileContent::Passwd => users::merge_passwd(&read_in_root(&in_root, &file.dest), user),
-            FileContent::Group => users::merge_group(&read_in_root(&in_root, &file.dest), user),
+            FileContent::Passwd => std::iter::once(user)
+                .chain(&req.accounts)
+                .fold(read_in_root(&in_root, &file.dest), |text, u| {
+                    users::merge_passwd(&text, u)
+                }),
+            FileContent::Group => std::iter::once(user)
+                .chain(&req.accounts)
+                .fold(read_in_root(&in_root, &file.dest), |text, u| {
+                    users::merge_group(&text, u)
+                }),
             FileContent::HostCopy(host) => match std::fs::read_to_string(host) {
                 Ok(text) => text,
                 Err(_) => continue, // the host has none: leave the image's
             },
         };
-        write_in_root(&in_root, &file.dest, &content).map_err(|e| Error::system(format!("writing {} in the container", file.dest.display()), e))?;
+        write_in_root(&in_root, &file.dest, &content).map_err(|e| {
+            Error::system(
+                format!("writing {} in the container", file.dest.display()),
+                e,
+            )
+        })?;
     }
     for link in &plan.links {
         let (parent, name) = split(&link.dest);
-        let dir = in_root.open(parent, Create::Dir).map_err(|e| Error::system(format!("creating {}", parent.display()), e))?;
+        let dir = in_root
+            .open(parent, Create::Dir)
+            .map_err(|e| Error::system(format!("creating {}", parent.display()), e))?;
         let _ = sys::unlinkat(dir.as_fd(), name, false);
-        sys::symlinkat(&link.target, dir.as_fd(), name).map_err(|e| Error::system(format!("linking {}", link.dest.display()), e))?;
+        sys::symlinkat(&link.target, dir.as_fd(), name)
+            .map_err(|e| Error::system(format!("linking {}", link.dest.display()), e))?;
     }
     for opened in &sources {
         bind_one(&in_root, opened)?;
     }
-    sys::remount_bind(&root_path, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-        .map_err(|e| Error::system("making the image root read-only", e))?;
-    sys::pivot_into(root.as_fd()).map_err(|e| Error::system("switching to the container root", e))?;
+    sys::remount_bind(
+        &root_path,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )
+    .map_err(|e| Error::system("making the image root read-only", e))?;
+    sys::pivot_into(root.as_fd())
+        .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
     check_workdir(&plan.workdir, &req.image)
 }
@@ -114,12 +159,21 @@ fn open_sources<'a>(
         };
         match sys::open_path(&bind.source, flags) {
             Ok(source) => {
-                let st = sys::fstat(source.as_fd()).map_err(|e| Error::system(format!("stat of {}", bind.source.display()), e))?;
-                out.push(OpenedBind { bind, source, is_dir: sys::is_dir(&st) });
+                let st = sys::fstat(source.as_fd())
+                    .map_err(|e| Error::system(format!("stat of {}", bind.source.display()), e))?;
+                out.push(OpenedBind {
+                    bind,
+                    source,
+                    is_dir: sys::is_dir(&st),
+                });
             }
             Err(e) if bind.optional => skipped.push((bind, e)),
             Err(e) => {
-                return Err(Error::MountSource { path: bind.source.clone(), user: who.to_string(), source: e });
+                return Err(Error::MountSource {
+                    path: bind.source.clone(),
+                    user: who.to_string(),
+                    source: e,
+                });
             }
         }
     }
@@ -130,39 +184,74 @@ fn mount_image(image: &OpenedImage, target: &Path) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match image.format {
         Format::Squashfs => {
-            let device = sys::attach_loop(image.fd.as_fd(), 0, 0).map_err(|e| image_err(image, "attaching a loop device", e))?;
+            let device = sys::attach_loop(image.fd.as_fd(), 0, 0)
+                .map_err(|e| image_err(image, "attaching a loop device", e))?;
             // The mount holds the device; with autoclear it frees itself when the
             // namespace and so the mount go away, so our handle can close now.
-            sys::mount_fs(&device.path, target, "squashfs", ro, None).map_err(|e| image_err(image, "mounting the SquashFS", e))
+            sys::mount_fs(&device.path, target, "squashfs", ro, None)
+                .map_err(|e| image_err(image, "mounting the SquashFS", e))
         }
-        Format::Directory => {
-            sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
-                .and_then(|_| sys::remount_bind(target, ro))
-                .map_err(|e| image_err(image, "binding the root folder", e))
-        }
+        Format::Directory => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
+            .and_then(|_| sys::remount_bind(target, ro))
+            .map_err(|e| image_err(image, "binding the root folder", e)),
     }
 }
 
 fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) -> Error {
-    Error::ImageMount { path: image.path.clone(), what, source }
+    Error::ImageMount {
+        path: image.path.clone(),
+        what,
+        source,
+    }
 }
 
 fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
     let bind = opened.bind;
-    let create = if opened.is_dir { Create::Dir } else { Create::File };
-    let dest_err = |reason: String| Error::MountDestination { path: bind.dest.clone(), reason };
+    let create = if opened.is_dir {
+        Create::Dir
+    } else {
+        Create::File
+    };
+    let dest_err = |reason: String| Error::MountDestination {
+        path: bind.dest.clone(),
+        reason,
+    };
     let dest = in_root.open(&bind.dest, create).map_err(|e| {
         dest_err(format!("cannot be created in the container ({e}); choose a destination in the image's own folders"))
     })?;
     let dest_is_dir = sys::is_dir(&sys::fstat(dest.as_fd()).map_err(|e| dest_err(e.to_string()))?);
     if dest_is_dir != opened.is_dir {
-        let kinds = if opened.is_dir { ("a folder", "a file") } else { ("a file", "a folder") };
-        return Err(dest_err(format!("source {} is {} but the destination is {}", bind.source.display(), kinds.0, kinds.1)));
+        let kinds = if opened.is_dir {
+            ("a folder", "a file")
+        } else {
+            ("a file", "a folder")
+        };
+        return Err(dest_err(format!(
+            "source {} is {} but the destination is {}",
+            bind.source.display(),
+            kinds.0,
+            kinds.1
+        )));
     }
-    sys::mount_bind(&sys::fd_path(opened.source.as_fd()), &sys::fd_path(dest.as_fd()), bind.recursive)
-        .map_err(|e| Error::system(format!("binding {} to {}", bind.source.display(), bind.dest.display()), e))?;
+    sys::mount_bind(
+        &sys::fd_path(opened.source.as_fd()),
+        &sys::fd_path(dest.as_fd()),
+        bind.recursive,
+    )
+    .map_err(|e| {
+        Error::system(
+            format!(
+                "binding {} to {}",
+                bind.source.display(),
+                bind.dest.display()
+            ),
+            e,
+        )
+    })?;
     // Reopen: the name now leads to the new mount's root, which is what we remount.
-    let mounted = in_root.open(&bind.dest, Create::Nothing).map_err(|e| dest_err(e.to_string()))?;
+    let mounted = in_root
+        .open(&bind.dest, Create::Nothing)
+        .map_err(|e| dest_err(e.to_string()))?;
     let mut flags = MsFlags::MS_NOSUID | kept_flags(&mounted);
     if bind.dest != Path::new("/dev") {
         flags |= MsFlags::MS_NODEV;
@@ -211,15 +300,25 @@ fn write_in_root(in_root: &InRoot, path: &Path, content: &str) -> std::io::Resul
     let (parent, name) = split(path);
     let dir = in_root.open(parent, Create::Dir)?;
     match sys::openat(Some(dir.as_fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-        Ok(existing) if !sys::is_regular(&sys::fstat(existing.as_fd())?) => sys::unlinkat(dir.as_fd(), name, false)?,
+        Ok(existing) if !sys::is_regular(&sys::fstat(existing.as_fd())?) => {
+            sys::unlinkat(dir.as_fd(), name, false)?
+        }
         _ => {}
     }
-    let fd = sys::openat(Some(dir.as_fd()), name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
+    let fd = sys::openat(
+        Some(dir.as_fd()),
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+        0o644,
+    )?;
     std::fs::File::from(fd).write_all(content.as_bytes())
 }
 
 fn split(path: &Path) -> (&Path, &OsStr) {
-    (path.parent().unwrap_or(Path::new("/")), path.file_name().unwrap_or(OsStr::new(".")))
+    (
+        path.parent().unwrap_or(Path::new("/")),
+        path.file_name().unwrap_or(OsStr::new(".")),
+    )
 }
 
 fn check_workdir(workdir: &PathBuf, image: &Path) -> Result<()> {

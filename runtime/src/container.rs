@@ -31,8 +31,10 @@ const READY: &str = "ready";
 /// multi-threaded process (the work happens in a forked child).
 pub fn prepare(req: &Request) -> Result<Container> {
     let plan = plan::plan(req);
-    let (result_read, result_write) = sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
-    let (release_read, release_write) = sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
+    let (result_read, result_write) =
+        sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
+    let (release_read, release_write) =
+        sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
     match sys::fork().map_err(|e| Error::system("forking the setup helper", e))? {
         sys::Forked::Child => {
             drop(result_read);
@@ -45,15 +47,26 @@ pub fn prepare(req: &Request) -> Result<Container> {
             let mut report = String::new();
             let read = std::fs::File::from(result_read).read_to_string(&mut report);
             let outcome = match (read, report.strip_prefix(READY)) {
-                (Ok(_), Some(_)) => sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
-                    .map_err(|e| Error::system("opening the container's mount namespace", e)),
-                (Ok(_), None) if !report.trim().is_empty() => Err(Error::Helper(report.trim().to_string())),
-                (Ok(_), None) => Err(Error::Helper("the setup helper died without a report".into())),
+                (Ok(_), Some(_)) => {
+                    sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
+                        .map_err(|e| Error::system("opening the container's mount namespace", e))
+                }
+                (Ok(_), None) if !report.trim().is_empty() => {
+                    Err(Error::Helper(report.trim().to_string()))
+                }
+                (Ok(_), None) => Err(Error::Helper(
+                    "the setup helper died without a report".into(),
+                )),
                 (Err(e), _) => Err(Error::system("reading the setup helper's report", e)),
             };
             drop(release_write); // lets the helper exit
             let _ = nix::sys::wait::waitpid(pid, None);
-            Ok(Container { namespace: outcome?, workdir: plan.workdir, user: req.user.clone(), image: req.image.clone() })
+            Ok(Container {
+                namespace: outcome?,
+                workdir: plan.workdir,
+                user: req.user.clone(),
+                image: req.image.clone(),
+            })
         }
     }
 }
@@ -87,7 +100,8 @@ impl Container {
     /// ever gaining privileges (setuid files, file capabilities). Needs root and a
     /// single-threaded caller (a forked task).
     pub fn join(&self) -> Result<()> {
-        sys::setns_mount(self.namespace.as_fd()).map_err(|e| Error::system("joining the container's mount namespace", e))?;
+        sys::setns_mount(self.namespace.as_fd())
+            .map_err(|e| Error::system("joining the container's mount namespace", e))?;
         sys::set_no_new_privs().map_err(|e| Error::system("setting no_new_privs", e))
     }
 
@@ -103,6 +117,7 @@ impl Container {
     /// Drops to the container's user: groups, gid, uid.
     pub fn become_user(&self) -> Result<()> {
         let u = &self.user;
-        sys::become_user(u.uid, u.gid, &u.gids()).map_err(|e| Error::system(format!("becoming user {}", u.name), e))
+        sys::become_user(u.uid, u.gid, &u.gids())
+            .map_err(|e| Error::system(format!("becoming user {}", u.name), e))
     }
 }

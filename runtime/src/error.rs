@@ -9,17 +9,29 @@ pub enum Error {
     #[error("image {path}: not found; check the path (it must exist on the compute node)")]
     ImageNotFound { path: PathBuf },
     #[error("image {path}: {user} cannot read it ({source}); make it readable (chmod o+r, or a group you are in)")]
-    ImageUnreadable { path: PathBuf, user: String, source: io::Error },
+    ImageUnreadable {
+        path: PathBuf,
+        user: String,
+        source: io::Error,
+    },
     #[error("image {path}: not a container image; ferry runs SquashFS image files and root-filesystem folders (make one with mksquashfs ROOTFS IMAGE.sqfs)")]
     NotAnImage { path: PathBuf },
     #[error("image {path}: folder is not a root filesystem (no bin/ or usr/bin/ in it); point to the folder that holds bin, etc and usr")]
     NotARootfs { path: PathBuf },
     #[error("image {path}: {what} failed: {source}")]
-    ImageMount { path: PathBuf, what: &'static str, source: io::Error },
+    ImageMount {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("mount {spec:?}: {reason}")]
     BadMountSpec { spec: String, reason: String },
     #[error("mount source {path}: {user} cannot use it ({source}); check that it exists and that you can read it")]
-    MountSource { path: PathBuf, user: String, source: io::Error },
+    MountSource {
+        path: PathBuf,
+        user: String,
+        source: io::Error,
+    },
     #[error("mount destination {path}: {reason}")]
     MountDestination { path: PathBuf, reason: String },
     #[error("working directory {path}: {reason}")]
@@ -34,7 +46,10 @@ pub enum Error {
 
 impl Error {
     pub fn system(what: impl Into<String>, source: io::Error) -> Self {
-        Error::System { what: what.into(), source }
+        Error::System {
+            what: what.into(),
+            source,
+        }
     }
 }
 

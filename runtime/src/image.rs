@@ -25,22 +25,40 @@ const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
 /// Opens `path` with the credentials currently in force (the helper switches to the
 /// user's first) and detects its format from its first bytes.
 pub fn open(path: &Path, user_name: &str) -> Result<OpenedImage> {
-    let fd = sys::open_path(path, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::ImageNotFound { path: path.to_path_buf() },
-        _ => Error::ImageUnreadable { path: path.to_path_buf(), user: user_name.to_string(), source: e },
-    })?;
-    let st = sys::fstat(fd.as_fd()).map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?;
+    let fd =
+        sys::open_path(path, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::ImageNotFound {
+                    path: path.to_path_buf(),
+                },
+                _ => Error::ImageUnreadable {
+                    path: path.to_path_buf(),
+                    user: user_name.to_string(),
+                    source: e,
+                },
+            }
+        })?;
+    let st = sys::fstat(fd.as_fd())
+        .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?;
     let format = if sys::is_dir(&st) {
         if !looks_like_rootfs(&fd) {
-            return Err(Error::NotARootfs { path: path.to_path_buf() });
+            return Err(Error::NotARootfs {
+                path: path.to_path_buf(),
+            });
         }
         Format::Directory
     } else if sys::is_regular(&st) && magic_of(&fd) == Some(*SQUASHFS_MAGIC) {
         Format::Squashfs
     } else {
-        return Err(Error::NotAnImage { path: path.to_path_buf() });
+        return Err(Error::NotAnImage {
+            path: path.to_path_buf(),
+        });
     };
-    Ok(OpenedImage { path: path.to_path_buf(), fd, format })
+    Ok(OpenedImage {
+        path: path.to_path_buf(),
+        fd,
+        format,
+    })
 }
 
 fn magic_of(fd: &OwnedFd) -> Option<[u8; 4]> {
@@ -52,6 +70,12 @@ fn magic_of(fd: &OwnedFd) -> Option<[u8; 4]> {
 
 fn looks_like_rootfs(dir: &OwnedFd) -> bool {
     ["bin", "usr/bin"].iter().any(|p| {
-        sys::openat(Some(dir.as_fd()), OsStr::new(p), libc::O_PATH | libc::O_DIRECTORY, 0).is_ok()
+        sys::openat(
+            Some(dir.as_fd()),
+            OsStr::new(p),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .is_ok()
     })
 }

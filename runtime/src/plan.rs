@@ -92,7 +92,10 @@ pub fn plan(req: &Request) -> Plan {
             recursive: false,
             optional: false,
         });
-        links.extend(clients.commands.iter().map(|c| Link { dest: Path::new(BIN_DIR).join(c), target: LAUNCHER_NAME.into() }));
+        links.extend(clients.commands.iter().map(|c| Link {
+            dest: Path::new(BIN_DIR).join(c),
+            target: LAUNCHER_NAME.into(),
+        }));
     }
     binds.extend(req.host_binds.iter().map(|m| Bind {
         source: m.source.clone(),
@@ -134,24 +137,43 @@ pub fn plan(req: &Request) -> Plan {
     binds.sort_by_key(|b| b.dest.components().count());
 
     let mut files = vec![
-        WriteFile { dest: "/etc/passwd".into(), content: FileContent::Passwd },
-        WriteFile { dest: "/etc/group".into(), content: FileContent::Group },
+        WriteFile {
+            dest: "/etc/passwd".into(),
+            content: FileContent::Passwd,
+        },
+        WriteFile {
+            dest: "/etc/group".into(),
+            content: FileContent::Group,
+        },
     ];
-    files.extend(HOST_FILES.iter().map(|p| WriteFile { dest: p.into(), content: FileContent::HostCopy(p.into()) }));
+    files.extend(HOST_FILES.iter().map(|p| WriteFile {
+        dest: p.into(),
+        content: FileContent::HostCopy(p.into()),
+    }));
 
     let workdir = req
         .workdir
         .clone()
         .or_else(|| req.cwd.clone())
         .unwrap_or_else(|| req.user.home.clone());
-    Plan { files, links, binds, workdir }
+    Plan {
+        files,
+        links,
+        binds,
+        workdir,
+    }
 }
 
 /// True when `path` already shows at the same place through a bind of a host folder
 /// onto itself (the working directory inside the home folder, or in /tmp).
 fn visible_through(binds: &[Bind], path: &Path) -> bool {
     path == Path::new("/")
-        || binds.iter().any(|b| b.source == b.dest && b.recursive && path.starts_with(&b.dest) && b.dest != Path::new("/"))
+        || binds.iter().any(|b| {
+            b.source == b.dest
+                && b.recursive
+                && path.starts_with(&b.dest)
+                && b.dest != Path::new("/")
+        })
 }
 
 #[cfg(test)]
@@ -163,25 +185,43 @@ mod tests {
     fn request() -> Request {
         Request {
             image: "/images/a.sqfs".into(),
-            user: User { name: "alice".into(), uid: 1001, gid: 1001, groups: vec![], home: "/home/alice".into(), gecos: String::new() },
+            user: User {
+                name: "alice".into(),
+                uid: 1001,
+                gid: 1001,
+                groups: vec![],
+                home: "/home/alice".into(),
+                gecos: String::new(),
+            },
             cwd: Some("/home/alice/project".into()),
             workdir: None,
             mounts: vec![],
             host_binds: vec![],
             slurm_clients: None,
+            accounts: vec![],
         }
     }
 
     fn dests(plan: &Plan) -> Vec<String> {
-        plan.binds.iter().map(|b| b.dest.display().to_string()).collect()
+        plan.binds
+            .iter()
+            .map(|b| b.dest.display().to_string())
+            .collect()
     }
 
     #[test]
     fn system_folders_home_and_no_cwd_inside_home() {
         let plan = plan(&request());
-        assert_eq!(dests(&plan), ["/proc", "/sys", "/dev", "/tmp", "/home/alice"]);
+        assert_eq!(
+            dests(&plan),
+            ["/proc", "/sys", "/dev", "/tmp", "/home/alice"]
+        );
         assert_eq!(plan.workdir, PathBuf::from("/home/alice/project"));
-        let home = plan.binds.iter().find(|b| b.dest == Path::new("/home/alice")).unwrap();
+        let home = plan
+            .binds
+            .iter()
+            .find(|b| b.dest == Path::new("/home/alice"))
+            .unwrap();
         assert_eq!(home.opener, Opener::User);
     }
 
@@ -190,7 +230,11 @@ mod tests {
         let mut req = request();
         req.cwd = Some("/scratch/alice/run".into());
         let plan = plan(&req);
-        let cwd = plan.binds.iter().find(|b| b.dest == Path::new("/scratch/alice/run")).unwrap();
+        let cwd = plan
+            .binds
+            .iter()
+            .find(|b| b.dest == Path::new("/scratch/alice/run"))
+            .unwrap();
         assert_eq!(cwd.opener, Opener::User);
         assert!(cwd.optional);
     }
@@ -199,24 +243,48 @@ mod tests {
     fn user_mounts_are_ordered_parent_first_and_opened_as_user() {
         let mut req = request();
         req.mounts = vec![
-            MountSpec { source: "/data/x".into(), dest: "/in/deep/x".into(), readonly: true },
-            MountSpec { source: "/data".into(), dest: "/in".into(), readonly: false },
+            MountSpec {
+                source: "/data/x".into(),
+                dest: "/in/deep/x".into(),
+                readonly: true,
+            },
+            MountSpec {
+                source: "/data".into(),
+                dest: "/in".into(),
+                readonly: false,
+            },
         ];
         let plan = plan(&req);
         let d = dests(&plan);
         let parent = d.iter().position(|x| x == "/in").unwrap();
         let child = d.iter().position(|x| x == "/in/deep/x").unwrap();
         assert!(parent < child);
-        assert!(plan.binds.iter().filter(|b| b.dest.starts_with("/in")).all(|b| b.opener == Opener::User && !b.optional));
+        assert!(plan
+            .binds
+            .iter()
+            .filter(|b| b.dest.starts_with("/in"))
+            .all(|b| b.opener == Opener::User && !b.optional));
     }
 
     #[test]
     fn slurm_clients_get_host_root_launcher_and_links() {
         let mut req = request();
-        req.slurm_clients = Some(SlurmClients { launcher: "/usr/libexec/ferry/ferry-host-exec".into(), commands: vec!["srun".into()] });
+        req.slurm_clients = Some(SlurmClients {
+            launcher: "/usr/libexec/ferry/ferry-host-exec".into(),
+            commands: vec!["srun".into()],
+        });
         let plan = plan(&req);
-        assert!(plan.binds.iter().any(|b| b.dest == Path::new(HOST_ROOT) && b.readonly && b.opener == Opener::Host));
-        assert_eq!(plan.links, vec![Link { dest: "/.ferry/bin/srun".into(), target: "ferry-host-exec".into() }]);
+        assert!(plan
+            .binds
+            .iter()
+            .any(|b| b.dest == Path::new(HOST_ROOT) && b.readonly && b.opener == Opener::Host));
+        assert_eq!(
+            plan.links,
+            vec![Link {
+                dest: "/.ferry/bin/srun".into(),
+                target: "ferry-host-exec".into()
+            }]
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Request {
     pub host_binds: Vec<MountSpec>,
     /// Make the host's Slurm commands usable inside the container.
     pub slurm_clients: Option<SlurmClients>,
+    /// Host accounts that must also resolve inside (Slurm's own user, for its clients).
+    pub accounts: Vec<User>,
 }
 
 #[derive(Clone, Debug)]
@@ -37,17 +39,29 @@ pub const HOST_ROOT: &str = "/.ferry/host";
 pub const BIN_DIR: &str = "/.ferry/bin";
 
 pub const SLURM_COMMANDS: &[&str] = &[
-    "srun", "sbatch", "salloc", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sstat", "sattach", "sprio", "sshare",
+    "srun", "sbatch", "salloc", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sstat",
+    "sattach", "sprio", "sshare",
 ];
 
 /// The standard command folders, added to PATH where missing: an image's commands live
 /// there even when the host's PATH (a module system's, say) names other places.
-pub const STANDARD_PATH: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+pub const STANDARD_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 /// PATH for a command in the container: the caller's, then any missing standard
 /// folder, then `extra` (ferry's own commands) last so that the image's win.
 pub fn container_path(caller: Option<&str>, extra: Option<&str>) -> String {
-    let mut parts: Vec<&str> = caller.unwrap_or("").split(':').filter(|p| !p.is_empty()).collect();
+    let mut parts: Vec<&str> = caller
+        .unwrap_or("")
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .collect();
     for dir in STANDARD_PATH.iter().copied().chain(extra) {
         if !parts.contains(&dir) {
             parts.push(dir);
@@ -67,7 +81,10 @@ impl MountSpec {
     /// Parses `SRC[:DST[:ro|rw]]`. A relative SRC is taken against `base` (the caller's
     /// working directory); DST defaults to SRC and must be absolute and free of `..`.
     pub fn parse(spec: &str, base: &Path) -> Result<MountSpec> {
-        let bad = |reason: &str| Error::BadMountSpec { spec: spec.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| Error::BadMountSpec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
         let parts: Vec<&str> = spec.split(':').collect();
         let (src, dst, flag) = match parts.as_slice() {
             [s] => (*s, *s, None),
@@ -86,7 +103,11 @@ impl MountSpec {
         };
         let source = base.join(src);
         let dest = PathBuf::from(if dst.is_empty() { src } else { dst });
-        let dest = if dest.is_absolute() { dest } else if dst == src { source.clone() } else {
+        let dest = if dest.is_absolute() {
+            dest
+        } else if dst == src {
+            source.clone()
+        } else {
             return Err(bad("the destination must be an absolute path"));
         };
         if dest.components().any(|c| c == Component::ParentDir) {
@@ -95,12 +116,19 @@ impl MountSpec {
         if dest == Path::new("/") {
             return Err(bad("cannot mount over the container's root"));
         }
-        Ok(MountSpec { source, dest, readonly })
+        Ok(MountSpec {
+            source,
+            dest,
+            readonly,
+        })
     }
 
     /// Parses a comma-separated list (the plugin's `--container-mounts`).
     pub fn parse_list(list: &str, base: &Path) -> Result<Vec<MountSpec>> {
-        list.split(',').filter(|s| !s.trim().is_empty()).map(|s| MountSpec::parse(s.trim(), base)).collect()
+        list.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| MountSpec::parse(s.trim(), base))
+            .collect()
     }
 }
 
@@ -114,10 +142,34 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(p("/data").unwrap(), MountSpec { source: "/data".into(), dest: "/data".into(), readonly: false });
-        assert_eq!(p("/data:ro").unwrap(), MountSpec { source: "/data".into(), dest: "/data".into(), readonly: true });
-        assert_eq!(p("/data:/in:ro").unwrap(), MountSpec { source: "/data".into(), dest: "/in".into(), readonly: true });
-        assert_eq!(p("out:/out").unwrap().source, PathBuf::from("/home/alice/run/out"));
+        assert_eq!(
+            p("/data").unwrap(),
+            MountSpec {
+                source: "/data".into(),
+                dest: "/data".into(),
+                readonly: false
+            }
+        );
+        assert_eq!(
+            p("/data:ro").unwrap(),
+            MountSpec {
+                source: "/data".into(),
+                dest: "/data".into(),
+                readonly: true
+            }
+        );
+        assert_eq!(
+            p("/data:/in:ro").unwrap(),
+            MountSpec {
+                source: "/data".into(),
+                dest: "/in".into(),
+                readonly: true
+            }
+        );
+        assert_eq!(
+            p("out:/out").unwrap().source,
+            PathBuf::from("/home/alice/run/out")
+        );
         assert_eq!(p("out").unwrap().dest, PathBuf::from("/home/alice/run/out"));
     }
 
@@ -132,7 +184,10 @@ mod tests {
 
     #[test]
     fn refusals_name_the_problem() {
-        assert!(p("/a:/b:rx").unwrap_err().to_string().contains("unknown flag"));
+        assert!(p("/a:/b:rx")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown flag"));
         assert!(p("/a:b").unwrap_err().to_string().contains("absolute"));
         assert!(p("/a:/x/../etc").unwrap_err().to_string().contains(".."));
         assert!(p("/a:/").unwrap_err().to_string().contains("root"));

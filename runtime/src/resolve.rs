@@ -50,11 +50,21 @@ impl InRoot<'_> {
             }
             let is_last = pending.is_empty();
             let parent = dirs.last().expect("the root is never popped");
-            let fd = match sys::openat(Some(parent.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            let fd = match sys::openat(
+                Some(parent.as_fd()),
+                &name,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            ) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create != Create::Nothing => {
                     self.create_entry(parent, &name, if is_last { create } else { Create::Dir })?;
-                    sys::openat(Some(parent.as_fd()), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+                    sys::openat(
+                        Some(parent.as_fd()),
+                        &name,
+                        libc::O_PATH | libc::O_NOFOLLOW,
+                        0,
+                    )?
                 }
                 Err(e) => return Err(e),
             };
@@ -93,15 +103,13 @@ impl InRoot<'_> {
         }
         match what {
             Create::Dir => sys::mkdirat(parent.as_fd(), name, 0o755),
-            Create::File => {
-                sys::openat(
-                    Some(parent.as_fd()),
-                    name,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                    0o644,
-                )
-                .map(drop)
-            }
+            Create::File => sys::openat(
+                Some(parent.as_fd()),
+                name,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                0o644,
+            )
+            .map(drop),
             Create::Nothing => Ok(()),
         }
     }
@@ -137,7 +145,10 @@ mod tests {
         std::fs::create_dir_all(t.join("etc")).unwrap();
         symlink("/etc", t.join("escape")).unwrap();
         let root = root_of(&t);
-        let r = InRoot { root: &root, writable_dev: None };
+        let r = InRoot {
+            root: &root,
+            writable_dev: None,
+        };
         let fd = r.open(Path::new("/escape"), Create::Nothing).unwrap();
         assert_eq!(real(&fd), t.join("etc"));
     }
@@ -148,7 +159,10 @@ mod tests {
         std::fs::create_dir_all(t.join("a/b")).unwrap();
         symlink("../../../../..", t.join("a/b/up")).unwrap();
         let root = root_of(&t);
-        let r = InRoot { root: &root, writable_dev: None };
+        let r = InRoot {
+            root: &root,
+            writable_dev: None,
+        };
         let fd = r.open(Path::new("a/b/up"), Create::Nothing).unwrap();
         assert_eq!(real(&fd), t);
     }
@@ -158,9 +172,15 @@ mod tests {
         let t = tempdir();
         let root = root_of(&t);
         let dev = sys::fstat(root.as_fd()).unwrap().st_dev;
-        let denied = InRoot { root: &root, writable_dev: Some(dev + 1) };
+        let denied = InRoot {
+            root: &root,
+            writable_dev: Some(dev + 1),
+        };
         assert!(denied.open(Path::new("x/y"), Create::Dir).is_err());
-        let allowed = InRoot { root: &root, writable_dev: Some(dev) };
+        let allowed = InRoot {
+            root: &root,
+            writable_dev: Some(dev),
+        };
         allowed.open(Path::new("x/y"), Create::Dir).unwrap();
         allowed.open(Path::new("x/file"), Create::File).unwrap();
         assert!(t.join("x/y").is_dir());
@@ -173,7 +193,10 @@ mod tests {
         symlink("b", t.join("a")).unwrap();
         symlink("a", t.join("b")).unwrap();
         let root = root_of(&t);
-        let r = InRoot { root: &root, writable_dev: None };
+        let r = InRoot {
+            root: &root,
+            writable_dev: None,
+        };
         let err = r.open(Path::new("a"), Create::Nothing).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
@@ -182,7 +205,10 @@ mod tests {
         let base = std::env::temp_dir().join(format!(
             "ferry-resolve-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&base).unwrap();
         base.canonicalize().unwrap()

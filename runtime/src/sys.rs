@@ -36,7 +36,12 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
 // ---------------------------------------------------------------------------
 // Opening files relative to a directory.
 
-pub fn openat(dir: Option<BorrowedFd<'_>>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+pub fn openat(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     let name = cstr_os(name)?;
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: `name` is a valid NUL-terminated string, `dirfd` is AT_FDCWD or a live fd
@@ -79,7 +84,14 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     let empty = c"";
     // SAFETY: an empty path with an O_PATH symlink fd reads that link (readlinkat(2));
     // `buf` is writable for `buf.len()` bytes.
-    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), empty.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -91,7 +103,14 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     let empty = c"";
     // SAFETY: `st` is writable; AT_EMPTY_PATH stats the fd itself, which works for O_PATH fds.
-    check(unsafe { libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH) })?;
+    check(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
     // SAFETY: fstatat succeeded and filled the struct.
     Ok(unsafe { st.assume_init() })
 }
@@ -117,7 +136,9 @@ pub fn is_regular(st: &libc::stat) -> bool {
 pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     // SAFETY: `groups` is a valid slice for the call. The helper is single-threaded, so
     // the raw syscall changes the credentials of the only thread.
-    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as libc::c_int })?;
+    check(unsafe {
+        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as libc::c_int
+    })?;
     // SAFETY: setfsgid/setfsuid take plain integers; they cannot fail in a way that
     // matters here except by returning the old value, which we verify below.
     unsafe {
@@ -128,7 +149,10 @@ pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> 
     // SAFETY: as above.
     let now = unsafe { libc::setfsuid(u32::MAX) };
     if now as u32 != uid {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "setfsuid did not take effect"));
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "setfsuid did not take effect",
+        ));
     }
     Ok(())
 }
@@ -136,7 +160,12 @@ pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> 
 /// Drops to the user for good: groups, gid, then uid (order matters: after setuid we
 /// could no longer change groups).
 pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
-    nix::unistd::setgroups(&groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect::<Vec<_>>())?;
+    nix::unistd::setgroups(
+        &groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect::<Vec<_>>(),
+    )?;
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
     Ok(())
@@ -169,16 +198,34 @@ use nix::mount::MsFlags;
 
 /// Receive host mount events, send none back: nothing we mount is seen by the host.
 pub fn make_tree_slave(path: &Path) -> io::Result<()> {
-    nix::mount::mount(None::<&str>, path, None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    nix::mount::mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
     Ok(())
 }
 
 pub fn make_unbindable(path: &Path) -> io::Result<()> {
-    nix::mount::mount(None::<&str>, path, None::<&str>, MsFlags::MS_UNBINDABLE, None::<&str>)?;
+    nix::mount::mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_UNBINDABLE,
+        None::<&str>,
+    )?;
     Ok(())
 }
 
-pub fn mount_fs(source: &Path, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> io::Result<()> {
+pub fn mount_fs(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
     nix::mount::mount(Some(source), target, Some(fstype), flags, data)?;
     Ok(())
 }
@@ -211,7 +258,9 @@ pub fn pivot_into(root: BorrowedFd<'_>) -> io::Result<()> {
     let dot = c".";
     // SAFETY: both arguments are valid NUL-terminated strings; pivot_root has no libc
     // wrapper, hence the raw syscall.
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int })?;
+    check(unsafe {
+        libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
+    })?;
     nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)?;
     nix::unistd::chdir("/")?;
     Ok(())
@@ -264,7 +313,11 @@ pub struct LoopDevice {
 
 /// Binds a free loop device to `backing` (read-only, autoclear). Retries when another
 /// process takes the same free device first, as happens with many steps per node.
-pub fn attach_loop(backing: BorrowedFd<'_>, offset: u64, size_limit: u64) -> io::Result<LoopDevice> {
+pub fn attach_loop(
+    backing: BorrowedFd<'_>,
+    offset: u64,
+    size_limit: u64,
+) -> io::Result<LoopDevice> {
     let control = open_path(Path::new("/dev/loop-control"), libc::O_RDWR)?;
     for _ in 0..64 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
@@ -290,11 +343,25 @@ pub fn attach_loop(backing: BorrowedFd<'_>, offset: u64, size_limit: u64) -> io:
             lo_encrypt_key: [0; 32],
             lo_init: [0; 2],
         };
-        let config = LoopConfig { fd: backing.as_raw_fd() as u32, block_size: 0, info: LoopInfo64 { ..info }, reserved: [0; 8] };
+        let config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 { ..info },
+            reserved: [0; 8],
+        };
         // SAFETY: LOOP_CONFIGURE reads a `struct loop_config` that lives for the call.
-        let ret = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
+        let ret = unsafe {
+            libc::ioctl(
+                device.as_raw_fd(),
+                LOOP_CONFIGURE,
+                &config as *const LoopConfig,
+            )
+        };
         if ret == 0 {
-            return Ok(LoopDevice { _device: device, path });
+            return Ok(LoopDevice {
+                _device: device,
+                path,
+            });
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -313,15 +380,28 @@ pub fn attach_loop(backing: BorrowedFd<'_>, offset: u64, size_limit: u64) -> io:
         }
         info.lo_flags = LO_FLAGS_AUTOCLEAR;
         // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64` that lives for the call.
-        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_STATUS64, &info as *const LoopInfo64) } != 0 {
+        if unsafe {
+            libc::ioctl(
+                device.as_raw_fd(),
+                LOOP_SET_STATUS64,
+                &info as *const LoopInfo64,
+            )
+        } != 0
+        {
             let err = io::Error::last_os_error();
             // SAFETY: LOOP_CLR_FD takes no argument; undo the half-made binding.
             unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD, 0) };
             return Err(err);
         }
-        return Ok(LoopDevice { _device: device, path });
+        return Ok(LoopDevice {
+            _device: device,
+            path,
+        });
     }
-    Err(io::Error::new(io::ErrorKind::WouldBlock, "no free loop device after 64 tries"))
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "no free loop device after 64 tries",
+    ))
 }
 
 // ---------------------------------------------------------------------------

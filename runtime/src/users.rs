@@ -39,7 +39,10 @@ impl User {
         let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_string()))?;
         let gids = nix::unistd::getgrouplist(&cname, user.gid)
             .map_err(|e| Error::system(format!("listing the groups of {name}"), e.into()))?;
-        Ok(Self::from_parts(&user, gids.iter().map(|g| g.as_raw()).collect()))
+        Ok(Self::from_parts(
+            &user,
+            gids.iter().map(|g| g.as_raw()).collect(),
+        ))
     }
 
     /// Looks the user up by uid; `gids` are the supplementary groups Slurm gives the job.
@@ -55,7 +58,10 @@ impl User {
     fn from_parts(user: &nix::unistd::User, gids: Vec<u32>) -> User {
         let groups = gids
             .into_iter()
-            .map(|gid| Group { gid, name: group_name(gid) })
+            .map(|gid| Group {
+                gid,
+                name: group_name(gid),
+            })
             .collect();
         User {
             name: user.name.clone(),
@@ -99,10 +105,18 @@ pub fn merge_group(image: &str, user: &User) -> String {
     let mut lines: Vec<String> = image.lines().map(str::to_string).collect();
     let mut wanted: Vec<Group> = user.groups.clone();
     if !wanted.iter().any(|g| g.gid == user.gid) {
-        wanted.insert(0, Group { gid: user.gid, name: group_name(user.gid) });
+        wanted.insert(
+            0,
+            Group {
+                gid: user.gid,
+                name: group_name(user.gid),
+            },
+        );
     }
     for group in wanted {
-        let found = lines.iter_mut().find(|l| l.split(':').nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(group.gid));
+        let found = lines
+            .iter_mut()
+            .find(|l| l.split(':').nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(group.gid));
         match found {
             Some(line) => {
                 let mut fields: Vec<String> = line.split(':').map(str::to_string).collect();
@@ -118,12 +132,19 @@ pub fn merge_group(image: &str, user: &User) -> String {
                 }
             }
             None => {
-                let name = if lines.iter().any(|l| l.split(':').next() == Some(group.name.as_str())) {
+                let name = if lines
+                    .iter()
+                    .any(|l| l.split(':').next() == Some(group.name.as_str()))
+                {
                     format!("{}-{}", group.name, group.gid) // the image uses this name for another gid
                 } else {
                     group.name.clone()
                 };
-                let members = if group.gid == user.gid { String::new() } else { user.name.clone() };
+                let members = if group.gid == user.gid {
+                    String::new()
+                } else {
+                    user.name.clone()
+                };
                 lines.push(format!("{name}:x:{}:{members}", group.gid));
             }
         }
@@ -150,7 +171,20 @@ mod tests {
             name: "alice".into(),
             uid: 1001,
             gid: 1001,
-            groups: vec![Group { gid: 1001, name: "alice".into() }, Group { gid: 2000, name: "lab".into() }, Group { gid: 100, name: "users".into() }],
+            groups: vec![
+                Group {
+                    gid: 1001,
+                    name: "alice".into(),
+                },
+                Group {
+                    gid: 2000,
+                    name: "lab".into(),
+                },
+                Group {
+                    gid: 100,
+                    name: "users".into(),
+                },
+            ],
             home: "/home/alice".into(),
             gecos: "Alice".into(),
         }
@@ -160,7 +194,10 @@ mod tests {
     fn passwd_gains_the_user_once() {
         let image = "root:x:0:0:root:/root:/bin/sh";
         let merged = merge_passwd(image, &alice());
-        assert_eq!(merged, "root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n");
+        assert_eq!(
+            merged,
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n"
+        );
         assert_eq!(merge_passwd(&merged, &alice()), merged);
     }
 

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Run a command inside a container image (SquashFS file or root folder)")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Run a command inside a container image (SquashFS file or root folder)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { mounts, workdir, user, image, command } => match run(mounts, workdir, user, image, command) {
+        Command::Run {
+            mounts,
+            workdir,
+            user,
+            image,
+            command,
+        } => match run(mounts, workdir, user, image, command) {
             Ok(never) => match never {},
             Err(message) => {
                 eprintln!("ferry: {message}");
@@ -60,7 +70,8 @@ fn run(
     if !ferry_runtime::is_root() {
         return Err("ferry run needs root: it mounts the image in a private mount namespace; run it with sudo (use --user NAME to run as yourself), or use sbatch/srun --container=IMAGE on a cluster with ferry".into());
     }
-    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let user = match user {
         Some(name) => User::by_name(&name),
         None => User::by_uid(0, 0, nix_groups()),
@@ -79,6 +90,7 @@ fn run(
         mounts,
         host_binds: vec![],
         slurm_clients: None,
+        accounts: vec![],
     };
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
@@ -88,18 +100,28 @@ fn run(
     drop(container); // the namespace lives on in this process
     let argv: Vec<CString> = command
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| "an argument contains a NUL byte".to_string()))
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| "an argument contains a NUL byte".to_string())
+        })
         .collect::<Result<_, _>>()?;
     let err = exec::execvp(&argv);
     let name = command[0].to_string_lossy();
     Err(match err.raw_os_error() {
-        Some(libc::ENOENT) => format!("{name}: command not found in image {}", request.image.display()),
-        _ => format!("{name}: cannot run it in image {}: {err}", request.image.display()),
+        Some(libc::ENOENT) => format!(
+            "{name}: command not found in image {}",
+            request.image.display()
+        ),
+        _ => format!(
+            "{name}: cannot run it in image {}: {err}",
+            request.image.display()
+        ),
     })
 }
 
 fn nix_groups() -> Vec<u32> {
-    nix::unistd::getgroups().map(|g| g.iter().map(|g| g.as_raw()).collect()).unwrap_or_default()
+    nix::unistd::getgroups()
+        .map(|g| g.iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
 }
 
 /// The environment the caller's command sees: theirs, with who they are now.

@@ -1,0 +1,57 @@
+//! srun, sbatch and salloc (local and allocator contexts): settle which image the job
+//! or step asked for, make its path absolute, and check our options before anything
+//! is submitted, so a typo fails at once on the user's terminal.
+
+use crate::options;
+use ferry_runtime::MountSpec;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub const CONTAINER_VAR: &str = "SLURM_CONTAINER";
+/// `--container=none` runs a step of a containerized job on the host.
+pub const NO_CONTAINER: &str = "none";
+
+static INHERITED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Slurm's clients never overwrite an inherited SLURM_CONTAINER, so inside
+/// `sbatch --container=A` a `srun --container=B` would still carry A. Move the
+/// inherited value aside; if the command line sets one, it shows up again by
+/// `init_post_opt`.
+pub fn init() {
+    if let Some(value) = std::env::var_os(CONTAINER_VAR) {
+        if let Ok(mut slot) = INHERITED.lock() {
+            *slot = Some(value.to_string_lossy().into_owned());
+        }
+        std::env::remove_var(CONTAINER_VAR);
+    }
+}
+
+pub fn init_post_opt() -> Result<(), String> {
+    let from_command_line = std::env::var(CONTAINER_VAR).ok().filter(|v| !v.is_empty());
+    let inherited = INHERITED.lock().ok().and_then(|mut s| s.take());
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("ferry: cannot read the current folder: {e}"))?;
+    if let Some(image) = from_command_line.or(inherited) {
+        std::env::set_var(CONTAINER_VAR, absolute_image(&image, &cwd));
+    }
+    if let Some(list) = options::mounts() {
+        MountSpec::parse_list(&list, &cwd)
+            .map_err(|e| format!("ferry: --container-mounts: {e}"))?;
+    }
+    if let Some(dir) = options::workdir() {
+        if !Path::new(&dir).is_absolute() {
+            return Err(format!(
+                "ferry: --container-workdir={dir}: give an absolute path inside the image"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An image path relative to the folder the job was submitted from; `none` stays.
+pub fn absolute_image(image: &str, base: &Path) -> String {
+    if image == NO_CONTAINER || Path::new(image).is_absolute() {
+        return image.to_string();
+    }
+    base.join(image).display().to_string()
+}

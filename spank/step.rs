@@ -1,0 +1,185 @@
+//! slurmstepd (remote context): prepare the container once per step per node, let each
+//! task join it, release it at step end.
+//!
+//! Errors from `init_post_opt` do not reach the user's terminal, so a failed prepare is
+//! logged for the admin and kept: every task then prints it on the step's stderr and
+//! fails, which the user does see (srun's terminal or the job's output file).
+
+use crate::client::{CONTAINER_VAR, NO_CONTAINER};
+use crate::config::Config;
+use crate::ffi::{self, Spank};
+use crate::options;
+use ferry_runtime::request::{container_path, BIN_DIR, SLURM_COMMANDS};
+use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Slurm's id of the extern step, which holds no user processes: left alone.
+const EXTERN_STEP: u32 = 0xffff_fffc;
+
+#[derive(Default)]
+struct Step {
+    config: Config,
+    container: Option<Container>,
+    /// Set when preparing failed: each task prints it and fails.
+    failure: Option<String>,
+    /// This task's working directory as slurmstepd set it (task processes only).
+    task_cwd: Option<PathBuf>,
+}
+
+static STEP: Mutex<Option<Step>> = Mutex::new(None);
+
+fn with_step<T>(f: impl FnOnce(&mut Step) -> T) -> Result<T, String> {
+    let mut guard = STEP
+        .lock()
+        .map_err(|_| "ferry: internal state poisoned".to_string())?;
+    Ok(f(guard.get_or_insert_with(Step::default)))
+}
+
+pub fn init(_spank: &Spank, args: &[String]) -> Result<(), String> {
+    let config = Config::parse(args)?;
+    with_step(|step| step.config = config)
+}
+
+pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
+    if spank.step_id() == Some(EXTERN_STEP) {
+        return Ok(());
+    }
+    let Some(image) = spank
+        .getenv(CONTAINER_VAR)
+        .filter(|v| !v.is_empty() && v != NO_CONTAINER)
+    else {
+        return Ok(());
+    };
+    let config = with_step(|s| s.config.clone())?;
+    let outcome = build_request(spank, &image, &config)
+        .and_then(|req| ferry_runtime::prepare(&req).map_err(|e| e.to_string()));
+    let ids = format!(
+        "job {} step {}",
+        spank.job_id().map_or("?".into(), |j| j.to_string()),
+        spank.step_id().map_or("?".into(), step_name)
+    );
+    match outcome {
+        Ok(container) => {
+            ffi::debug(&format!("ferry: {ids}: container ready for image {image}"));
+            with_step(|s| s.container = Some(container))
+        }
+        Err(message) => {
+            let uid = spank.uid().map_or("?".into(), |u| u.to_string());
+            ffi::syslog(libc::LOG_ERR, &format!("{ids} uid {uid}: {message}"));
+            ffi::error(&format!("ferry: {message}"));
+            with_step(|s| s.failure = Some(format!("ferry: {message}")))
+        }
+    }
+}
+
+fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request, String> {
+    let uid = spank.uid().ok_or("cannot read the job's uid")?;
+    let gid = spank.gid().ok_or("cannot read the job's gid")?;
+    let user = User::by_uid(uid, gid, spank.supplementary_gids()).map_err(|e| e.to_string())?;
+    let submit_dir = spank
+        .getenv("SLURM_SUBMIT_DIR")
+        .or_else(|| spank.getenv("PWD"))
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = submit_dir.clone().unwrap_or_else(|| user.home.clone());
+    let mounts = match options::mounts() {
+        Some(list) => {
+            MountSpec::parse_list(&list, &base).map_err(|e| format!("--container-mounts: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let host_binds = config
+        .host_dirs
+        .iter()
+        .filter(|d| d.is_dir())
+        .map(|d| MountSpec {
+            source: d.clone(),
+            dest: d.clone(),
+            readonly: false,
+        })
+        .collect();
+    Ok(Request {
+        image: base.join(image),
+        user,
+        cwd: submit_dir,
+        workdir: options::workdir().map(PathBuf::from),
+        mounts,
+        host_binds,
+        slurm_clients: config.slurm_clients.then(|| SlurmClients {
+            launcher: config.launcher.clone(),
+            commands: SLURM_COMMANDS.iter().map(|c| c.to_string()).collect(),
+        }),
+        accounts: config
+            .accounts
+            .iter()
+            .filter_map(|name| User::by_name(name).ok())
+            .collect(),
+    })
+}
+
+fn step_name(id: u32) -> String {
+    match id {
+        0xffff_fffb => "batch".into(),
+        0xffff_fffa => "interactive".into(),
+        EXTERN_STEP => "extern".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Task child, as root: remember where slurmstepd put us, then join the container.
+pub fn task_join(_spank: &Spank) -> Result<(), String> {
+    let (joined, failure) = with_step(|s| {
+        if s.failure.is_some() {
+            return (None, s.failure.clone());
+        }
+        let Some(container) = &s.container else {
+            return (None, None);
+        };
+        s.task_cwd = std::env::current_dir().ok();
+        (
+            Some(container.join().map_err(|e| format!("ferry: {e}"))),
+            None,
+        )
+    })?;
+    if let Some(message) = failure {
+        return Err(message); // printed once, by the hook, on the step's stderr
+    }
+    joined.unwrap_or(Ok(()))
+}
+
+/// Task child, as the user, just before Slurm looks up the command on PATH: enter the
+/// working directory and put the image's standard folders and ours on PATH.
+pub fn task_enter(spank: &Spank) -> Result<(), String> {
+    let plan = with_step(|s| {
+        s.container
+            .as_ref()
+            .map(|c| (c.image.clone(), s.task_cwd.clone()))
+    })?;
+    let Some((image, task_cwd)) = plan else {
+        return Ok(());
+    };
+    let workdir = options::workdir()
+        .map(PathBuf::from)
+        .or(task_cwd)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    std::env::set_current_dir(&workdir).map_err(|e| {
+        let hint = if options::workdir().is_some() {
+            "choose an existing folder with --container-workdir".to_string()
+        } else {
+            format!("bind it with --container-mounts={}", workdir.display())
+        };
+        format!(
+            "ferry: working directory {} is not usable in image {} ({e}); {hint}",
+            workdir.display(),
+            image.display()
+        )
+    })?;
+    spank.setenv("PWD", &workdir.display().to_string())?;
+    let path = container_path(spank.getenv("PATH").as_deref(), Some(BIN_DIR));
+    spank.setenv("PATH", &path)
+}
+
+pub fn release() {
+    let _ = with_step(|s| s.container = None);
+}
