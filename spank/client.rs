@@ -55,3 +55,17 @@ pub fn absolute_image(image: &str, base: &Path) -> String {
     }
     base.join(image).display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_images_are_taken_from_the_submit_folder() {
+        let base = Path::new("/home/alice/run");
+        assert_eq!(absolute_image("img.sqfs", base), "/home/alice/run/img.sqfs");
+        assert_eq!(absolute_image("../i/img.sqfs", base), "/home/alice/run/../i/img.sqfs");
+        assert_eq!(absolute_image("/images/x.sqfs", base), "/images/x.sqfs");
+        assert_eq!(absolute_image("none", base), "none");
+    }
+}

@@ -79,3 +79,35 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Config::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_without_arguments() {
+        assert_eq!(parse(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn known_keys() {
+        let c = parse(&["launcher=/opt/ferry/ferry-host-exec", "host_dirs=/etc/slurm,/run/munge", "slurm_clients=no", "accounts=slurm"]).unwrap();
+        assert_eq!(c.launcher, PathBuf::from("/opt/ferry/ferry-host-exec"));
+        assert_eq!(c.host_dirs, vec![PathBuf::from("/etc/slurm"), PathBuf::from("/run/munge")]);
+        assert!(!c.slurm_clients);
+        assert_eq!(c.accounts, vec!["slurm".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(parse(&["colour=blue"]).unwrap_err().contains("\"colour\""));
+        assert!(parse(&["launcher=relative"]).unwrap_err().contains("launcher"));
+        assert!(parse(&["slurm_clients=maybe"]).unwrap_err().contains("slurm_clients"));
+        assert!(parse(&["host_dirs=etc"]).unwrap_err().contains("host_dirs"));
+        assert!(parse(&["bare"]).unwrap_err().contains("key=value"));
+    }
+}

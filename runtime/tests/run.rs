@@ -589,6 +589,27 @@ fn a_file_that_is_not_an_image_is_refused() {
 }
 
 #[test]
+fn a_corrupt_squashfs_is_refused_and_frees_its_loop_device() {
+    if !require_root_and_tools() {
+        return;
+    }
+    // Right magic, wrong content: the refusal comes after a loop device was attached.
+    let fx = fixture();
+    let dir = TempDir::new("corrupt");
+    let garbage = dir.join("garbage.sqfs");
+    let mut bytes = b"hsqs".to_vec();
+    bytes.extend((0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    fs::write(&garbage, bytes).unwrap();
+    let truncated = dir.join("truncated.sqfs");
+    fs::write(&truncated, &fs::read(&fx.image).unwrap()[..4096]).unwrap();
+    for image in [&garbage, &truncated] {
+        fs::set_permissions(image, fs::Permissions::from_mode(0o644)).unwrap();
+        let path = image.display().to_string();
+        refused(image, &[], Some(TEST_USER), &[&path]);
+    }
+}
+
+#[test]
 fn a_folder_that_is_not_a_root_filesystem_is_refused() {
     if !require_root_and_tools() {
         return;
@@ -674,6 +695,50 @@ fn malformed_mount_options_are_refused() {
 // Nothing stays behind.
 
 #[test]
+fn concurrent_runs_each_get_their_own_container() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let _g = exclusive();
+    let fx = fixture();
+    let cwd = user_workdir("concurrent");
+    let before = HostState::capture();
+    let image = fx.image.display().to_string();
+    // Eight runs at once (as several steps on one node): each gets its own loop device
+    // and mount namespace, all succeed, and nothing remains.
+    let script = "sleep 0.2; readlink /proc/self/ns/mnt; cat /data/only-in-image";
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let cwd = cwd.path().to_path_buf();
+            let image = image.clone();
+            std::thread::spawn(move || {
+                ferry(
+                    &cwd,
+                    &["run", "--user", TEST_USER, &image, "--", "sh", "-c", script],
+                )
+            })
+        })
+        .collect();
+    let mut namespaces = std::collections::BTreeSet::new();
+    for run in runs {
+        let out = run.join().unwrap();
+        out.expect_success("a concurrent run");
+        let mut lines = out.stdout.lines();
+        namespaces.insert(lines.next().unwrap_or_default().to_string());
+        assert_eq!(
+            format!("{}\n", lines.next().unwrap_or_default()),
+            ONLY_IN_IMAGE
+        );
+    }
+    assert_eq!(
+        namespaces.len(),
+        8,
+        "each run has its own mount namespace: {namespaces:?}"
+    );
+    before.assert_nothing_left("after 8 concurrent runs");
+}
+
+#[test]
 fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
     if !require_root_and_tools() {
         return;
@@ -693,10 +758,17 @@ fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
     let not_image = not_image.display().to_string();
     let bind = format!("{}:/in:ro", scratch.path().display());
     let private_bind = format!("{}:/p", private.display());
+    let corrupt = scratch.join("corrupt.sqfs");
+    fs::write(&corrupt, b"hsqs and then nothing a SquashFS would have").unwrap();
+    fs::set_permissions(&corrupt, fs::Permissions::from_mode(0o644)).unwrap();
+    let corrupt = corrupt.display().to_string();
+    // A folder bound onto a file of the image: refused after the image is mounted.
+    let dest_clash = format!("{}:/data/only-in-image", scratch.path().display());
     let u = TEST_USER;
     // (arguments, expected exit status). The failures cover every stage: before the
-    // image is opened, at the image, at a mount source, and after the image is mounted
-    // (a missing workdir, a missing command), where a leak would show.
+    // image is opened, at the image, at a mount source, after a loop device is attached
+    // (a corrupt SquashFS) and after the image is mounted (a clashing destination, a
+    // missing workdir, a missing command), where a leak would show.
     let cases: Vec<(Vec<&str>, i32)> = vec![
         (vec!["run", "--user", u, &sqfs, "--", "true"], 0),
         (
@@ -744,6 +816,11 @@ fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
         ),
         (
             vec!["run", "--user", u, "-m", "/x:/y:bad", &sqfs, "--", "true"],
+            125,
+        ),
+        (vec!["run", "--user", u, &corrupt, "--", "true"], 125),
+        (
+            vec!["run", "--user", u, "-m", &dest_clash, &sqfs, "--", "true"],
             125,
         ),
     ];

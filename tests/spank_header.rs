@@ -1,0 +1,108 @@
+//! Our own SPANK declarations (slurm-headers/spank.h) must agree with the installed
+//! Slurm's <slurm/spank.h>: every enum value, the option struct's layout, and every
+//! function prototype. Needs gcc and Slurm's headers (libslurm-dev).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SYSTEM_HEADER: &str = "/usr/include/slurm/spank.h";
+
+fn prerequisites() -> bool {
+    let missing: Vec<&str> = [(SYSTEM_HEADER, "Slurm's headers (libslurm-dev)"), ("/usr/bin/gcc", "gcc")]
+        .iter()
+        .filter(|(p, _)| !Path::new(p).exists())
+        .map(|(_, what)| *what)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("missing prerequisite: {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED ({why})");
+    false
+}
+
+fn names_in_our_header(header: &str) -> Vec<String> {
+    header
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| {
+            let name = l.split([',', ' ', '\t', '=']).next()?;
+            (name.starts_with("S_") || name.starts_with("ESPANK_")).then(|| name.to_string())
+        })
+        .collect()
+}
+
+fn dump_program(names: &[String], include: &str) -> String {
+    let mut c = format!("#include <stdio.h>\n#include <stddef.h>\n{include}\nint main(void) {{\n");
+    for n in names {
+        c.push_str(&format!("  printf(\"{n}=%d\\n\", (int){n});\n"));
+    }
+    c.push_str("  printf(\"sizeof=%zu\\n\", sizeof(struct spank_option));\n");
+    for f in ["name", "arginfo", "usage", "has_arg", "val", "cb"] {
+        c.push_str(&format!("  printf(\"{f}=%zu\\n\", offsetof(struct spank_option, {f}));\n"));
+    }
+    c.push_str("  return 0;\n}\n");
+    c
+}
+
+fn compile_and_run(dir: &Path, name: &str, source: &str, flags: &[&str]) -> String {
+    let src = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&src, source).unwrap();
+    let out = Command::new("gcc").args(flags).arg(&src).arg("-o").arg(&exe).output().unwrap();
+    assert!(out.status.success(), "{name}.c did not compile:\n{}", String::from_utf8_lossy(&out.stderr));
+    let run = Command::new(&exe).output().unwrap();
+    String::from_utf8(run.stdout).unwrap()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-header-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn enum_values_and_option_layout_match_the_system_header() {
+    if !prerequisites() {
+        return;
+    }
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm-headers");
+    let header = std::fs::read_to_string(ours.join("spank.h")).unwrap();
+    let names = names_in_our_header(&header);
+    assert!(names.len() > 40, "found only {} names in our header", names.len());
+    let dir = scratch("values");
+    let system = compile_and_run(&dir, "system", &dump_program(&names, "#include <slurm/spank.h>"), &[]);
+    let mine = compile_and_run(
+        &dir,
+        "ours",
+        &dump_program(&names, "#include \"spank.h\""),
+        &["-I", ours.to_str().unwrap(), "-DSLURM_VERSION_NUMBER=0"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(mine, system);
+}
+
+#[test]
+fn function_prototypes_match_the_system_header() {
+    if !prerequisites() {
+        return;
+    }
+    // Redeclaring a function with a different signature is a compile error in C.
+    let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm-headers/spank.h")).unwrap();
+    let prototypes: Vec<&str> = header
+        .lines()
+        .filter(|l| l.contains('(') && l.trim_end().ends_with(");") && !l.starts_with('\t') && !l.starts_with(' '))
+        .filter(|l| l.contains("spank_") || l.contains("slurm_"))
+        .collect();
+    assert!(prototypes.len() >= 9, "found {prototypes:?}");
+    let dir = scratch("prototypes");
+    let source = format!("#include <slurm/spank.h>\n{}\nint main(void) {{ return 0; }}\n", prototypes.join("\n"));
+    let src = dir.join("protos.c");
+    std::fs::write(&src, source).unwrap();
+    let out = Command::new("gcc").args(["-fsyntax-only", "-Werror"]).arg(&src).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "prototypes differ:\n{}", String::from_utf8_lossy(&out.stderr));
+}
