@@ -57,19 +57,26 @@ enum spank_item {
 };
 typedef enum spank_item spank_item_t;
 
+/* Since Slurm 21.08 the SPANK errors are Slurm error numbers from 3000 on (they live
+ * in slurm_errno.h); before, they counted from 1. Success is 0 in both. */
+#if SLURM_VERSION_NUMBER >= 0x150800
+#define FERRY_ESPANK_BASE 3000
+#else
+#define FERRY_ESPANK_BASE 1
+#endif
 enum spank_err {
 	ESPANK_SUCCESS     = 0,
-	ESPANK_ERROR       = 1,
-	ESPANK_BAD_ARG     = 2,
-	ESPANK_NOT_TASK    = 3,
-	ESPANK_ENV_EXISTS  = 4,
-	ESPANK_ENV_NOEXIST = 5,
-	ESPANK_NOSPACE     = 6,
-	ESPANK_NOT_REMOTE  = 7,
-	ESPANK_NOEXIST     = 8,
-	ESPANK_NOT_EXECD   = 9,
-	ESPANK_NOT_AVAIL   = 10,
-	ESPANK_NOT_LOCAL   = 11
+	ESPANK_ERROR       = FERRY_ESPANK_BASE,
+	ESPANK_BAD_ARG     = FERRY_ESPANK_BASE + 1,
+	ESPANK_NOT_TASK    = FERRY_ESPANK_BASE + 2,
+	ESPANK_ENV_EXISTS  = FERRY_ESPANK_BASE + 3,
+	ESPANK_ENV_NOEXIST = FERRY_ESPANK_BASE + 4,
+	ESPANK_NOSPACE     = FERRY_ESPANK_BASE + 5,
+	ESPANK_NOT_REMOTE  = FERRY_ESPANK_BASE + 6,
+	ESPANK_NOEXIST     = FERRY_ESPANK_BASE + 7,
+	ESPANK_NOT_EXECD   = FERRY_ESPANK_BASE + 8,
+	ESPANK_NOT_AVAIL   = FERRY_ESPANK_BASE + 9,
+	ESPANK_NOT_LOCAL   = FERRY_ESPANK_BASE + 10
 };
 typedef enum spank_err spank_err_t;
 

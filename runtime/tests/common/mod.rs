@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,11 +47,14 @@ pub fn require_root_and_tools() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("missing prerequisite: {reason} (CI=true: the ferry integration tests must run; see tests/prepare-host)");
     }
-    eprintln!();
-    eprintln!("**********************************************************************");
-    eprintln!("*** SKIPPED (missing prerequisite: {reason})");
-    eprintln!("*** run the tests as root after `sudo tests/prepare-host`");
-    eprintln!("**********************************************************************");
+    // Straight to the process's stderr: eprintln! would be captured (and hidden) by the
+    // test harness for a test that passes.
+    let stars = "*".repeat(72);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{stars}\n*** SKIPPED (missing prerequisite: {reason})\n\
+         *** run the tests as root after `sudo tests/prepare-host`\n{stars}"
+    );
     false
 }
 
