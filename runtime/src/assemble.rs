@@ -184,8 +184,11 @@ fn mount_image(image: &OpenedImage, target: &Path) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match image.format {
         Format::Squashfs => {
-            let device = sys::attach_loop(image.fd.as_fd(), 0, 0)
-                .map_err(|e| image_err(image, "attaching a loop device", e))?;
+            let device = match sys::find_shared_loop(image.fd.as_fd()) {
+                Some(shared) => shared,
+                None => sys::attach_loop(image.fd.as_fd(), 0, 0)
+                    .map_err(|e| image_err(image, "attaching a loop device", e))?,
+            };
             // The mount holds the device; with autoclear it frees itself when the
             // namespace and so the mount go away, so our handle can close now.
             sys::mount_fs(&device.path, target, "squashfs", ro, None)

@@ -274,6 +274,7 @@ const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_NAME_SIZE: usize = 64;
@@ -309,6 +310,43 @@ pub struct LoopDevice {
     /// Held until the image is mounted: an unreferenced autoclear device may be freed.
     pub _device: File,
     pub path: PathBuf,
+}
+
+/// Finds a loop device that another step already bound read-only to the same file
+/// (same device and inode, whole file), and holds it open so it cannot be released
+/// before we mount it. Mounting the same device again reuses the mounted SquashFS and
+/// its page cache: a step of a job whose batch step runs in the same image starts warm.
+pub fn find_shared_loop(backing: BorrowedFd<'_>) -> Option<LoopDevice> {
+    let st = fstat(backing).ok()?;
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("loop") || !entry.path().join("loop").is_dir() {
+            continue; // not a loop device, or not bound to a file
+        }
+        let path = PathBuf::from(format!("/dev/{name}"));
+        let Ok(device) = open_path(&path, libc::O_RDONLY) else {
+            continue;
+        };
+        let mut info = std::mem::MaybeUninit::<LoopInfo64>::zeroed();
+        // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64`, which `info` has room for.
+        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) } != 0 {
+            continue;
+        }
+        // SAFETY: the ioctl succeeded and filled the struct (it was zeroed before).
+        let info = unsafe { info.assume_init() };
+        let same_file = info.lo_device == st.st_dev && info.lo_inode == st.st_ino;
+        let whole_and_read_only = info.lo_offset == 0
+            && info.lo_sizelimit == 0
+            && info.lo_flags & LO_FLAGS_READ_ONLY != 0;
+        if same_file && whole_and_read_only {
+            return Some(LoopDevice {
+                _device: File::from(device),
+                path,
+            });
+        }
+    }
+    None
 }
 
 /// Binds a free loop device to `backing` (read-only, autoclear). Retries when another
