@@ -8,6 +8,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub const CONTAINER_VAR: &str = "SLURM_CONTAINER";
+/// The folder srun/sbatch ran in, for the step: relative image and mount paths are
+/// taken from it and it is bound into the container. (SLURM_SUBMIT_DIR is the job's,
+/// also for a step started from another folder inside the job.)
+pub const CWD_VAR: &str = "FERRY_SUBMIT_DIR";
+/// The `--container-mounts` value and the folder its relative sources are taken from.
+pub const MOUNTS_SPEC_VAR: &str = "FERRY_MOUNTS_SPEC";
+pub const MOUNTS_BASE_VAR: &str = "FERRY_MOUNTS_BASE";
 /// `--container=none` runs a step of a containerized job on the host.
 pub const NO_CONTAINER: &str = "none";
 
@@ -33,10 +40,19 @@ pub fn init_post_opt() -> Result<(), String> {
         .map_err(|e| format!("ferry: cannot read the current folder: {e}"))?;
     if let Some(image) = from_command_line.or(inherited) {
         std::env::set_var(CONTAINER_VAR, absolute_image(&image, &cwd));
+        std::env::set_var(CWD_VAR, &cwd);
     }
     if let Some(list) = options::mounts() {
         MountSpec::parse_list(&list, &cwd)
             .map_err(|e| format!("ferry: --container-mounts: {e}"))?;
+        // Relative sources are taken from where the option was given: an srun inside a
+        // job that inherits sbatch's option keeps sbatch's folder as their base.
+        let inherited = std::env::var(MOUNTS_SPEC_VAR).ok().as_deref() == Some(list.as_str())
+            && std::env::var_os(MOUNTS_BASE_VAR).is_some();
+        if !inherited {
+            std::env::set_var(MOUNTS_SPEC_VAR, &list);
+            std::env::set_var(MOUNTS_BASE_VAR, &cwd);
+        }
     }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {
@@ -64,7 +80,10 @@ mod tests {
     fn relative_images_are_taken_from_the_submit_folder() {
         let base = Path::new("/home/alice/run");
         assert_eq!(absolute_image("img.sqfs", base), "/home/alice/run/img.sqfs");
-        assert_eq!(absolute_image("../i/img.sqfs", base), "/home/alice/run/../i/img.sqfs");
+        assert_eq!(
+            absolute_image("../i/img.sqfs", base),
+            "/home/alice/run/../i/img.sqfs"
+        );
         assert_eq!(absolute_image("/images/x.sqfs", base), "/images/x.sqfs");
         assert_eq!(absolute_image("none", base), "none");
     }

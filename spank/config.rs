@@ -95,9 +95,18 @@ mod tests {
 
     #[test]
     fn known_keys() {
-        let c = parse(&["launcher=/opt/ferry/ferry-host-exec", "host_dirs=/etc/slurm,/run/munge", "slurm_clients=no", "accounts=slurm"]).unwrap();
+        let c = parse(&[
+            "launcher=/opt/ferry/ferry-host-exec",
+            "host_dirs=/etc/slurm,/run/munge",
+            "slurm_clients=no",
+            "accounts=slurm",
+        ])
+        .unwrap();
         assert_eq!(c.launcher, PathBuf::from("/opt/ferry/ferry-host-exec"));
-        assert_eq!(c.host_dirs, vec![PathBuf::from("/etc/slurm"), PathBuf::from("/run/munge")]);
+        assert_eq!(
+            c.host_dirs,
+            vec![PathBuf::from("/etc/slurm"), PathBuf::from("/run/munge")]
+        );
         assert!(!c.slurm_clients);
         assert_eq!(c.accounts, vec!["slurm".to_string()]);
     }
@@ -105,8 +114,12 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         assert!(parse(&["colour=blue"]).unwrap_err().contains("\"colour\""));
-        assert!(parse(&["launcher=relative"]).unwrap_err().contains("launcher"));
-        assert!(parse(&["slurm_clients=maybe"]).unwrap_err().contains("slurm_clients"));
+        assert!(parse(&["launcher=relative"])
+            .unwrap_err()
+            .contains("launcher"));
+        assert!(parse(&["slurm_clients=maybe"])
+            .unwrap_err()
+            .contains("slurm_clients"));
         assert!(parse(&["host_dirs=etc"]).unwrap_err().contains("host_dirs"));
         assert!(parse(&["bare"]).unwrap_err().contains("key=value"));
     }

@@ -78,6 +78,16 @@ impl Spank {
     pub fn job_id(&self) -> Option<u32> {
         self.item_u32(spank_item::S_JOB_ID)
     }
+    /// The task's index on this node (task hooks only).
+    pub fn local_task_id(&self) -> Option<u32> {
+        let mut value: c_int = -1;
+        // SAFETY: S_TASK_ID takes one `int *`; `value` outlives the call.
+        let rc = unsafe {
+            bindings::spank_get_item(self.0, spank_item::S_TASK_ID, &mut value as *mut c_int)
+        };
+        ok(rc).ok().and_then(|_| u32::try_from(value).ok())
+    }
+
     pub fn step_id(&self) -> Option<u32> {
         self.item_u32(spank_item::S_JOB_STEPID)
     }
@@ -230,7 +240,9 @@ pub fn hook(
     match std::panic::catch_unwind(|| body(&spank, &args)) {
         Ok(Ok(())) => 0,
         Ok(Err(message)) => {
-            error(&message);
+            if !message.is_empty() {
+                error(&message);
+            }
             -1
         }
         Err(_) => {

@@ -5,7 +5,7 @@
 //! logged for the admin and kept: every task then prints it on the step's stderr and
 //! fails, which the user does see (srun's terminal or the job's output file).
 
-use crate::client::{CONTAINER_VAR, NO_CONTAINER};
+use crate::client::{CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, NO_CONTAINER};
 use crate::config::Config;
 use crate::ffi::{self, Spank};
 use crate::options;
@@ -77,15 +77,23 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
     let uid = spank.uid().ok_or("cannot read the job's uid")?;
     let gid = spank.gid().ok_or("cannot read the job's gid")?;
     let user = User::by_uid(uid, gid, spank.supplementary_gids()).map_err(|e| e.to_string())?;
-    let submit_dir = spank
-        .getenv("SLURM_SUBMIT_DIR")
-        .or_else(|| spank.getenv("PWD"))
+    // The folder srun or sbatch ran in (set by our client side), which is also where a
+    // step launched from another folder inside a job starts; then the usual variables.
+    let submit_dir = [CWD_VAR, "PWD", "SLURM_SUBMIT_DIR"]
+        .iter()
+        .filter_map(|v| spank.getenv(v))
         .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
+        .find(|p| p.is_absolute());
     let base = submit_dir.clone().unwrap_or_else(|| user.home.clone());
     let mounts = match options::mounts() {
         Some(list) => {
-            MountSpec::parse_list(&list, &base).map_err(|e| format!("--container-mounts: {e}"))?
+            let mounts_base = match spank.getenv(MOUNTS_SPEC_VAR) {
+                Some(spec) if spec == list => spank.getenv(MOUNTS_BASE_VAR).map(PathBuf::from),
+                _ => None,
+            };
+            let mounts_base = mounts_base.unwrap_or_else(|| base.clone());
+            MountSpec::parse_list(&list, &mounts_base)
+                .map_err(|e| format!("--container-mounts: {e}"))?
         }
         None => Vec::new(),
     };
@@ -127,8 +135,23 @@ fn step_name(id: u32) -> String {
     }
 }
 
+/// Where the task should start. Normally where slurmstepd put it; but srun run from a
+/// folder that exists only in the image (a shell inside the container did `cd /opt/app`)
+/// made slurmstepd fall back to /tmp on the host: then the folder srun ran in.
+fn intended_cwd(spank: &Spank) -> Option<PathBuf> {
+    let here = std::env::current_dir().ok()?;
+    if here == std::path::Path::new("/tmp") {
+        if let Some(origin) = spank.getenv(CWD_VAR).map(PathBuf::from) {
+            if origin.is_absolute() && !origin.exists() {
+                return Some(origin);
+            }
+        }
+    }
+    Some(here)
+}
+
 /// Task child, as root: remember where slurmstepd put us, then join the container.
-pub fn task_join(_spank: &Spank) -> Result<(), String> {
+pub fn task_join(spank: &Spank) -> Result<(), String> {
     let (joined, failure) = with_step(|s| {
         if s.failure.is_some() {
             return (None, s.failure.clone());
@@ -136,14 +159,19 @@ pub fn task_join(_spank: &Spank) -> Result<(), String> {
         let Some(container) = &s.container else {
             return (None, None);
         };
-        s.task_cwd = std::env::current_dir().ok();
+        s.task_cwd = intended_cwd(spank);
         (
             Some(container.join().map_err(|e| format!("ferry: {e}"))),
             None,
         )
     })?;
     if let Some(message) = failure {
-        return Err(message); // printed once, by the hook, on the step's stderr
+        // Every task fails; only the node's first task says why, so the user reads one line.
+        return Err(if spank.local_task_id() == Some(0) {
+            message
+        } else {
+            String::new()
+        });
     }
     joined.unwrap_or(Ok(()))
 }

@@ -12,14 +12,22 @@ fn plugin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
     let so = target.join("release/libferry_spank.so");
-    assert!(so.exists(), "{} is missing: build it first with deploy/build (the test command does)", so.display());
+    assert!(
+        so.exists(),
+        "{} is missing: build it first with deploy/build (the test command does)",
+        so.display()
+    );
     so
 }
 
 #[test]
 fn only_plugin_symbols_and_our_hooks_are_exported() {
     let so = plugin();
-    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().expect("nm (binutils) is needed");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .expect("nm (binutils) is needed");
     assert!(out.status.success());
     let mut names: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -45,7 +53,11 @@ fn only_plugin_symbols_and_our_hooks_are_exported() {
 #[test]
 fn plugin_version_is_the_slurm_it_was_built_for() {
     let so = plugin();
-    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().unwrap();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugin_version"));
     let header = std::fs::read_to_string("/usr/include/slurm/slurm_version.h");
     let Ok(header) = header else {
@@ -59,23 +71,47 @@ fn plugin_version_is_the_slurm_it_was_built_for() {
         .and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
         .expect("SLURM_VERSION_NUMBER in slurm_version.h");
     let bytes = std::fs::read(&so).unwrap();
-    let sym = Command::new("nm").args(["-D", "--defined-only", "-S"]).arg(&so).output().unwrap();
-    let line = String::from_utf8(sym.stdout).unwrap().lines().find(|l| l.ends_with(" plugin_version")).unwrap().to_string();
+    let sym = Command::new("nm")
+        .args(["-D", "--defined-only", "-S"])
+        .arg(&so)
+        .output()
+        .unwrap();
+    let line = String::from_utf8(sym.stdout)
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with(" plugin_version"))
+        .unwrap()
+        .to_string();
     let addr = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
     let offset = file_offset(&so, addr);
     let got = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap());
-    assert_eq!(got, want, "plugin_version {got:#x} != SLURM_VERSION_NUMBER {want:#x}");
+    assert_eq!(
+        got, want,
+        "plugin_version {got:#x} != SLURM_VERSION_NUMBER {want:#x}"
+    );
 }
 
 /// Maps a virtual address to a file offset through the section headers (readelf -S).
 fn file_offset(so: &PathBuf, addr: u64) -> usize {
-    let out = Command::new("readelf").args(["-S", "-W"]).arg(so).output().unwrap();
+    let out = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(so)
+        .output()
+        .unwrap();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         // [Nr] Name Type Address Off Size ...
-        let Some(pos) = f.iter().position(|x| *x == "PROGBITS") else { continue };
-        let (Some(a), Some(o), Some(s)) = (f.get(pos + 1), f.get(pos + 2), f.get(pos + 3)) else { continue };
-        let (a, o, s) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(o, 16).unwrap_or(0), u64::from_str_radix(s, 16).unwrap_or(0));
+        let Some(pos) = f.iter().position(|x| *x == "PROGBITS") else {
+            continue;
+        };
+        let (Some(a), Some(o), Some(s)) = (f.get(pos + 1), f.get(pos + 2), f.get(pos + 3)) else {
+            continue;
+        };
+        let (a, o, s) = (
+            u64::from_str_radix(a, 16).unwrap_or(0),
+            u64::from_str_radix(o, 16).unwrap_or(0),
+            u64::from_str_radix(s, 16).unwrap_or(0),
+        );
         if addr >= a && addr < a + s {
             return (addr - a + o) as usize;
         }

@@ -8,11 +8,14 @@ use std::process::Command;
 const SYSTEM_HEADER: &str = "/usr/include/slurm/spank.h";
 
 fn prerequisites() -> bool {
-    let missing: Vec<&str> = [(SYSTEM_HEADER, "Slurm's headers (libslurm-dev)"), ("/usr/bin/gcc", "gcc")]
-        .iter()
-        .filter(|(p, _)| !Path::new(p).exists())
-        .map(|(_, what)| *what)
-        .collect();
+    let missing: Vec<&str> = [
+        (SYSTEM_HEADER, "Slurm's headers (libslurm-dev)"),
+        ("/usr/bin/gcc", "gcc"),
+    ]
+    .iter()
+    .filter(|(p, _)| !Path::new(p).exists())
+    .map(|(_, what)| *what)
+    .collect();
     if missing.is_empty() {
         return true;
     }
@@ -42,7 +45,9 @@ fn dump_program(names: &[String], include: &str) -> String {
     }
     c.push_str("  printf(\"sizeof=%zu\\n\", sizeof(struct spank_option));\n");
     for f in ["name", "arginfo", "usage", "has_arg", "val", "cb"] {
-        c.push_str(&format!("  printf(\"{f}=%zu\\n\", offsetof(struct spank_option, {f}));\n"));
+        c.push_str(&format!(
+            "  printf(\"{f}=%zu\\n\", offsetof(struct spank_option, {f}));\n"
+        ));
     }
     c.push_str("  return 0;\n}\n");
     c
@@ -52,8 +57,18 @@ fn compile_and_run(dir: &Path, name: &str, source: &str, flags: &[&str]) -> Stri
     let src = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     std::fs::write(&src, source).unwrap();
-    let out = Command::new("gcc").args(flags).arg(&src).arg("-o").arg(&exe).output().unwrap();
-    assert!(out.status.success(), "{name}.c did not compile:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("gcc")
+        .args(flags)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}.c did not compile:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = Command::new(&exe).output().unwrap();
     String::from_utf8(run.stdout).unwrap()
 }
@@ -72,14 +87,28 @@ fn enum_values_and_option_layout_match_the_system_header() {
     let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm-headers");
     let header = std::fs::read_to_string(ours.join("spank.h")).unwrap();
     let names = names_in_our_header(&header);
-    assert!(names.len() > 40, "found only {} names in our header", names.len());
+    assert!(
+        names.len() > 40,
+        "found only {} names in our header",
+        names.len()
+    );
     let dir = scratch("values");
-    let system = compile_and_run(&dir, "system", &dump_program(&names, "#include <slurm/spank.h>"), &[]);
+    let system = compile_and_run(
+        &dir,
+        "system",
+        &dump_program(&names, "#include <slurm/spank.h>"),
+        &[],
+    );
     let mine = compile_and_run(
         &dir,
         "ours",
         &dump_program(&names, "#include \"spank.h\""),
-        &["-I", ours.to_str().unwrap(), "-include", "slurm/slurm_version.h"],
+        &[
+            "-I",
+            ours.to_str().unwrap(),
+            "-include",
+            "slurm/slurm_version.h",
+        ],
     );
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(mine, system);
@@ -91,18 +120,37 @@ fn function_prototypes_match_the_system_header() {
         return;
     }
     // Redeclaring a function with a different signature is a compile error in C.
-    let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm-headers/spank.h")).unwrap();
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm-headers/spank.h"),
+    )
+    .unwrap();
     let prototypes: Vec<&str> = header
         .lines()
-        .filter(|l| l.contains('(') && l.trim_end().ends_with(");") && !l.starts_with('\t') && !l.starts_with(' '))
+        .filter(|l| {
+            l.contains('(')
+                && l.trim_end().ends_with(");")
+                && !l.starts_with('\t')
+                && !l.starts_with(' ')
+        })
         .filter(|l| l.contains("spank_") || l.contains("slurm_"))
         .collect();
     assert!(prototypes.len() >= 9, "found {prototypes:?}");
     let dir = scratch("prototypes");
-    let source = format!("#include <slurm/spank.h>\n{}\nint main(void) {{ return 0; }}\n", prototypes.join("\n"));
+    let source = format!(
+        "#include <slurm/spank.h>\n{}\nint main(void) {{ return 0; }}\n",
+        prototypes.join("\n")
+    );
     let src = dir.join("protos.c");
     std::fs::write(&src, source).unwrap();
-    let out = Command::new("gcc").args(["-fsyntax-only", "-Werror"]).arg(&src).output().unwrap();
+    let out = Command::new("gcc")
+        .args(["-fsyntax-only", "-Werror"])
+        .arg(&src)
+        .output()
+        .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(out.status.success(), "prototypes differ:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prototypes differ:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

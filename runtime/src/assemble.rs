@@ -43,7 +43,13 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
     if let Some((_, err)) = skipped
         .iter()
-        .find(|(b, _)| b.dest == plan.workdir && b.opener == Opener::User)
+        // Missing on the host is fine (the image may have that folder: check_workdir
+        // decides); present but refused to the user is the user's problem to hear about.
+        .find(|(b, e)| {
+            b.dest == plan.workdir
+                && b.opener == Opener::User
+                && e.kind() != std::io::ErrorKind::NotFound
+        })
     {
         return Err(Error::Workdir {
             path: plan.workdir.clone(),

@@ -1,0 +1,1444 @@
+//! End-to-end tests of ferry's SPANK plugin on a running Slurm cluster.
+//!
+//! Every job and step runs as the unprivileged user `ferrytest` (through `runuser`),
+//! from a fresh folder under /home/ferrytest, and the assertions are about what that
+//! user observes: the output of their commands, the job's output file, exit codes and
+//! the files they leave on the host. The plugin itself is never linked: only Slurm's
+//! command-line tools are driven.
+//!
+//! Needs: root, a responding Slurm node, the plugin installed (`deploy/build &&
+//! deploy/install`), mksquashfs, a static /bin/busybox and the user `ferrytest`
+//! (`tests/prepare-host`). Missing any of these, a test prints a loud SKIPPED line and
+//! returns; with `CI=true` it fails instead.
+//!
+//! Tests run in parallel; each has its own folder and images. The leak test takes an
+//! exclusive lock (all the others share it), so its host-wide checks (processes of
+//! ferrytest) see only its own jobs.
+//!
+//!     cargo test --test slurm_e2e
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+const TEST_USER: &str = "ferrytest";
+const TEST_HOME: &str = "/home/ferrytest";
+const BUSYBOX: &str = "/bin/busybox";
+const PLUGIN_CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
+/// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
+const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// A file and a command that exist only in the test images (their content names the
+/// image, so a test can tell which image a command ran in).
+const ONLY_FILE: &str = "/e2e/only-in-image.txt";
+const ONLY_CMD: &str = "e2e-image-cmd";
+/// A folder of every test image, for --container-workdir.
+const IMAGE_WORKDIR: &str = "/e2e/workdir";
+/// Longest a single srun may take before `timeout` kills it.
+const SRUN_SECS: u64 = 60;
+/// Longest an `sbatch --wait` may take (scheduling included).
+const SBATCH_SECS: u64 = 150;
+
+// ---------------------------------------------------------------------------------
+// Prerequisites.
+
+/// True when the tests can run. Otherwise: with `CI=true`, panics with the reason;
+/// elsewhere prints a loud SKIPPED line to stderr and returns false.
+fn prerequisites_met() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    let missing = MISSING.get_or_init(missing_prerequisites);
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join("; ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite: {reason} (CI=true: these tests must run; see tests/prepare-host, deploy/slurm-cluster, deploy/install)");
+    }
+    // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+    let banner = format!(
+        "\n**********************************************************************\n\
+         *** SKIPPED (missing prerequisite: {reason})\n\
+         *** run as root on a host prepared with tests/prepare-host,\n\
+         *** deploy/slurm-cluster and deploy/build && deploy/install\n\
+         **********************************************************************\n"
+    );
+    let _ = std::io::stderr().write_all(banner.as_bytes());
+    false
+}
+
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    if effective_uid() != Some(0) {
+        missing.push("root (the tests run jobs as ferrytest through runuser)".to_string());
+    }
+    for tool in [
+        "sinfo",
+        "mksquashfs",
+        "runuser",
+        "script",
+        "timeout",
+        "losetup",
+    ] {
+        if find_tool(tool).is_none() {
+            missing.push(format!("{tool} not found on PATH"));
+        }
+    }
+    if find_tool("sinfo").is_some() {
+        let states = Command::new("timeout")
+            .args(["10", "sinfo", "-h", "-N", "-o", "%T"])
+            .stdin(Stdio::null())
+            .output();
+        match states {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if !text
+                    .lines()
+                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"))
+                {
+                    missing.push(format!(
+                        "a Slurm node that is idle, mixed or allocated (sinfo says {:?}; run deploy/slurm-cluster)",
+                        text.trim()
+                    ));
+                }
+            }
+            Ok(out) => missing.push(format!(
+                "a responding Slurm controller (sinfo failed: {}; run deploy/slurm-cluster)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => missing.push(format!("sinfo: {e}")),
+        }
+    }
+    if !Path::new(PLUGIN_CONF).is_file() {
+        missing.push(format!(
+            "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
+        ));
+    }
+    match fs::read(BUSYBOX) {
+        Err(e) => missing.push(format!("{BUSYBOX}: {e} (install busybox-static)")),
+        Ok(elf) if !is_static_elf(&elf) => missing.push(format!(
+            "{BUSYBOX} is not statically linked (install busybox-static)"
+        )),
+        Ok(_) => {}
+    }
+    match Command::new("id").args(["-u", TEST_USER]).output() {
+        Ok(out) if out.status.success() => {
+            if !Path::new(TEST_HOME).is_dir() {
+                missing.push(format!("{TEST_HOME} (home of {TEST_USER}) does not exist"));
+            }
+        }
+        _ => missing.push(format!(
+            "user {TEST_USER} does not exist (run tests/prepare-host)"
+        )),
+    }
+    missing
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Finds `name` on PATH or in the standard folders (a non-login root shell may lack sbin).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs: Vec<&str> = path.split(':').collect();
+    let found = dirs
+        .into_iter()
+        .chain([
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        });
+    found
+}
+
+/// A 64-bit little-endian ELF without a PT_INTERP program header (no dynamic loader).
+fn is_static_elf(elf: &[u8]) -> bool {
+    let uint = |o: usize, n: usize| -> Option<usize> {
+        let b = elf.get(o..o + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0usize, |acc, &x| (acc << 8) | x as usize),
+        )
+    };
+    if elf.get(0..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (uint(0x20, 8), uint(0x36, 2), uint(0x38, 2))
+    else {
+        return false;
+    };
+    const PT_INTERP: usize = 3;
+    (0..phnum).all(|i| uint(phoff + i * phentsize, 4).is_some_and(|t| t != PT_INTERP))
+}
+
+// ---------------------------------------------------------------------------------
+// The test user as the host sees them.
+
+struct HostUser {
+    uid: u32,
+    gid: u32,
+    groups: BTreeSet<u32>,
+}
+
+fn host_user() -> &'static HostUser {
+    static USER: OnceLock<HostUser> = OnceLock::new();
+    USER.get_or_init(|| {
+        let id = |flag: &str| {
+            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+            assert!(out.status.success(), "id {flag} {TEST_USER} failed");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        HostUser {
+            uid: id("-u").parse().unwrap(),
+            gid: id("-g").parse().unwrap(),
+            groups: parse_ids(&id("-G")),
+        }
+    })
+}
+
+fn parse_ids(text: &str) -> BTreeSet<u32> {
+    text.split_whitespace()
+        .map(|g| {
+            g.parse()
+                .unwrap_or_else(|_| panic!("not a group id: {g:?}"))
+        })
+        .collect()
+}
+
+/// The host's mount namespace, as `readlink /proc/self/ns/mnt` prints it.
+fn host_mount_ns() -> String {
+    fs::read_link("/proc/self/ns/mnt")
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------
+// Command results.
+
+struct Out {
+    what: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    #[track_caller]
+    fn expect_ok(&self) -> &Self {
+        assert!(self.ok(), "expected success:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Out {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "--- command: {}", self.what)?;
+        writeln!(f, "--- exit code: {:?}", self.code)?;
+        writeln!(f, "--- stdout:\n{}", self.stdout)?;
+        write!(f, "--- stderr:\n{}", self.stderr)
+    }
+}
+
+/// An `sbatch --wait` and what its job wrote.
+struct Job {
+    sbatch: Out,
+    id: Option<u64>,
+    /// The job's output file (stdout and stderr of the batch script and its steps).
+    log: String,
+}
+
+impl Job {
+    fn ok(&self) -> bool {
+        self.sbatch.ok()
+    }
+
+    #[track_caller]
+    fn expect_ok(&self) -> &Self {
+        assert!(self.ok(), "expected the job to succeed:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "{}", self.sbatch)?;
+        writeln!(f, "--- job {:?} output file:\n{}", self.id, self.log)
+    }
+}
+
+/// The lines of ferry's own error messages (Slurm prefixes them with
+/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `).
+fn ferry_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("ferry: ") || l.contains(": error: ferry: "))
+        .collect()
+}
+
+/// The step failed, printed exactly one ferry line that says `fragment`, and the
+/// user's command never ran.
+#[track_caller]
+fn assert_one_ferry_error(case: &str, code: Option<i32>, text: &str, fragment: &str) {
+    assert_ne!(
+        code,
+        Some(0),
+        "{case}: expected a failure, got success:\n{text}"
+    );
+    let lines = ferry_lines(text);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{case}: expected exactly one 'ferry:' line, got {}:\n{text}",
+        lines.len()
+    );
+    assert!(
+        lines[0].contains(fragment),
+        "{case}: the ferry line does not say {fragment:?}:\n{text}"
+    );
+    assert!(
+        !text.contains("SHOULD-NOT-RUN"),
+        "{case}: the command ran although the step failed:\n{text}"
+    );
+}
+
+/// Polls `done` every `step` until it holds or `limit` passes.
+fn wait_until(limit: Duration, step: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(step);
+    }
+}
+
+/// Runs a host command as root and returns its stdout (empty on failure).
+fn root_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------
+// A test's lab: its own folder under the test user's home, images, jobs.
+
+/// Tests share this lock; the leak test takes it exclusively.
+static SERIAL: RwLock<()> = RwLock::new(());
+
+#[allow(dead_code)]
+enum Serial {
+    Shared(RwLockReadGuard<'static, ()>),
+    Exclusive(RwLockWriteGuard<'static, ()>),
+}
+
+struct Lab {
+    dir: PathBuf,
+    seq: AtomicUsize,
+    _serial: Serial,
+}
+
+impl Lab {
+    /// A fresh folder, or None (test skipped) when a prerequisite is missing.
+    fn new(name: &str) -> Option<Lab> {
+        Self::create(name, false)
+    }
+
+    /// Like `new`, and no other test of this file runs meanwhile.
+    fn exclusive(name: &str) -> Option<Lab> {
+        Self::create(name, true)
+    }
+
+    fn create(name: &str, exclusive: bool) -> Option<Lab> {
+        if !prerequisites_met() {
+            return None;
+        }
+        let serial = if exclusive {
+            Serial::Exclusive(SERIAL.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Serial::Shared(SERIAL.read().unwrap_or_else(|e| e.into_inner()))
+        };
+        let dir = Path::new(TEST_HOME).join(format!("e2e-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            dir,
+            seq: AtomicUsize::new(0),
+            _serial: serial,
+        };
+        lab.give(&lab.dir);
+        Some(lab)
+    }
+
+    /// The lab folder's name, also the name of its jobs: it marks their processes.
+    fn job_name(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Hands `path` to the test user.
+    fn give(&self, path: &Path) {
+        let u = host_user();
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).unwrap();
+    }
+
+    fn mkdir(&self, rel: &str) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(&path).unwrap();
+        let mut p = path.as_path();
+        while p.starts_with(&self.dir) {
+            self.give(p);
+            p = p.parent().unwrap();
+        }
+        path
+    }
+
+    fn write(&self, rel: &str, content: &str, mode: u32) -> PathBuf {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        self.give(&path);
+        path
+    }
+
+    /// Builds a busybox SquashFS image at `rel` (relative to the lab) whose image-only
+    /// file and command say `marker`. Returns `rel`.
+    fn image(&self, rel: &str, marker: &str) -> String {
+        assert!(
+            !Path::new("/e2e").exists() && find_tool(ONLY_CMD).is_none(),
+            "the host must not have the image-only /e2e or {ONLY_CMD}"
+        );
+        let root = self.path(&format!("{rel}.rootfs"));
+        let _ = fs::remove_dir_all(&root);
+        for dir in ["bin", "etc", "tmp", "usr/local/bin", "e2e/workdir"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+        for applet in busybox_applets() {
+            let link = root.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link).unwrap();
+            }
+        }
+        fs::write(
+            root.join(ONLY_FILE.trim_start_matches('/')),
+            format!("only-in-image {marker}\n"),
+        )
+        .unwrap();
+        let cmd = root.join("usr/local/bin").join(ONLY_CMD);
+        fs::write(
+            &cmd,
+            format!("#!/bin/sh\necho \"image-cmd {marker}\" \"$@\"\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&cmd, fs::Permissions::from_mode(0o755)).unwrap();
+        let image = self.path(rel);
+        if let Some(parent) = image.parent() {
+            fs::create_dir_all(parent).unwrap();
+            self.give(parent);
+        }
+        let out = Command::new(find_tool("mksquashfs").unwrap())
+            .arg(&root)
+            .arg(&image)
+            .args([
+                "-no-xattrs",
+                "-quiet",
+                "-noappend",
+                "-no-progress",
+                "-all-root",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mksquashfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+        self.give(&image);
+        fs::remove_dir_all(&root).unwrap();
+        rel.to_string()
+    }
+
+    /// Runs `argv` as the test user in `cwd`, under `timeout`, with a clean environment.
+    fn run_in(&self, cwd: &Path, argv: &[&str], stdin: Option<&str>, secs: u64) -> Out {
+        let secs = secs.to_string();
+        let mut cmd = Command::new(find_tool("runuser").unwrap());
+        cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs])
+            .args(argv)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", USER_PATH)
+            .env("HOME", TEST_HOME)
+            .env("USER", TEST_USER)
+            .env("LOGNAME", TEST_USER)
+            .env("LANG", "C")
+            .env("TERM", "dumb")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        Out {
+            what: format!("(in {}) {}", cwd.display(), argv.join(" ")),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, argv: &[&str]) -> Out {
+        self.run_in(&self.dir, argv, None, SRUN_SECS)
+    }
+
+    /// `srun ARGS...` as the test user from the lab folder.
+    fn srun(&self, args: &[&str]) -> Out {
+        let argv: Vec<&str> = std::iter::once("srun")
+            .chain(args.iter().copied())
+            .collect();
+        self.run(&argv)
+    }
+
+    /// Writes `body` as a job script and submits it with `sbatch --wait OPTS` from the
+    /// lab folder; returns when the job has ended.
+    fn sbatch(&self, opts: &[&str], body: &str) -> Job {
+        self.sbatch_in(&self.dir, opts, body)
+    }
+
+    fn sbatch_in(&self, cwd: &Path, opts: &[&str], body: &str) -> Job {
+        let (script, output) = self.job_files(body);
+        let name = self.job_name();
+        let mut argv = vec!["sbatch", "--wait", "-J", &name, "-t", "5", "-o", &output];
+        argv.extend_from_slice(opts);
+        argv.push(&script);
+        let sbatch = self.run_in(cwd, &argv, None, SBATCH_SECS);
+        let id = job_id(&sbatch.stdout);
+        let log = fs::read_to_string(cwd.join(&output)).unwrap_or_default();
+        Job { sbatch, id, log }
+    }
+
+    /// Submits without waiting; returns the job id.
+    fn submit(&self, opts: &[&str], body: &str) -> (u64, PathBuf) {
+        let (script, output) = self.job_files(body);
+        let name = self.job_name();
+        let mut argv = vec![
+            "sbatch",
+            "--parsable",
+            "-J",
+            &name,
+            "-t",
+            "5",
+            "-o",
+            &output,
+        ];
+        argv.extend_from_slice(opts);
+        argv.push(&script);
+        let out = self.run(&argv);
+        out.expect_ok();
+        let id = out
+            .stdout
+            .trim()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (id, self.path(&output))
+    }
+
+    /// A new job script (absolute path) and output file name (relative).
+    fn job_files(&self, body: &str) -> (String, String) {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let script = self.write(
+            &format!("job-{n}.sh"),
+            &format!("#!/bin/sh\n{body}\n"),
+            0o755,
+        );
+        (script.display().to_string(), format!("job-{n}.out"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn busybox_applets() -> &'static Vec<String> {
+    static APPLETS: OnceLock<Vec<String>> = OnceLock::new();
+    APPLETS.get_or_init(|| {
+        let out = Command::new(BUSYBOX).arg("--list").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+fn job_id(sbatch_stdout: &str) -> Option<u64> {
+    sbatch_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Submitted batch job "))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+/// The value after `key` on the first line that has it (up to the end of the line).
+fn value_of<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.split_once(key)
+            .map(|(_, rest)| rest.trim_end_matches('\r').trim())
+    })
+}
+
+#[track_caller]
+fn assert_has(text: &str, needle: &str, context: &dyn fmt::Display) {
+    assert!(text.contains(needle), "expected {needle:?} in:\n{context}");
+}
+
+// ---------------------------------------------------------------------------------
+// The tests.
+
+/// `sbatch --container=IMG`: the batch script reads an image-only file, runs an
+/// image-only command, and its `srun -n 2` tasks are in the image too.
+#[test]
+fn batch_script_and_its_steps_run_in_the_image() {
+    let Some(lab) = Lab::new("batch") else { return };
+    let image = lab.image("app.sqfs", "APP");
+    let job = lab.sbatch(
+        &["-n", "2", &format!("--container={image}")],
+        &format!(
+            r#"echo "batch-file: $(cat {ONLY_FILE})"
+echo "batch-cmd: $({ONLY_CMD} one two)"
+echo "batch-ns: $(readlink /proc/self/ns/mnt)"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(cat {ONLY_FILE}) / $({ONLY_CMD}) / $(readlink /proc/self/ns/mnt)"'
+echo "srun-rc: $?""#
+        ),
+    );
+    job.expect_ok();
+    let log = &job.log;
+    assert_eq!(
+        value_of(log, "batch-file: "),
+        Some("only-in-image APP"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "batch-cmd: "),
+        Some("image-cmd APP one two"),
+        "{job}"
+    );
+    let batch_ns = value_of(log, "batch-ns: ").unwrap_or_default();
+    assert!(batch_ns.starts_with("mnt:["), "{job}");
+    assert_ne!(
+        batch_ns,
+        host_mount_ns(),
+        "the batch script ran in the host's mount namespace:\n{job}"
+    );
+    for task in 0..2 {
+        let line = value_of(log, &format!("task-{task}: "))
+            .unwrap_or_else(|| panic!("no task {task}:\n{job}"));
+        assert!(
+            line.starts_with("only-in-image APP / image-cmd APP / mnt:["),
+            "task {task}:\n{job}"
+        );
+        assert!(
+            !line.ends_with(&host_mount_ns()),
+            "task {task} on the host:\n{job}"
+        );
+    }
+    assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
+}
+
+/// `srun -n 4 --container=IMG`: all four tasks see the image, in one mount namespace
+/// that is not the host's.
+#[test]
+fn srun_tasks_share_one_container() {
+    let Some(lab) = Lab::new("shared") else {
+        return;
+    };
+    let image = lab.image("shared.sqfs", "SHARED");
+    let out = lab.srun(&[
+        "-n",
+        "4",
+        "--overcommit",
+        &format!("--container={image}"),
+        "sh",
+        "-c",
+        &format!("echo \"task $SLURM_PROCID $(readlink /proc/self/ns/mnt) $(cat {ONLY_FILE})\""),
+    ]);
+    out.expect_ok();
+    let mut tasks = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for line in out.stdout.lines().filter(|l| l.starts_with("task ")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&fields[3..], ["only-in-image", "SHARED"], "{out}");
+        tasks.insert(fields[1].to_string());
+        namespaces.insert(fields[2].to_string());
+    }
+    assert_eq!(tasks.len(), 4, "expected 4 tasks:\n{out}");
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "the tasks are in different mount namespaces:\n{out}"
+    );
+    let ns = namespaces.into_iter().next().unwrap();
+    assert!(ns.starts_with("mnt:["), "{out}");
+    assert_ne!(
+        ns,
+        host_mount_ns(),
+        "the tasks ran in the host's mount namespace:\n{out}"
+    );
+}
+
+/// `srun --container=IMG --pty sh` under script(1): a terminal, the image's files, the
+/// shell's exit code.
+#[test]
+fn interactive_pty_shell_runs_in_the_image() {
+    let Some(lab) = Lab::new("pty") else { return };
+    let image = lab.image("pty.sqfs", "PTY");
+    // What the shell prints differs from the echoed input ($((...)), $(...)).
+    let input = format!(
+        "test -t 0 && test -t 1 && echo \"tty-$((40+2))\"\n\
+         cat {ONLY_FILE}\n\
+         echo \"ns=$(readlink /proc/self/ns/mnt)\"\n\
+         exit 3\n"
+    );
+    let command = format!("srun --container={image} --pty sh");
+    let out = lab.run_in(
+        &lab.dir,
+        &["script", "-qec", &command, "/dev/null"],
+        Some(&input),
+        SRUN_SECS,
+    );
+    let text = out.stdout.replace('\r', "");
+    assert_has(&text, "tty-42", &out);
+    assert_has(&text, "only-in-image PTY", &out);
+    let ns = value_of(&text, "ns=mnt:[").map(|rest| format!("mnt:[{rest}"));
+    assert!(ns.is_some(), "no namespace line:\n{out}");
+    assert_ne!(
+        ns.unwrap(),
+        host_mount_ns(),
+        "the shell ran on the host:\n{out}"
+    );
+    assert_eq!(
+        out.code,
+        Some(3),
+        "the shell's exit code did not come back:\n{out}"
+    );
+}
+
+/// Job image A: `srun` inherits A, `srun --container=B` runs in B, `--container=none`
+/// runs on the host, and a later plain `srun` is in A again.
+#[test]
+fn job_image_a_steps_inherit_or_choose_b_or_none() {
+    let Some(lab) = Lab::new("inherit-a") else {
+        return;
+    };
+    let a = lab.image("a.sqfs", "IMAGE-A");
+    let b = lab.image("b.sqfs", "IMAGE-B");
+    let b_abs = lab.path(&b).display().to_string();
+    let job = lab.sbatch(
+        &[&format!("--container={a}")],
+        &format!(
+            r#"echo "batch: $(cat {ONLY_FILE})"
+echo "inherit: $(srun cat {ONLY_FILE})"
+echo "override: $(srun --container={b_abs} cat {ONLY_FILE})"
+echo "none: $(srun --container=none sh -c 'test -e {ONLY_FILE} && echo image || echo host; readlink /proc/self/ns/mnt')" | tr '\n' ' '
+echo
+echo "again: $(srun cat {ONLY_FILE})""#
+        ),
+    );
+    job.expect_ok();
+    let log = &job.log;
+    assert_eq!(
+        value_of(log, "batch: "),
+        Some("only-in-image IMAGE-A"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "inherit: "),
+        Some("only-in-image IMAGE-A"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "override: "),
+        Some("only-in-image IMAGE-B"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "none: "),
+        Some(format!("host {}", host_mount_ns()).as_str()),
+        "--container=none did not run on the host:\n{job}"
+    );
+    assert_eq!(
+        value_of(log, "again: "),
+        Some("only-in-image IMAGE-A"),
+        "{job}"
+    );
+}
+
+/// The other direction: job image B, `srun --container=A` (a relative path) runs in A.
+#[test]
+fn job_image_b_step_chooses_a() {
+    let Some(lab) = Lab::new("inherit-b") else {
+        return;
+    };
+    let a = lab.image("a.sqfs", "IMAGE-A");
+    let b = lab.image("b.sqfs", "IMAGE-B");
+    let job = lab.sbatch(
+        &[&format!("--container={b}")],
+        &format!(
+            r#"echo "batch: $({ONLY_CMD})"
+echo "override: $(srun --container={a} {ONLY_CMD})"
+echo "inherit: $(srun {ONLY_CMD})""#
+        ),
+    );
+    job.expect_ok();
+    let log = &job.log;
+    assert_eq!(value_of(log, "batch: "), Some("image-cmd IMAGE-B"), "{job}");
+    assert_eq!(
+        value_of(log, "override: "),
+        Some("image-cmd IMAGE-A"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "inherit: "),
+        Some("image-cmd IMAGE-B"),
+        "{job}"
+    );
+}
+
+/// Relative image paths are resolved against the submit folder: for the job (also
+/// when a step starts elsewhere) and for a direct srun.
+#[test]
+fn relative_image_paths_resolve_against_the_submit_folder() {
+    let Some(lab) = Lab::new("relative") else {
+        return;
+    };
+    let image = lab.image("images/rel.sqfs", "REL");
+    let work = lab.mkdir("work");
+    let job = lab.sbatch_in(
+        &work,
+        &["--container=../images/rel.sqfs"],
+        &format!(
+            r#"echo "batch: $(cat {ONLY_FILE})"
+cd /tmp && echo "elsewhere: $(srun cat {ONLY_FILE})""#
+        ),
+    );
+    job.expect_ok();
+    assert_eq!(
+        value_of(&job.log, "batch: "),
+        Some("only-in-image REL"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "elsewhere: "),
+        Some("only-in-image REL"),
+        "{job}"
+    );
+
+    let out = lab.srun(&[&format!("--container={image}"), "cat", ONLY_FILE]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "only-in-image REL", "{out}");
+    let out = lab.run_in(
+        &work,
+        &["srun", "--container=../images/rel.sqfs", ONLY_CMD],
+        None,
+        SRUN_SECS,
+    );
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "image-cmd REL", "{out}");
+}
+
+/// A step started inside a job from another folder than the job's submit folder
+/// behaves like a direct srun from there: a relative `--container-mounts` source is
+/// taken against that folder (as the relative image path is), and that folder, even
+/// outside the home and the submit folder, is the step's working directory.
+#[test]
+fn step_started_elsewhere_in_a_job_uses_its_own_folder() {
+    let Some(lab) = Lab::new("elsewhere") else {
+        return;
+    };
+    let image = lab.image("e.sqfs", "ELSEWHERE");
+    let image_abs = lab.path(&image).display().to_string();
+    lab.mkdir("sub/data");
+    lab.write("sub/data/f.txt", "sub-data\n", 0o644);
+    let outside = PathBuf::from(format!("/var/tmp/{}", lab.job_name()));
+    let _ = fs::remove_dir_all(&outside);
+    fs::create_dir(&outside).unwrap();
+    lab.give(&outside);
+    let job = lab.sbatch(
+        &[],
+        &format!(
+            r#"cd sub && echo "mount: $(srun --container=../{image} --container-mounts=data:/mnt/d cat /mnt/d/f.txt)"
+cd {outside} && echo "cwd: $(srun --container={image_abs} pwd)""#,
+            outside = outside.display()
+        ),
+    );
+    let _ = fs::remove_dir_all(&outside);
+    assert_eq!(value_of(&job.log, "mount: "), Some("sub-data"), "{job}");
+    assert_eq!(
+        value_of(&job.log, "cwd: "),
+        Some(outside.display().to_string().as_str()),
+        "{job}"
+    );
+    job.expect_ok();
+}
+
+/// `--container-mounts` (rw and ro) and `--container-workdir`, on srun and for a
+/// whole job (with a step that overrides the working directory).
+#[test]
+fn container_mounts_and_workdir() {
+    let Some(lab) = Lab::new("mounts") else {
+        return;
+    };
+    let image = lab.image("m.sqfs", "MOUNTS");
+    let rw = lab.mkdir("rw");
+    lab.mkdir("ro");
+    let keep = lab.write("ro/keep.txt", "keep\n", 0o644);
+    let ro_abs = lab.path("ro").display().to_string();
+
+    let out = lab.srun(&[
+        &format!("--container={image}"),
+        &format!("--container-mounts=rw:/mnt/rw,{ro_abs}:/mnt/ro:ro"),
+        &format!("--container-workdir={IMAGE_WORKDIR}"),
+        "sh",
+        "-c",
+        "echo \"pwd=$(pwd)\"
+         echo written > /mnt/rw/new.txt && echo rw-write-ok
+         if echo x > /mnt/ro/new.txt; then echo ro-write-SUCCEEDED; else echo ro-write-failed; fi
+         if echo x >> /mnt/ro/keep.txt; then echo ro-append-SUCCEEDED; else echo ro-append-failed; fi
+         echo \"ro-read=$(cat /mnt/ro/keep.txt)\"",
+    ]);
+    out.expect_ok();
+    assert_eq!(value_of(&out.stdout, "pwd="), Some(IMAGE_WORKDIR), "{out}");
+    assert_has(&out.stdout, "rw-write-ok", &out);
+    assert_has(&out.stdout, "ro-write-failed", &out);
+    assert_has(&out.stdout, "ro-append-failed", &out);
+    assert_has(&out.stderr, "Read-only file system", &out);
+    assert_eq!(value_of(&out.stdout, "ro-read="), Some("keep"), "{out}");
+    let new = rw.join("new.txt");
+    assert_eq!(
+        fs::read_to_string(&new).ok().as_deref(),
+        Some("written\n"),
+        "the rw write is not on the host:\n{out}"
+    );
+    assert_eq!(
+        fs::metadata(&new).unwrap().uid(),
+        host_user().uid,
+        "the file is not the user's"
+    );
+    assert!(
+        !lab.path("ro/new.txt").exists(),
+        "a write went through the ro mount"
+    );
+    assert_eq!(fs::read_to_string(&keep).unwrap(), "keep\n");
+
+    // For the whole job; a step overrides the working directory.
+    let job = lab.sbatch(
+        &[
+            &format!("--container={image}"),
+            "--container-mounts=rw:/mnt/rw",
+            &format!("--container-workdir={IMAGE_WORKDIR}"),
+        ],
+        r#"echo "batch-pwd=$(pwd)"
+echo from-batch > /mnt/rw/batch.txt
+srun sh -c 'echo "step-pwd=$(pwd)"; echo "step-read=$(cat /mnt/rw/batch.txt)"'
+srun --container-workdir=/e2e sh -c 'echo "override-pwd=$(pwd)"'"#,
+    );
+    job.expect_ok();
+    assert_eq!(
+        value_of(&job.log, "batch-pwd="),
+        Some(IMAGE_WORKDIR),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "step-pwd="),
+        Some(IMAGE_WORKDIR),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "step-read="),
+        Some("from-batch"),
+        "{job}"
+    );
+    assert_eq!(value_of(&job.log, "override-pwd="), Some("/e2e"), "{job}");
+    assert_eq!(
+        fs::read_to_string(rw.join("batch.txt")).ok().as_deref(),
+        Some("from-batch\n"),
+        "{job}"
+    );
+}
+
+/// Slurm's own commands from inside a containerized batch script (a busybox image
+/// without any C library).
+#[test]
+fn slurm_commands_work_inside_the_batch_script() {
+    let Some(lab) = Lab::new("clients") else {
+        return;
+    };
+    let image = lab.image("c.sqfs", "CLIENTS");
+    let job = lab.sbatch(
+        &[&format!("--container={image}")],
+        &format!(
+            r#"echo "in-image: $(cat {ONLY_FILE})"
+echo "srun-path: $(command -v srun)"
+echo "step: $(srun cat {ONLY_FILE})"
+squeue -h -j "$SLURM_JOB_ID" -o "squeue: %i %T"
+scontrol show job "$SLURM_JOB_ID" > /tmp/e2e-scontrol.$SLURM_JOB_ID && echo "scontrol-rc: 0"
+echo "scontrol: $(grep -o "JobId=[0-9]*" /tmp/e2e-scontrol.$SLURM_JOB_ID) $(grep -o "JobState=[A-Z]*" /tmp/e2e-scontrol.$SLURM_JOB_ID)"
+rm -f /tmp/e2e-scontrol.$SLURM_JOB_ID"#
+        ),
+    );
+    job.expect_ok();
+    let id = job.id.expect("no job id");
+    let log = &job.log;
+    assert_eq!(
+        value_of(log, "in-image: "),
+        Some("only-in-image CLIENTS"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "srun-path: "),
+        Some("/.ferry/bin/srun"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "step: "),
+        Some("only-in-image CLIENTS"),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(log, "squeue: "),
+        Some(format!("{id} RUNNING").as_str()),
+        "{job}"
+    );
+    assert_eq!(value_of(log, "scontrol-rc: "), Some("0"), "{job}");
+    assert_eq!(
+        value_of(log, "scontrol: "),
+        Some(format!("JobId={id} JobState=RUNNING").as_str()),
+        "{job}"
+    );
+}
+
+/// uid, gid and groups inside (srun, batch script, step of the job) equal the user's
+/// on the host.
+#[test]
+fn ids_inside_match_the_user() {
+    let Some(lab) = Lab::new("ids") else { return };
+    let image = lab.image("ids.sqfs", "IDS");
+    let report = "echo \"uid=$(id -u) gid=$(id -g) groups=$(id -G) name=$(id -un)\"";
+    let container = format!("--container={image}");
+    let (out, job) = std::thread::scope(|s| {
+        let job =
+            s.spawn(|| lab.sbatch(&[&container], &format!("{report}\nsrun sh -c '{report}'")));
+        let out = lab.srun(&[&container, "sh", "-c", report]);
+        (out, job.join().unwrap())
+    });
+    out.expect_ok();
+    job.expect_ok();
+    let user = host_user();
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .chain(job.log.lines())
+        .filter(|l| l.starts_with("uid="))
+        .collect();
+    assert_eq!(lines.len(), 3, "expected 3 reports:\n{out}\n{job}");
+    for line in lines {
+        let uid = value_of(line, "uid=")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let gid = value_of(line, "gid=")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let groups = value_of(line, "groups=")
+            .unwrap()
+            .split(" name=")
+            .next()
+            .unwrap();
+        let name = value_of(line, "name=").unwrap();
+        assert_eq!(uid, user.uid.to_string(), "uid differs: {line}");
+        assert_eq!(gid, user.gid.to_string(), "gid differs: {line}");
+        assert_eq!(parse_ids(groups), user.groups, "groups differ: {line}");
+        assert_eq!(name, TEST_USER, "user name differs: {line}");
+    }
+}
+
+/// Bad inputs for the images and options of the lab; (case, options, fragment of the
+/// expected message).
+fn bad_inputs(lab: &Lab) -> Vec<(&'static str, Vec<String>, &'static str)> {
+    let good = lab.image("good.sqfs", "GOOD");
+    let secret = lab.image("secret.sqfs", "SECRET");
+    let secret_path = lab.path(&secret);
+    std::os::unix::fs::chown(&secret_path, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o600)).unwrap();
+    lab.write("notimage.sqfs", "this is not a SquashFS image\n", 0o644);
+    let private = lab.path("private");
+    fs::create_dir(&private).unwrap(); // root's, 0700
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let with_good = |opt: String| vec![format!("--container={good}"), opt];
+    vec![
+        (
+            "missing image",
+            vec!["--container=missing.sqfs".into()],
+            "not found",
+        ),
+        (
+            "unreadable image",
+            vec![format!("--container={secret}")],
+            "cannot read it",
+        ),
+        (
+            "not an image",
+            vec!["--container=notimage.sqfs".into()],
+            "not a container image",
+        ),
+        (
+            "bad --container-mounts syntax",
+            with_good("--container-mounts=/srv:/mnt:rx".into()),
+            "--container-mounts",
+        ),
+        (
+            "unreadable mount source",
+            with_good(format!(
+                "--container-mounts={}:/mnt/private",
+                private.display()
+            )),
+            "mount source",
+        ),
+        (
+            "workdir not in the image",
+            with_good("--container-workdir=/no/such/dir".into()),
+            "working directory /no/such/dir",
+        ),
+    ]
+}
+
+/// Every bad input: srun fails and prints one `ferry:` line that says what is wrong.
+#[test]
+fn bad_inputs_fail_srun_with_one_message() {
+    let Some(lab) = Lab::new("bad-srun") else {
+        return;
+    };
+    let mut cases = bad_inputs(&lab);
+    cases.push((
+        "relative --container-workdir",
+        vec![
+            "--container=good.sqfs".into(),
+            "--container-workdir=rel".into(),
+        ],
+        "absolute",
+    ));
+    std::thread::scope(|s| {
+        let lab = &lab;
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(case, opts, fragment)| {
+                s.spawn(move || {
+                    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+                    args.extend(["echo", "SHOULD-NOT-RUN"]);
+                    let out = lab.srun(&args);
+                    // Only what the user sees, not our command line.
+                    let seen = format!("{}\n{}", out.stdout, out.stderr);
+                    assert_one_ferry_error(case, out.code, &seen, fragment);
+                })
+            })
+            .collect();
+        let failures: Vec<_> = handles
+            .into_iter()
+            .zip(&cases)
+            .filter_map(|(h, (case, _, _))| h.join().err().map(|_| *case))
+            .collect();
+        assert!(failures.is_empty(), "failed cases: {failures:?}");
+    });
+}
+
+/// Every bad input given to sbatch: the job fails and its output file (or sbatch, for
+/// a syntax error) has one `ferry:` line; a bad `srun` inside a good job fails too.
+#[test]
+fn bad_inputs_fail_batch_jobs_with_one_message() {
+    let Some(lab) = Lab::new("bad-sbatch") else {
+        return;
+    };
+    let cases = bad_inputs(&lab);
+    std::thread::scope(|s| {
+        let lab = &lab;
+        let mut handles: Vec<_> = cases
+            .iter()
+            .map(|(case, opts, fragment)| {
+                s.spawn(move || {
+                    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+                    let job = lab.sbatch(&opts, "echo SHOULD-NOT-RUN");
+                    // A syntax error is refused by sbatch itself (no job, no file).
+                    let text = format!("{}\n{}", job.sbatch.stderr, job.log);
+                    assert_one_ferry_error(case, job.sbatch.code, &text, fragment);
+                    if *case == "bad --container-mounts syntax" {
+                        assert_eq!(job.id, None, "{case}: the job was submitted:\n{job}");
+                    } else {
+                        assert!(job.id.is_some(), "{case}: not submitted:\n{job}");
+                        assert!(!job.log.is_empty(), "{case}: empty output file:\n{job}");
+                    }
+                })
+            })
+            .collect();
+        handles.push(s.spawn(move || {
+            let job = lab.sbatch(
+                &["--container=good.sqfs"],
+                "srun --container=missing.sqfs echo SHOULD-NOT-RUN\necho \"inner-rc: $?\"",
+            );
+            job.expect_ok();
+            let rc = value_of(&job.log, "inner-rc: ").unwrap_or("?");
+            assert_ne!(rc, "0", "the failing step reported success:\n{job}");
+            assert_one_ferry_error("missing image in a step", Some(1), &job.log, "not found");
+        }));
+        let names: Vec<&str> = cases
+            .iter()
+            .map(|c| c.0)
+            .chain(["step inside a job"])
+            .collect();
+        let failures: Vec<_> = handles
+            .into_iter()
+            .zip(names)
+            .filter_map(|(h, case)| h.join().err().map(|_| case))
+            .collect();
+        assert!(failures.is_empty(), "failed cases: {failures:?}");
+    });
+}
+
+/// After 200 steps mixed with failures and a job cancelled during a running step:
+/// no loop device of our images, no mount of ours on the host, no process of the
+/// test user left.
+#[test]
+fn nothing_leaks_after_many_steps_and_a_cancel() {
+    let Some(lab) = Lab::exclusive("leaks") else {
+        return;
+    };
+    let image = lab.image("leak.sqfs", "LEAK");
+    lab.write("notimage.sqfs", "not an image\n", 0o644);
+    let before = pids_of_test_user();
+    if !before.is_empty() {
+        eprintln!("warning: processes of {TEST_USER} before the test (ignored): {before:?}");
+    }
+    let container = format!("--container={image}");
+    let job_name = lab.job_name();
+    const LOOP_STEPS: usize = 150;
+    const DIRECT_STEPS: usize = 50;
+
+    // 150 steps from one batch script, 3 in 10 failing (image, exit code, workdir).
+    let loop_script = format!(
+        r#"ok=0; failed=0
+run() {{ if srun "$@" >/dev/null 2>&1; then ok=$((ok+1)); else failed=$((failed+1)); fi; }}
+i=0
+while [ $i -lt {LOOP_STEPS} ]; do
+  case $((i % 10)) in
+    3) run --container=missing.sqfs true ;;
+    6) run sh -c 'exit 7' ;;
+    8) run --container-workdir=/no/such/dir true ;;
+    *) run cat {ONLY_FILE} ;;
+  esac
+  i=$((i+1))
+done
+echo "loop: ok=$ok failed=$failed""#
+    );
+    let started = Instant::now();
+    // Not `sbatch --wait`: it polls at 2, 10 and 42 s, and this job takes 10-20 s.
+    let (loop_id, loop_out) = lab.submit(&[&container], &loop_script);
+
+    std::thread::scope(|s| {
+        // 50 direct steps meanwhile, half of them failing.
+        let direct = s.spawn(|| {
+            let mut failures = Vec::new();
+            for i in 0..DIRECT_STEPS {
+                let (args, should_work): (Vec<&str>, bool) = match i % 4 {
+                    0 => (
+                        vec![&container, "-n", "2", "--overcommit", "cat", ONLY_FILE],
+                        true,
+                    ),
+                    1 => (vec!["--container=missing.sqfs", "true"], false),
+                    2 => (vec![&container, "true"], true),
+                    _ => (vec!["--container=notimage.sqfs", "true"], false),
+                };
+                let args: Vec<&str> = ["-J", &job_name].into_iter().chain(args).collect();
+                let out = lab.srun(&args);
+                if out.ok() != should_work {
+                    failures.push(format!("{out}"));
+                }
+            }
+            failures
+        });
+
+        // A job cancelled while its step runs.
+        let (cancel_id, cancel_out) = lab.submit(&[&container], "srun sleep 300");
+        let step = format!("{cancel_id}.0");
+        let running = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            root_output(
+                "squeue",
+                &["-h", "-s", "-j", &cancel_id.to_string(), "-o", "%i"],
+            )
+            .lines()
+            .any(|l| l.trim() == step)
+        });
+        assert!(running, "step {step} never started");
+        std::thread::sleep(Duration::from_millis(500)); // let the task start its command
+        lab.run(&["scancel", &cancel_id.to_string()]).expect_ok();
+        assert!(
+            job_gone(cancel_id, Duration::from_secs(60)),
+            "job {cancel_id} still in squeue after scancel"
+        );
+        let state = root_output("scontrol", &["show", "job", "-o", &cancel_id.to_string()]);
+        assert_has(&state, "JobState=CANCELLED", &state);
+        let log = fs::read_to_string(&cancel_out).unwrap_or_default();
+        assert!(
+            ferry_lines(&log).is_empty(),
+            "ferry complained during the cancel:\n{log}"
+        );
+
+        let failures = direct.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} direct steps ended unexpectedly:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    });
+
+    assert!(
+        job_gone(loop_id, Duration::from_secs(120)),
+        "the loop job {loop_id} did not end"
+    );
+    let log = fs::read_to_string(&loop_out).unwrap_or_default();
+    let state = root_output("scontrol", &["show", "job", "-o", &loop_id.to_string()]);
+    assert_has(&state, "JobState=COMPLETED", &format!("{state}\n{log}"));
+    let expect = format!("ok={} failed={}", LOOP_STEPS / 10 * 7, LOOP_STEPS / 10 * 3);
+    assert_eq!(value_of(&log, "loop: "), Some(expect.as_str()), "{log}");
+    eprintln!(
+        "leak test: {} steps in {:.1} s",
+        LOOP_STEPS + DIRECT_STEPS + 1,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Everything is released shortly after the jobs end.
+    let dir = lab.dir.display().to_string();
+    // New processes of the test user that are not ours (another test suite running as
+    // ferrytest meanwhile) are reported, not failed on.
+    let mut others = BTreeSet::new();
+    let mut leftovers = || -> Vec<String> {
+        let mut found = Vec::new();
+        for line in root_output("losetup", &["-a"]).lines() {
+            if line.contains(&dir) {
+                found.push(format!("loop device: {line}"));
+            }
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for line in mounts.lines() {
+            if line.contains(&dir) || line.contains("ferry") {
+                found.push(format!("host mount: {line}"));
+            }
+        }
+        for pid in pids_of_test_user().difference(&before) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            let line = format!("process of {TEST_USER}: {pid} {cmdline}");
+            if started_by_us(*pid, &job_name) {
+                found.push(line);
+            } else {
+                others.insert(line);
+            }
+        }
+        found
+    };
+    let clean = wait_until(Duration::from_secs(10), Duration::from_millis(250), || {
+        leftovers().is_empty()
+    });
+    let left = if clean { Vec::new() } else { leftovers() };
+    if !others.is_empty() {
+        eprintln!("note: other processes of {TEST_USER} (not from this test) seen meanwhile:");
+        others.iter().for_each(|l| eprintln!("  {l}"));
+    }
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+}
+
+/// True when the process belongs to this test's jobs: its environment (Slurm's
+/// SLURM_JOB_NAME, SLURM_SUBMIT_DIR, PWD) or its working directory names `marker`. A
+/// process whose environment cannot be read (a zombie) counts as ours.
+fn started_by_us(pid: u32, marker: &str) -> bool {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    environ.is_empty()
+        || String::from_utf8_lossy(&environ).contains(marker)
+        || cwd.to_string_lossy().contains(marker)
+}
+
+fn pids_of_test_user() -> BTreeSet<u32> {
+    root_output("pgrep", &["-u", TEST_USER])
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Waits until `squeue` no longer lists the job (ended, whatever the outcome).
+fn job_gone(id: u64, limit: Duration) -> bool {
+    let id = id.to_string();
+    wait_until(limit, Duration::from_millis(200), || {
+        let out = Command::new("squeue")
+            .args(["-h", "-j", &id, "-o", "%i"])
+            .stdin(Stdio::null())
+            .output();
+        // A finished job is not listed; a purged one is an error ("Invalid job id").
+        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim().is_empty())
+    })
+}
