@@ -847,3 +847,26 @@ fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
     );
     before.assert_nothing_left("after 100 mixed runs");
 }
+
+#[test]
+fn run_by_an_ordinary_user_says_it_needs_root() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let fx = fixture();
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", TEST_USER, "--"])
+        .arg(ferry_bin())
+        .arg("run")
+        .arg(&fx.image)
+        .args(["--", "/bin/true"])
+        .current_dir("/");
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{out:#?}");
+    assert!(
+        lines[0].starts_with("ferry: ") && lines[0].contains("needs root"),
+        "{out:#?}"
+    );
+}
