@@ -296,12 +296,21 @@ fn kept_flags(fd: &OwnedFd) -> MsFlags {
     out
 }
 
+/// Reads a small text file of the image (passwd, group). The image is user input, so
+/// root reads at most `MAX_ACCOUNT_FILE` bytes of it and only a regular file.
 fn read_in_root(in_root: &InRoot, path: &Path) -> String {
-    in_root
-        .open(path, Create::Nothing)
-        .ok()
-        .and_then(|fd| std::fs::read_to_string(sys::fd_path(fd.as_fd())).ok())
-        .unwrap_or_default()
+    use std::io::Read;
+    const MAX_ACCOUNT_FILE: u64 = 4 << 20;
+    let Ok(fd) = in_root.open(path, Create::Nothing) else {
+        return String::new();
+    };
+    if !sys::fstat(fd.as_fd()).is_ok_and(|st| sys::is_regular(&st)) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = std::fs::File::open(sys::fd_path(fd.as_fd()))
+        .map(|f| f.take(MAX_ACCOUNT_FILE).read_to_string(&mut text));
+    text
 }
 
 /// Writes a regular file in the writable layer, replacing a symlink or file the image has.
