@@ -116,7 +116,7 @@ impl InRoot<'_> {
 }
 
 /// The normal components of a path, `..` kept (the walker clamps it at the root).
-fn components(path: &Path) -> Vec<OsString> {
+pub fn components(path: &Path) -> Vec<OsString> {
     path.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
@@ -164,7 +164,7 @@ mod tests {
             writable_dev: None,
         };
         let fd = r.open(Path::new("a/b/up"), Create::Nothing).unwrap();
-        assert_eq!(real(&fd), t);
+        assert_eq!(real(&fd), *t);
     }
 
     #[test]
@@ -201,7 +201,23 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
-    fn tempdir() -> std::path::PathBuf {
+    /// A scratch folder removed when the test ends.
+    struct Scratch(std::path::PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = std::path::PathBuf;
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir() -> Scratch {
         let base = std::env::temp_dir().join(format!(
             "ferry-resolve-{}-{}",
             std::process::id(),
@@ -211,6 +227,6 @@ mod tests {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&base).unwrap();
-        base.canonicalize().unwrap()
+        Scratch(base.canonicalize().unwrap())
     }
 }

@@ -8,9 +8,10 @@
 
 use ferry_runtime::exec::execv;
 use ferry_runtime::request::HOST_ROOT;
+use ferry_runtime::resolve::components;
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 const SEARCH: &[&str] = &["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin", "/sbin"];
 const LIB_DIRS: &[&str] = &[
@@ -69,7 +70,7 @@ fn main() {
 /// the host would: an absolute link target starts again at the host root.
 fn host_path(host: &Path, path: &Path) -> PathBuf {
     let mut resolved = PathBuf::from("/");
-    let mut pending: Vec<OsString> = parts(path);
+    let mut pending: Vec<OsString> = components(path);
     pending.reverse();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
@@ -84,7 +85,7 @@ fn host_path(host: &Path, path: &Path) -> PathBuf {
                 if target.is_absolute() {
                     resolved = PathBuf::from("/");
                 }
-                let mut more = parts(&target);
+                let mut more = components(&target);
                 more.reverse();
                 pending.extend(more);
             }
@@ -92,16 +93,6 @@ fn host_path(host: &Path, path: &Path) -> PathBuf {
         }
     }
     host.join(resolved.strip_prefix("/").unwrap_or(&resolved))
-}
-
-fn parts(path: &Path) -> Vec<OsString> {
-    path.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The PT_INTERP path of a 64-bit little-endian ELF executable.
