@@ -1442,3 +1442,46 @@ fn job_gone(id: u64, limit: Duration) -> bool {
         matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim().is_empty())
     })
 }
+
+/// A failed setup also reaches the admins: one line in syslog (tag `ferry`) naming the
+/// job, the step and the uid, with the same message the user saw.
+#[test]
+fn failures_are_logged_to_syslog_with_job_and_step() {
+    let Some(lab) = Lab::new("syslog") else {
+        return;
+    };
+    let syslog = Path::new("/var/log/syslog");
+    if !Path::new("/dev/log").exists() || !syslog.exists() {
+        let reason = "no syslog daemon (/dev/log and /var/log/syslog; tests/run starts rsyslogd)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("missing prerequisite: {reason}");
+        }
+        eprintln!("SKIPPED (missing prerequisite: {reason})");
+        return;
+    }
+    let job = lab.sbatch(
+        &["--container=missing-for-syslog.sqfs"],
+        "echo SHOULD-NOT-RUN",
+    );
+    let id = job.id.expect("the job was submitted");
+    assert!(job.log.contains("not found"), "{job}");
+    let uid = host_user().uid;
+    let wanted = format!("job {id} step batch uid {uid}: image ");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&fs::read(syslog).unwrap()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains(&wanted)) {
+            assert!(
+                line.contains(" ferry[") && line.contains("missing-for-syslog.sqfs: not found"),
+                "{line}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no syslog line with {wanted:?} in {}",
+            syslog.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
