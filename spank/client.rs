@@ -15,6 +15,9 @@ pub const CWD_VAR: &str = "FERRY_SUBMIT_DIR";
 /// The `--container-mounts` value and the folder its relative sources are taken from.
 pub const MOUNTS_SPEC_VAR: &str = "FERRY_MOUNTS_SPEC";
 pub const MOUNTS_BASE_VAR: &str = "FERRY_MOUNTS_BASE";
+/// The `--container-provenance` value and the absolute file it names.
+pub const PROVENANCE_SPEC_VAR: &str = "FERRY_PROVENANCE_SPEC";
+pub const PROVENANCE_FILE_VAR: &str = "FERRY_PROVENANCE_FILE";
 /// `--container=none` runs a step of a containerized job on the host.
 pub const NO_CONTAINER: &str = "none";
 
@@ -54,6 +57,17 @@ pub fn init_post_opt() -> Result<(), String> {
             std::env::set_var(MOUNTS_BASE_VAR, &cwd);
         }
     }
+    if let Some(file) = options::provenance() {
+        // Like mount sources: a relative FILE is taken from where the option was given.
+        if std::env::var(PROVENANCE_SPEC_VAR).ok().as_deref() != Some(file.as_str()) {
+            std::env::set_var(PROVENANCE_SPEC_VAR, &file);
+            std::env::set_var(PROVENANCE_FILE_VAR, cwd.join(&file));
+        }
+    }
+    if let Ok(image) = std::env::var(CONTAINER_VAR) {
+        ferry_runtime::digest::split_pinned(&image)
+            .map_err(|e| format!("ferry: --container={e}"))?;
+    }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {
             return Err(format!(
@@ -66,10 +80,15 @@ pub fn init_post_opt() -> Result<(), String> {
 
 /// An image path relative to the folder the job was submitted from; `none` stays.
 pub fn absolute_image(image: &str, base: &Path) -> String {
-    if image == NO_CONTAINER || Path::new(image).is_absolute() {
+    // A pinned digest (`@sha256:...`) stays attached to the path it pins.
+    let (path, pin) = match ferry_runtime::digest::split_pinned(image) {
+        Ok((path, Some(pin))) => (path, format!("@{pin}")),
+        _ => (image, String::new()),
+    };
+    if image == NO_CONTAINER || Path::new(path).is_absolute() {
         return image.to_string();
     }
-    base.join(image).display().to_string()
+    format!("{}{pin}", base.join(path).display())
 }
 
 #[cfg(test)]
@@ -86,5 +105,10 @@ mod tests {
         );
         assert_eq!(absolute_image("/images/x.sqfs", base), "/images/x.sqfs");
         assert_eq!(absolute_image("none", base), "none");
+        let pin = format!("@sha256:{}", "0".repeat(64));
+        assert_eq!(
+            absolute_image(&format!("img.sqfs{pin}"), base),
+            format!("/home/alice/run/img.sqfs{pin}")
+        );
     }
 }

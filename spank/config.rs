@@ -30,6 +30,12 @@ pub struct Config {
     /// Host accounts added to the container's passwd/group (Slurm's clients look up
     /// SlurmUser by name).
     pub accounts: Vec<String>,
+    /// Refuse images that are not pinned with `@sha256:`.
+    pub require_digest: bool,
+    /// Root-owned folder of known image digests.
+    pub digest_cache: PathBuf,
+    /// Unpinned images up to this size are hashed for the provenance record.
+    pub hash_unpinned_up_to: u64,
 }
 
 impl Default for Config {
@@ -39,6 +45,9 @@ impl Default for Config {
             host_dirs: DEFAULT_HOST_DIRS.iter().map(PathBuf::from).collect(),
             slurm_clients: true,
             accounts: vec!["slurm".into(), "munge".into()],
+            require_digest: false,
+            digest_cache: ferry_runtime::digest::DEFAULT_CACHE_DIR.into(),
+            hash_unpinned_up_to: ferry_runtime::request::HASH_UNPINNED_UP_TO,
         }
     }
 }
@@ -61,23 +70,50 @@ impl Config {
                     }
                     config.host_dirs = dirs;
                 }
-                "slurm_clients" => {
-                    config.slurm_clients = match value {
-                        "yes" | "true" | "1" => true,
-                        "no" | "false" | "0" => false,
-                        _ => return Err(bad("use yes or no")),
-                    }
+                "slurm_clients" => config.slurm_clients = yes_no(value).ok_or_else(|| bad("use yes or no"))?,
+                "require_digest" => config.require_digest = yes_no(value).ok_or_else(|| bad("use yes or no"))?,
+                "digest_cache" if value.starts_with('/') => config.digest_cache = value.into(),
+                "digest_cache" => return Err(bad("give an absolute path")),
+                "hash_unpinned_max" => {
+                    config.hash_unpinned_up_to =
+                        parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
                 }
                 "accounts" => config.accounts = value.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
                 _ => {
                     return Err(format!(
-                        "ferry: plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts)"
+                        "ferry: plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max)"
                     ))
                 }
             }
         }
         Ok(config)
     }
+}
+
+fn yes_no(value: &str) -> Option<bool> {
+    match value {
+        "yes" | "true" | "1" => Some(true),
+        "no" | "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
+fn parse_size(value: &str) -> Option<u64> {
+    let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => value.split_at(i),
+        None => (value, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]
@@ -109,6 +145,25 @@ mod tests {
         );
         assert!(!c.slurm_clients);
         assert_eq!(c.accounts, vec!["slurm".to_string()]);
+    }
+
+    #[test]
+    fn digest_settings() {
+        let c = parse(&[
+            "require_digest=yes",
+            "digest_cache=/var/lib/ferry/d",
+            "hash_unpinned_max=512M",
+        ])
+        .unwrap();
+        assert!(c.require_digest);
+        assert_eq!(c.digest_cache, PathBuf::from("/var/lib/ferry/d"));
+        assert_eq!(c.hash_unpinned_up_to, 512 << 20);
+        assert!(parse(&["hash_unpinned_max=lots"])
+            .unwrap_err()
+            .contains("hash_unpinned_max"));
+        assert!(parse(&["require_digest=perhaps"])
+            .unwrap_err()
+            .contains("require_digest"));
     }
 
     #[test]

@@ -88,6 +88,28 @@ impl Spank {
         ok(rc).ok().and_then(|_| u32::try_from(value).ok())
     }
 
+    /// The node's index in the job (0 for the first node).
+    pub fn node_id(&self) -> Option<u32> {
+        self.item_u32(spank_item::S_JOB_NODEID)
+    }
+
+    /// The running Slurm's version string.
+    pub fn slurm_version(&self) -> Option<String> {
+        let mut value: *const c_char = std::ptr::null();
+        // SAFETY: S_SLURM_VERSION takes one `char **`; `value` outlives the call.
+        let rc =
+            unsafe { bindings::spank_get_item(self.0, spank_item::S_SLURM_VERSION, &mut value) };
+        if ok(rc).is_err() || value.is_null() {
+            return None;
+        }
+        // SAFETY: Slurm returns a NUL-terminated string it owns, valid during the callback.
+        Some(
+            unsafe { CStr::from_ptr(value) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
     pub fn step_id(&self) -> Option<u32> {
         self.item_u32(spank_item::S_JOB_STEPID)
     }

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod ffi;
 mod options;
+mod provenance;
 mod step;
 
 use ffi::{hook, spank_t, Context, Spank};

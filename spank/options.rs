@@ -1,5 +1,6 @@
 //! The plugin's own options. `--container` itself is Slurm's (registering it would be
-//! refused), so ours are `--container-mounts` and `--container-workdir`. sbatch puts
+//! refused), so ours are `--container-mounts`, `--container-workdir` and
+//! `--container-provenance`. sbatch puts
 //! them in the job's environment and every srun of the job picks them up; an explicit
 //! srun option overrides. Callbacks may run twice with the same value: they only store.
 
@@ -9,8 +10,9 @@ use std::sync::Mutex;
 
 const MOUNTS: i32 = 1;
 const WORKDIR: i32 = 2;
+const PROVENANCE: i32 = 3;
 
-static VALUES: Mutex<[Option<String>; 2]> = Mutex::new([None, None]);
+static VALUES: Mutex<[Option<String>; 3]> = Mutex::new([None, None, None]);
 
 pub fn register(spank: &Spank) -> Result<(), String> {
     spank.register_option(
@@ -26,6 +28,13 @@ pub fn register(spank: &Spank) -> Result<(), String> {
         "[ferry] folder inside the --container image to start in",
         WORKDIR,
         on_option,
+    )?;
+    spank.register_option(
+        "container-provenance",
+        "FILE",
+        "[ferry] append each step's provenance record (JSON, one line) to FILE",
+        PROVENANCE,
+        on_option,
     )
 }
 
@@ -37,6 +46,7 @@ fn store(val: i32, arg: String, _remote: bool) -> Result<(), String> {
     let slot = match val {
         MOUNTS => 0,
         WORKDIR => 1,
+        PROVENANCE => 2,
         _ => return Err(format!("ferry: unknown option value {val}")),
     };
     VALUES.lock().map_err(|_| "ferry: option state poisoned")?[slot] = Some(arg);
@@ -53,4 +63,8 @@ pub fn mounts() -> Option<String> {
 
 pub fn workdir() -> Option<String> {
     get(1)
+}
+
+pub fn provenance() -> Option<String> {
+    get(2)
 }

@@ -5,14 +5,22 @@
 //! logged for the admin and kept: every task then prints it on the step's stderr and
 //! fails, which the user does see (srun's terminal or the job's output file).
 
-use crate::client::{CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, NO_CONTAINER};
+use crate::client::{
+    CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, NO_CONTAINER, PROVENANCE_FILE_VAR,
+    PROVENANCE_SPEC_VAR,
+};
 use crate::config::Config;
 use crate::ffi::{self, Spank};
 use crate::options;
+use crate::provenance;
 use ferry_runtime::request::{container_path, BIN_DIR, SLURM_COMMANDS};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
 use std::path::PathBuf;
 use std::sync::Mutex;
+
+/// Documented job environment: the image's absolute path and its digest when known.
+const IMAGE_VAR: &str = "FERRY_IMAGE";
+const DIGEST_VAR: &str = "FERRY_IMAGE_DIGEST";
 
 /// Slurm's id of the extern step, which holds no user processes: left alone.
 const EXTERN_STEP: u32 = 0xffff_fffc;
@@ -23,6 +31,8 @@ struct Step {
     container: Option<Container>,
     /// Set when preparing failed: each task prints it and fails.
     failure: Option<String>,
+    /// The provenance record (one JSON line) of this step on this node.
+    record: Option<String>,
     /// This task's working directory as slurmstepd set it (task processes only).
     task_cwd: Option<PathBuf>,
 }
@@ -52,17 +62,37 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     let config = with_step(|s| s.config.clone())?;
-    let outcome = build_request(spank, &image, &config)
-        .and_then(|req| ferry_runtime::prepare(&req).map_err(|e| e.to_string()));
+    let outcome = build_request(spank, &image, &config).and_then(|req| {
+        let container = ferry_runtime::prepare(&req).map_err(|e| e.to_string())?;
+        Ok((container, req))
+    });
     let ids = format!(
         "job {} step {}",
         spank.job_id().map_or("?".into(), |j| j.to_string()),
         spank.step_id().map_or("?".into(), step_name)
     );
     match outcome {
-        Ok(container) => {
+        Ok((container, req)) => {
             ffi::debug(&format!("ferry: {ids}: container ready for image {image}"));
-            with_step(|s| s.container = Some(container))
+            // The job's environment names the image and its digest (documented).
+            spank.setenv(IMAGE_VAR, &container.image.display().to_string())?;
+            if let Some(digest) = &container.facts.digest {
+                spank.setenv(DIGEST_VAR, &digest.to_string())?;
+            }
+            let step_ids = provenance::StepIds {
+                job: spank.job_id(),
+                step: spank.step_id().map_or("?".into(), step_name),
+                node: ferry_runtime::hostname(),
+                user: req.user.name.clone(),
+                uid: req.user.uid,
+                slurm_version: spank.slurm_version(),
+            };
+            let record = provenance::record(&step_ids, &container, &req.mounts).to_string();
+            ffi::syslog(libc::LOG_INFO, &format!("provenance {record}"));
+            with_step(|s| {
+                s.container = Some(container);
+                s.record = Some(record);
+            })
         }
         Err(message) => {
             let uid = spank.uid().map_or("?".into(), |u| u.to_string());
@@ -107,6 +137,13 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
             readonly: false,
         })
         .collect();
+    let (image, pinned) = ferry_runtime::digest::split_pinned(image)?;
+    if pinned.is_none() && config.require_digest {
+        return Err(ferry_runtime::Error::PinRequired {
+            path: image.to_string(),
+        }
+        .to_string());
+    }
     Ok(Request {
         image: base.join(image),
         user,
@@ -123,6 +160,9 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
             .iter()
             .filter_map(|name| User::by_name(name).ok())
             .collect(),
+        pinned,
+        digest_cache: Some(config.digest_cache.clone()),
+        hash_unpinned_up_to: config.hash_unpinned_up_to,
     })
 }
 
@@ -204,10 +244,47 @@ pub fn task_enter(spank: &Spank) -> Result<(), String> {
         )
     })?;
     spank.setenv("PWD", &workdir.display().to_string())?;
+    write_provenance_file(spank)?;
     let path = container_path(spank.getenv("PATH").as_deref(), Some(BIN_DIR));
     spank.setenv("PATH", &path)
 }
 
 pub fn release() {
     let _ = with_step(|s| s.container = None);
+}
+
+/// `--container-provenance=FILE`: the first task of the step's first node appends the
+/// record, as the user and from inside the container, so it can only write where the
+/// user can.
+fn write_provenance_file(spank: &Spank) -> Result<(), String> {
+    let Some(spec) = options::provenance() else {
+        return Ok(());
+    };
+    if spank.node_id() != Some(0) || spank.local_task_id() != Some(0) {
+        return Ok(());
+    }
+    let file = match spank.getenv(PROVENANCE_SPEC_VAR) {
+        Some(s) if s == spec => spank.getenv(PROVENANCE_FILE_VAR).map(PathBuf::from),
+        _ => None,
+    }
+    .unwrap_or_else(|| PathBuf::from(&spec));
+    let Some(record) = with_step(|s| s.record.clone())? else {
+        return Ok(());
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&file)
+        .map_err(|e| {
+            format!(
+                "ferry: --container-provenance={spec}: cannot write {} ({e})",
+                file.display()
+            )
+        })?;
+    std::io::Write::write_all(&mut out, format!("{record}\n").as_bytes()).map_err(|e| {
+        format!(
+            "ferry: --container-provenance={spec}: cannot write {} ({e})",
+            file.display()
+        )
+    })
 }

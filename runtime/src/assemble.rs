@@ -3,6 +3,7 @@
 //! under a small writable layer, binds and writes what the plan says, and pivots into
 //! the result. Runs in a single-threaded process that exits when the step ends.
 
+use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
 use crate::image::{self, Format, OpenedImage};
 use crate::plan::{Bind, FileContent, Opener, Plan};
@@ -26,7 +27,7 @@ struct OpenedBind<'a> {
     is_dir: bool,
 }
 
-pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
+pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
     let user = &req.user;
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL).
@@ -41,6 +42,7 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
     sys::set_fs_credentials(0, 0, &[0])
         .map_err(|e| Error::system("restoring root credentials", e))?;
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
+    let (facts, verified) = verify_image(req, &image)?;
     if let Some((_, err)) = skipped
         .iter()
         // Missing on the host is fine (the image may have that folder: check_workdir
@@ -74,6 +76,15 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
             .map_err(|e| Error::system("creating the staging folders", e))?;
     }
     mount_image(&image, &staging.join("image"))?;
+    if let Some(version) = verified {
+        // What was hashed is what the loop device reads, unless the file changed since.
+        let now = image_file(&image).and_then(|f| digest::FileVersion::of(&f));
+        if now.ok().as_ref() != Some(&version) {
+            return Err(Error::ImageChanged {
+                path: req.image.clone(),
+            });
+        }
+    }
     let overlay_opts = format!(
         "lowerdir={0}/image,upperdir={0}/upper,workdir={0}/work",
         staging.display()
@@ -146,7 +157,8 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<()> {
     sys::pivot_into(root.as_fd())
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
-    check_workdir(&plan.workdir, &req.image)
+    check_workdir(&plan.workdir, &req.image)?;
+    Ok(facts)
 }
 
 fn open_sources<'a>(
@@ -348,4 +360,67 @@ fn check_workdir(workdir: &PathBuf, image: &Path) -> Result<()> {
             reason: format!("does not exist in the container of image {}; choose an existing folder or mount one there", image.display()),
         }),
     }
+}
+
+/// What the caller learns about the image: for the environment and the provenance record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageFacts {
+    pub format: String,
+    pub size: u64,
+    pub mtime_unix: i64,
+    pub digest: Option<Digest>,
+    pub digest_source: Option<Source>,
+}
+
+fn image_file(image: &OpenedImage) -> std::io::Result<std::fs::File> {
+    Ok(std::fs::File::from(image.fd.try_clone()?))
+}
+
+/// Checks a pinned digest against the opened file (and hashes small unpinned images for
+/// the record). Returns the file version that was verified, to re-check after mounting.
+fn verify_image(
+    req: &Request,
+    image: &OpenedImage,
+) -> Result<(ImageFacts, Option<digest::FileVersion>)> {
+    use std::os::unix::fs::MetadataExt;
+    let file =
+        image_file(image).map_err(|e| Error::system("duplicating the image descriptor", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::system(format!("stat of {}", req.image.display()), e))?;
+    let mut facts = ImageFacts {
+        format: match image.format {
+            Format::Squashfs => "squashfs".into(),
+            Format::Directory => "directory".into(),
+        },
+        size: meta.size(),
+        mtime_unix: meta.mtime(),
+        ..Default::default()
+    };
+    if image.format == Format::Directory {
+        return match req.pinned {
+            Some(_) => Err(Error::PinnedFolder {
+                path: req.image.clone(),
+            }),
+            None => Ok((facts, None)),
+        };
+    }
+    if req.pinned.is_none() && meta.size() > req.hash_unpinned_up_to {
+        return Ok((facts, None));
+    }
+    let cache = req.digest_cache.as_ref().map(Cache::new);
+    let (found, source, version) = digest::digest_of(&file, cache.as_ref())
+        .map_err(|e| image_err(image, "reading the image to verify its digest", e))?;
+    if let Some(expected) = &req.pinned {
+        if *expected != found {
+            return Err(Error::DigestMismatch {
+                path: req.image.clone(),
+                expected: expected.to_string(),
+                actual: found.to_string(),
+            });
+        }
+    }
+    facts.digest = Some(found);
+    facts.digest_source = Some(source);
+    Ok((facts, Some(version)))
 }

@@ -7,7 +7,7 @@
 //! file is left; closing the descriptor (or the parent dying) frees everything.
 //! Forked children inherit the descriptor and `join` with setns.
 
-use crate::assemble;
+use crate::assemble::{self, ImageFacts};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan};
 use crate::request::Request;
@@ -23,6 +23,9 @@ pub struct Container {
     pub workdir: PathBuf,
     pub user: User,
     pub image: PathBuf,
+    pub facts: ImageFacts,
+    /// Whether the request pinned the image's digest (and so it was verified).
+    pub pinned: bool,
 }
 
 const READY: &str = "ready";
@@ -47,9 +50,16 @@ pub fn prepare(req: &Request) -> Result<Container> {
             let mut report = String::new();
             let read = std::fs::File::from(result_read).read_to_string(&mut report);
             let outcome = match (read, report.strip_prefix(READY)) {
-                (Ok(_), Some(_)) => {
+                (Ok(_), Some(facts)) => {
                     sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
                         .map_err(|e| Error::system("opening the container's mount namespace", e))
+                        .map(|ns| {
+                            (
+                                ns,
+                                serde_json::from_str::<ImageFacts>(facts.trim())
+                                    .unwrap_or_default(),
+                            )
+                        })
                 }
                 (Ok(_), None) if !report.trim().is_empty() => {
                     Err(Error::Helper(report.trim().to_string()))
@@ -61,11 +71,14 @@ pub fn prepare(req: &Request) -> Result<Container> {
             };
             drop(release_write); // lets the helper exit
             let _ = nix::sys::wait::waitpid(pid, None);
+            let (namespace, facts) = outcome?;
             Ok(Container {
-                namespace: outcome?,
+                namespace,
                 workdir: plan.workdir,
                 user: req.user.clone(),
                 image: req.image.clone(),
+                facts,
+                pinned: req.pinned.is_some(),
             })
         }
     }
@@ -76,8 +89,12 @@ fn helper(req: &Request, plan: &Plan, result: OwnedFd, release: OwnedFd) -> ! {
     let outcome = std::panic::catch_unwind(|| assemble::assemble(req, plan));
     let mut result = std::fs::File::from(result);
     let code = match outcome {
-        Ok(Ok(())) => {
-            let _ = result.write_all(READY.as_bytes());
+        Ok(Ok(facts)) => {
+            let report = format!(
+                "{READY}\n{}",
+                serde_json::to_string(&facts).unwrap_or_default()
+            );
+            let _ = result.write_all(report.as_bytes());
             0
         }
         Ok(Err(e)) => {

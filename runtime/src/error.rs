@@ -24,6 +24,20 @@ pub enum Error {
         what: &'static str,
         source: io::Error,
     },
+    #[error("image {path}: digest mismatch: expected {expected}, found {actual}; the file is not the pinned image (check the path, or pin the new digest)")]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("image {path}: a root folder has no digest to pin; pin a SquashFS image instead (ferry digest IMAGE)")]
+    PinnedFolder { path: PathBuf },
+    #[error("image {path}: the file changed while it was being verified; try again once nothing writes to it")]
+    ImageChanged { path: PathBuf },
+    #[error("{0}")]
+    BadImageSpec(String),
+    #[error("this site requires pinned images: use --container={path}@sha256:... (get the digest with: ferry digest {path})")]
+    PinRequired { path: String },
     #[error("mount {spec:?}: {reason}")]
     BadMountSpec { spec: String, reason: String },
     #[error("mount source {path}: {user} cannot use it ({source}); check that it exists and that you can read it")]

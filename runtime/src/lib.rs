@@ -5,6 +5,7 @@
 
 pub mod assemble;
 pub mod container;
+pub mod digest;
 pub mod error;
 pub mod image;
 pub mod plan;
@@ -18,7 +19,14 @@ pub use error::{Error, Result};
 pub use request::{MountSpec, Request, SlurmClients};
 pub use users::User;
 
-/// Exits with the user's message; for the CLI only.
+/// This node's host name (for records and logs).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// True when running as root (the CLI's `run` needs it).
 pub fn is_root() -> bool {
     sys::euid() == 0
 }

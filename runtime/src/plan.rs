@@ -199,6 +199,9 @@ mod tests {
             host_binds: vec![],
             slurm_clients: None,
             accounts: vec![],
+            pinned: None,
+            digest_cache: None,
+            hash_unpinned_up_to: 0,
         }
     }
 

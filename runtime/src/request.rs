@@ -1,5 +1,6 @@
 //! What a caller (the CLI or the SPANK plugin) asks for: a plain value, no Slurm types.
 
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
@@ -21,7 +22,16 @@ pub struct Request {
     pub slurm_clients: Option<SlurmClients>,
     /// Host accounts that must also resolve inside (Slurm's own user, for its clients).
     pub accounts: Vec<User>,
+    /// The pinned digest (`IMAGE@sha256:HEX`): the container is made only if it matches.
+    pub pinned: Option<Digest>,
+    /// Root-owned folder of known digests (None: hash every time).
+    pub digest_cache: Option<PathBuf>,
+    /// Unpinned SquashFS images up to this size are hashed too, for the record.
+    pub hash_unpinned_up_to: u64,
 }
+
+/// Default for `Request::hash_unpinned_up_to`: 2 GiB, about 5 s once per file version.
+pub const HASH_UNPINNED_UP_TO: u64 = 2 << 30;
 
 #[derive(Clone, Debug)]
 pub struct SlurmClients {

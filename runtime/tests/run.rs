@@ -398,6 +398,9 @@ fn two_processes_joining_one_prepared_container_see_the_same_root() {
         host_binds: vec![],
         slurm_clients: None,
         accounts: vec![],
+        pinned: None,
+        digest_cache: None,
+        hash_unpinned_up_to: 0,
     };
     let container = Arc::new(ferry_runtime::prepare(&request).expect("prepare"));
     assert_eq!(

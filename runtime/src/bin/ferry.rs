@@ -1,8 +1,10 @@
 //! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses.
 
 use clap::{Parser, Subcommand};
+use ferry_runtime::digest::{self, split_pinned, Cache, Digest};
 use ferry_runtime::{exec, prepare, MountSpec, Request, User};
 use std::ffi::CString;
+use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,15 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
+    /// Print the SHA-256 digest of an image file, to pin it as IMAGE@sha256:HEX
+    Digest {
+        /// Verify against this digest instead (uses the node's digest cache when root);
+        /// exit 1 on a mismatch
+        #[arg(long, value_name = "sha256:HEX")]
+        check: Option<String>,
+        /// Image file
+        image: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +64,13 @@ fn main() -> ExitCode {
             Err(message) => {
                 eprintln!("ferry: {message}");
                 ExitCode::from(125)
+            }
+        },
+        Command::Digest { check, image } => match digest_command(check.as_deref(), &image) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("ferry: {message}");
+                ExitCode::from(2)
             }
         },
     }
@@ -82,6 +100,8 @@ fn run(
         .map(|m| MountSpec::parse(m, &cwd))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
+    let (image, pinned) = split_pinned(spec)?;
     let request = Request {
         image: cwd.join(image),
         user,
@@ -91,6 +111,9 @@ fn run(
         host_binds: vec![],
         slurm_clients: None,
         accounts: vec![],
+        pinned,
+        digest_cache: Some(ferry_runtime::digest::DEFAULT_CACHE_DIR.into()),
+        hash_unpinned_up_to: 0,
     };
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
@@ -131,4 +154,84 @@ fn drop_to_env(user: &User) {
     std::env::set_var("LOGNAME", &user.name);
     let path = ferry_runtime::request::container_path(std::env::var("PATH").ok().as_deref(), None);
     std::env::set_var("PATH", path);
+}
+
+fn digest_command(check: Option<&str>, image: &PathBuf) -> Result<ExitCode, String> {
+    let file = std::fs::File::open(image).map_err(|e| format!("image {}: {e}", image.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let cache = ferry_runtime::is_root().then(|| Cache::new(digest::DEFAULT_CACHE_DIR));
+    if let Some(expected) = check {
+        let expected = Digest::parse(expected)
+            .ok_or_else(|| format!("--check {expected}: expected sha256: and 64 hex digits"))?;
+        let (found, source, _) = digest::digest_of(&file, cache.as_ref())
+            .map_err(|e| format!("image {}: {e}", image.display()))?;
+        let source = match source {
+            digest::Source::Cache => "cached",
+            digest::Source::Computed => "hashed",
+        };
+        if found == expected {
+            println!("{}: OK ({source})", image.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{}: MISMATCH: expected {expected}, found {found} ({source})",
+            image.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let mut bar = Progress::new(image, size);
+    let found = digest::hash_file(&file, &mut |done| bar.show(done))
+        .map_err(|e| format!("image {}: {e}", image.display()))?;
+    bar.finish();
+    if let Some(cache) = &cache {
+        if let Ok(version) = digest::FileVersion::of(&file) {
+            let _ = cache.store(&version, &found);
+        }
+    }
+    println!("{found}  {}", image.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A one-line progress display on a terminal for files worth waiting for; silent in scripts.
+struct Progress {
+    label: String,
+    size: u64,
+    shown: Option<u64>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(image: &std::path::Path, size: u64) -> Progress {
+        let enabled = std::io::stderr().is_terminal() && size >= 256 << 20;
+        Progress {
+            label: image.display().to_string(),
+            size,
+            shown: None,
+            enabled,
+        }
+    }
+
+    fn show(&mut self, done: u64) {
+        if !self.enabled || self.size == 0 {
+            return;
+        }
+        let percent = done * 100 / self.size;
+        if self.shown != Some(percent) {
+            self.shown = Some(percent);
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            eprint!(
+                "\rhashing {}: {percent:3}% ({:.1} of {:.1} GiB)",
+                self.label,
+                gib(done),
+                gib(self.size)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.shown.is_some() {
+            eprintln!();
+        }
+    }
 }
