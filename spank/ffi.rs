@@ -171,6 +171,13 @@ impl Spank {
         Some(value.to_string_lossy().into_owned())
     }
 
+    pub fn unsetenv(&self, name: &str) -> Result<(), String> {
+        let n = cstring(name)?;
+        // SAFETY: a valid C string for the call.
+        ok(unsafe { bindings::spank_unsetenv(self.0, n.as_ptr()) })
+            .map_err(|e| format!("unsetting {name}: {e}"))
+    }
+
     pub fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
         let (n, v) = (cstring(name)?, cstring(value)?);
         // SAFETY: both are valid C strings for the call.
@@ -234,18 +241,6 @@ pub fn debug(message: &str) {
     if let Ok(m) = CString::new(message) {
         // SAFETY: as in `error`.
         unsafe { bindings::slurm_debug(c"%s".as_ptr(), m.as_ptr()) }
-    }
-}
-
-/// One line to syslog (facility daemon) for the admins.
-pub fn syslog(priority: c_int, message: &str) {
-    if let Ok(m) = CString::new(message) {
-        // SAFETY: openlog keeps the ident pointer, so it is a 'static C string literal;
-        // syslog gets a constant "%s" format with one C string argument.
-        unsafe {
-            libc::openlog(c"ferry".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
-            libc::syslog(priority, c"%s".as_ptr(), m.as_ptr());
-        }
     }
 }
 

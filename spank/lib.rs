@@ -8,6 +8,7 @@ mod ffi;
 mod options;
 mod provenance;
 mod step;
+mod syslog;
 
 use ffi::{hook, spank_t, Context, Spank};
 use std::ffi::{c_char, c_int};

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::ffi::{self, Spank};
 use crate::options;
 use crate::provenance;
+use crate::syslog;
 use ferry_runtime::request::{container_path, BIN_DIR, SLURM_COMMANDS};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
 use std::path::PathBuf;
@@ -55,6 +56,12 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
     if spank.step_id() == Some(EXTERN_STEP) {
         return Ok(());
     }
+    // Variables a containerized job passed down describe its image, not this step's.
+    for var in [IMAGE_VAR, DIGEST_VAR] {
+        if spank.getenv(var).is_some() {
+            spank.unsetenv(var)?;
+        }
+    }
     let Some(image) = spank
         .getenv(CONTAINER_VAR)
         .filter(|v| !v.is_empty() && v != NO_CONTAINER)
@@ -88,7 +95,7 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 slurm_version: spank.slurm_version(),
             };
             let record = provenance::record(&step_ids, &container, &req.mounts).to_string();
-            ffi::syslog(libc::LOG_INFO, &format!("provenance {record}"));
+            syslog::log(syslog::INFO, &format!("provenance {record}"));
             with_step(|s| {
                 s.container = Some(container);
                 s.record = Some(record);
@@ -96,7 +103,7 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
         }
         Err(message) => {
             let uid = spank.uid().map_or("?".into(), |u| u.to_string());
-            ffi::syslog(libc::LOG_ERR, &format!("{ids} uid {uid}: {message}"));
+            syslog::log(syslog::ERR, &format!("{ids} uid {uid}: {message}"));
             ffi::error(&format!("ferry: {message}"));
             with_step(|s| s.failure = Some(format!("ferry: {message}")))
         }

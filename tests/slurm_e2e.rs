@@ -1485,3 +1485,631 @@ fn failures_are_logged_to_syslog_with_job_and_step() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Digests (IMAGE@sha256:HEX), FERRY_IMAGE / FERRY_IMAGE_DIGEST, provenance records and
+// the site setting require_digest.
+
+/// `sha256:HEX` of a host file as coreutils' `sha256sum` computes it.
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or_default();
+    assert_eq!(hex.len(), 64, "sha256sum printed {text:?}");
+    format!("sha256:{hex}")
+}
+
+/// A well-formed digest that no image has.
+fn zero_digest() -> String {
+    format!("sha256:{}", "0".repeat(64))
+}
+
+fn node_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A busybox root folder (an image that is a folder) at `rel` in the lab, root's.
+fn folder_image(lab: &Lab, rel: &str) -> PathBuf {
+    let root = lab.path(rel);
+    for dir in ["bin", "etc", "tmp"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in busybox_applets() {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    root
+}
+
+/// The syslog file the plugin's records reach, or None (skipped; under CI a failure).
+fn syslog_file() -> Option<&'static Path> {
+    let syslog = Path::new("/var/log/syslog");
+    if Path::new("/dev/log").exists() && syslog.exists() {
+        return Some(syslog);
+    }
+    let reason = "no syslog daemon (/dev/log and /var/log/syslog; tests/run starts rsyslogd)";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite: {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED syslog checks ({reason})");
+    None
+}
+
+/// The provenance records of job `job` in syslog (`ferry[PID]: provenance {json}`), by
+/// step; waits up to 10 s until every step of `steps` has one.
+fn syslog_records(
+    syslog: &Path,
+    job: u64,
+    steps: &[&str],
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut found = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        found.clear();
+        let text = String::from_utf8_lossy(&fs::read(syslog).unwrap()).into_owned();
+        for line in text.lines().filter(|l| l.contains(" ferry[")) {
+            let Some((_, json)) = line.split_once("]: provenance ") else {
+                continue;
+            };
+            let record: serde_json::Value = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("syslog record is not JSON ({e}): {line}"));
+            if record["job"] == job {
+                let step = record["step"].as_str().unwrap_or("?").to_string();
+                assert!(
+                    found.insert(step.clone(), record).is_none(),
+                    "two syslog records for job {job} step {step}"
+                );
+            }
+        }
+        if steps.iter().all(|s| found.contains_key(*s)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "syslog has records of job {job} for steps {:?}, expected {steps:?}",
+            found.keys().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The records of a `--container-provenance` file: one JSON object per line.
+fn provenance_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("provenance file {}: {e}", path.display()));
+    assert!(
+        text.ends_with('\n'),
+        "{} ends with a newline",
+        path.display()
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect()
+}
+
+/// `--container=IMG@sha256:HEX` through srun and sbatch: the right digest runs (and the
+/// job's environment names the image and its digest), a wrong one fails with one line
+/// giving both digests and nothing runs, a malformed one is refused before submission,
+/// a pinned root folder is refused, and after the image file is rebuilt the old pin
+/// fails with the new digest while the new pin runs the new image.
+#[test]
+fn pinned_images_run_only_when_the_digest_matches() {
+    let Some(lab) = Lab::new("pin") else { return };
+    let image = lab.image("pin.sqfs", "PIN");
+    let abs = lab.path(&image).display().to_string();
+    let digest = sha256sum(&lab.path(&image));
+    let wrong = zero_digest();
+    let folder = folder_image(&lab, "rootfs").display().to_string();
+    let pinned = format!("--container={image}@{digest}");
+    let mismatch = format!("image {abs}: digest mismatch: expected {wrong}, found {digest}");
+    let env_report = "echo \"env: $FERRY_IMAGE $FERRY_IMAGE_DIGEST\"";
+    let env_expected = format!("{abs} {digest}");
+
+    std::thread::scope(|s| {
+        let lab = &lab;
+        let (pinned, mismatch, wrong, env_expected) = (&pinned, &mismatch, &wrong, &env_expected);
+        let folder = &folder;
+        let image = &image;
+        let abs = &abs;
+        let digest = &digest;
+        let mut cases: Vec<(&str, std::thread::ScopedJoinHandle<()>)> = Vec::new();
+        cases.push((
+            "srun, right digest",
+            s.spawn(move || {
+                let out = lab.srun(&[
+                    pinned,
+                    "sh",
+                    "-c",
+                    &format!("cat {ONLY_FILE}; {env_report}"),
+                ]);
+                out.expect_ok();
+                assert_has(&out.stdout, "only-in-image PIN", &out);
+                assert_eq!(
+                    value_of(&out.stdout, "env: "),
+                    Some(env_expected.as_str()),
+                    "{out}"
+                );
+            }),
+        ));
+        cases.push((
+            "srun, unpinned: the digest is still known",
+            s.spawn(move || {
+                let out = lab.srun(&[&format!("--container={image}"), "sh", "-c", env_report]);
+                out.expect_ok();
+                assert_eq!(
+                    value_of(&out.stdout, "env: "),
+                    Some(env_expected.as_str()),
+                    "{out}"
+                );
+            }),
+        ));
+        cases.push((
+            "srun, wrong digest",
+            s.spawn(move || {
+                let out = lab.srun(&[
+                    &format!("--container={image}@{wrong}"),
+                    "echo",
+                    "SHOULD-NOT-RUN",
+                ]);
+                let seen = format!("{}\n{}", out.stdout, out.stderr);
+                assert_one_ferry_error("srun, wrong digest", out.code, &seen, mismatch);
+            }),
+        ));
+        cases.push((
+            "srun, malformed digest",
+            s.spawn(move || {
+                let out = lab.srun(&[
+                    &format!("--container={image}@sha256:abc"),
+                    "echo",
+                    "SHOULD-NOT-RUN",
+                ]);
+                let seen = format!("{}\n{}", out.stdout, out.stderr);
+                assert_one_ferry_error("srun, malformed", out.code, &seen, "64 hex digits");
+                assert_has(&seen, &format!("{abs}@sha256:abc"), &out);
+            }),
+        ));
+        cases.push((
+            "srun, pinned root folder",
+            s.spawn(move || {
+                let out = lab.srun(&[
+                    &format!("--container={folder}@{digest}"),
+                    "echo",
+                    "SHOULD-NOT-RUN",
+                ]);
+                let seen = format!("{}\n{}", out.stdout, out.stderr);
+                assert_one_ferry_error(
+                    "srun, pinned folder",
+                    out.code,
+                    &seen,
+                    &format!("image {folder}: a root folder has no digest to pin"),
+                );
+            }),
+        ));
+        cases.push((
+            "sbatch, right digest",
+            s.spawn(move || {
+                let job = lab.sbatch(
+                    &[pinned],
+                    &format!(
+                        "echo \"batch: $(cat {ONLY_FILE})\"\n{env_report}\n\
+                         echo \"step: $(srun sh -c 'cat {ONLY_FILE}; echo $FERRY_IMAGE_DIGEST')\" | tr '\\n' ' '"
+                    ),
+                );
+                job.expect_ok();
+                assert_eq!(value_of(&job.log, "batch: "), Some("only-in-image PIN"), "{job}");
+                assert_eq!(value_of(&job.log, "env: "), Some(env_expected.as_str()), "{job}");
+                assert_eq!(
+                    value_of(&job.log, "step: "),
+                    Some(format!("only-in-image PIN {digest}").as_str()),
+                    "{job}"
+                );
+            }),
+        ));
+        cases.push((
+            "sbatch, wrong digest",
+            s.spawn(move || {
+                let job = lab.sbatch(
+                    &[&format!("--container={image}@{wrong}")],
+                    "echo SHOULD-NOT-RUN",
+                );
+                assert!(job.id.is_some(), "not submitted:\n{job}");
+                let text = format!("{}\n{}", job.sbatch.stderr, job.log);
+                assert_one_ferry_error("sbatch, wrong digest", job.sbatch.code, &text, mismatch);
+            }),
+        ));
+        cases.push((
+            "sbatch, malformed digest",
+            s.spawn(move || {
+                let job = lab.sbatch(
+                    &[&format!("--container={image}@sha256:{}", "z".repeat(64))],
+                    "echo SHOULD-NOT-RUN",
+                );
+                assert_eq!(job.id, None, "a malformed pin was submitted:\n{job}");
+                let text = format!("{}\n{}", job.sbatch.stderr, job.log);
+                assert_one_ferry_error(
+                    "sbatch, malformed",
+                    job.sbatch.code,
+                    &text,
+                    "64 hex digits",
+                );
+            }),
+        ));
+        cases.push((
+            "step with a wrong digest inside a good job",
+            s.spawn(move || {
+                let job = lab.sbatch(
+                    &[pinned],
+                    &format!(
+                        "srun --container={abs}@{wrong} echo SHOULD-NOT-RUN\necho \"inner-rc: $?\"\n\
+                         echo \"after: $(srun cat {ONLY_FILE})\""
+                    ),
+                );
+                job.expect_ok();
+                assert_ne!(value_of(&job.log, "inner-rc: "), Some("0"), "{job}");
+                assert_one_ferry_error("wrong digest in a step", Some(1), &job.log, mismatch);
+                assert_eq!(value_of(&job.log, "after: "), Some("only-in-image PIN"), "{job}");
+            }),
+        ));
+        let failed: Vec<&str> = cases
+            .into_iter()
+            .filter_map(|(case, h)| h.join().err().map(|_| case))
+            .collect();
+        assert!(failed.is_empty(), "failed cases: {failed:?}");
+    });
+
+    // The image is rebuilt at the same path: the old pin no longer runs.
+    lab.image("pin.sqfs", "PIN-2");
+    let digest2 = sha256sum(&lab.path(&image));
+    assert_ne!(digest, digest2);
+    let out = lab.srun(&[&pinned, "echo", "SHOULD-NOT-RUN"]);
+    let seen = format!("{}\n{}", out.stdout, out.stderr);
+    assert_one_ferry_error(
+        "old pin after the rebuild",
+        out.code,
+        &seen,
+        &format!("image {abs}: digest mismatch: expected {digest}, found {digest2}"),
+    );
+    let out = lab.srun(&[
+        &format!("--container={image}@{digest2}"),
+        "sh",
+        "-c",
+        &format!("cat {ONLY_FILE}; {env_report}"),
+    ]);
+    out.expect_ok();
+    assert_has(&out.stdout, "only-in-image PIN-2", &out);
+    assert_eq!(
+        value_of(&out.stdout, "env: "),
+        Some(format!("{abs} {digest2}").as_str()),
+        "{out}"
+    );
+}
+
+/// `sbatch --container-provenance=prov.jsonl` appends one JSON line per step of the job
+/// (batch script, then each srun, also one started from another folder; one line per
+/// step however many tasks), written by the user, each naming the job, step, node,
+/// user, image, its digest (sha256sum's), whether it was pinned, where the digest came
+/// from, the mounts and the working directory; syslog has the same records. An srun
+/// with its own `--container-provenance` writes its step there instead, and a direct
+/// `srun --container-provenance` writes its one step.
+#[test]
+fn provenance_records_every_step_of_a_job() {
+    let Some(lab) = Lab::new("provenance") else {
+        return;
+    };
+    let image = lab.image("prov.sqfs", "PROV");
+    let image_path = lab.path(&image);
+    let abs = image_path.display().to_string();
+    let digest = sha256sum(&image_path);
+    let meta = fs::metadata(&image_path).unwrap();
+    lab.mkdir("data");
+    lab.write("data/f.txt", "data-file\n", 0o644);
+    let sub = lab.mkdir("sub");
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let env_report = "echo \"$FERRY_IMAGE $FERRY_IMAGE_DIGEST\"";
+    let job = lab.sbatch(
+        &[
+            "-n",
+            "2",
+            &format!("--container={image}@{digest}"),
+            "--container-mounts=data:/mnt/data:ro",
+            "--container-provenance=prov.jsonl",
+        ],
+        &format!(
+            r#"echo "batch-env: $({env_report})"
+echo "step0: $(srun -n 1 sh -c '{env_report}; cat /mnt/data/f.txt' | tr '\n' ' ')"
+cd sub && srun -n 2 --container={abs} sh -c 'echo "step1-env-$SLURM_PROCID: $({env_report})"'
+cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
+        ),
+    );
+    job.expect_ok();
+    let id = job.id.expect("no job id");
+    let expected_env = format!("{abs} {digest}");
+    assert_eq!(
+        value_of(&job.log, "batch-env: "),
+        Some(expected_env.as_str()),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "step0: "),
+        Some(format!("{expected_env} data-file").as_str()),
+        "{job}"
+    );
+    for task in 0..2 {
+        assert_eq!(
+            value_of(&job.log, &format!("step1-env-{task}: ")),
+            Some(expected_env.as_str()),
+            "{job}"
+        );
+    }
+    assert_has(&job.log, "step2-ok", &job);
+
+    let file = lab.path("prov.jsonl");
+    assert_eq!(
+        fs::metadata(&file).unwrap().uid(),
+        host_user().uid,
+        "the provenance file is the user's"
+    );
+    assert!(
+        !sub.join("prov.jsonl").exists(),
+        "the step started from sub/ wrote to sub/prov.jsonl"
+    );
+    let records = provenance_lines(&file);
+    let steps: Vec<&str> = records
+        .iter()
+        .map(|r| r["step"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        steps,
+        ["batch", "0", "1"],
+        "{}",
+        fs::read_to_string(&file).unwrap()
+    );
+    let step2 = provenance_lines(&lab.path("step2.jsonl"));
+    assert_eq!(step2.len(), 1, "{step2:?}");
+    assert_eq!(step2[0]["step"], "2");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lab_dir = lab.dir.display().to_string();
+    let sub_dir = sub.display().to_string();
+    let expect = [
+        ("batch", true, "computed", lab_dir.as_str()),
+        ("0", true, "cache", lab_dir.as_str()),
+        ("1", false, "cache", sub_dir.as_str()),
+        ("2", true, "cache", lab_dir.as_str()),
+    ];
+    let all: Vec<&serde_json::Value> = records.iter().chain(&step2).collect();
+    for (r, (step, pinned, source, workdir)) in all.iter().zip(expect) {
+        let show = serde_json::to_string_pretty(r).unwrap();
+        assert_eq!(r["step"], step, "{show}");
+        assert_eq!(r["type"], "ferry-provenance", "{show}");
+        assert_eq!(r["version"], 1, "{show}");
+        assert_eq!(r["job"], id, "{show}");
+        assert_eq!(r["user"], TEST_USER, "{show}");
+        assert_eq!(r["uid"], host_user().uid, "{show}");
+        assert_eq!(r["node"], node_hostname(), "{show}");
+        assert_eq!(r["image"], abs.as_str(), "{show}");
+        assert_eq!(r["format"], "squashfs", "{show}");
+        assert_eq!(r["digest"], digest.as_str(), "{show}");
+        assert_eq!(r["pinned"], pinned, "{show}");
+        assert_eq!(r["digest_source"], source, "{show}");
+        assert_eq!(r["size"], meta.len(), "{show}");
+        assert_eq!(r["mtime_unix"], meta.mtime(), "{show}");
+        assert_eq!(r["workdir"], workdir, "{show}");
+        assert_eq!(
+            r["mounts"],
+            serde_json::json!([{
+                "source": lab.path("data").display().to_string(),
+                "destination": "/mnt/data",
+                "readonly": true,
+            }]),
+            "{show}"
+        );
+        let t = r["time_unix"].as_u64().unwrap_or(0);
+        assert!(
+            started <= t && t <= now,
+            "time_unix {t} not in [{started}, {now}]: {show}"
+        );
+        for key in ["ferry_version", "slurm_version", "slurm_built_for"] {
+            assert!(
+                r[key]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())),
+                "{key} is not a version: {show}"
+            );
+        }
+    }
+
+    if let Some(syslog) = syslog_file() {
+        let logged = syslog_records(syslog, id, &["batch", "0", "1", "2"]);
+        for r in &all {
+            let step = r["step"].as_str().unwrap();
+            assert_eq!(
+                &logged[step], *r,
+                "syslog's record of step {step} differs from the file's"
+            );
+        }
+    }
+
+    // A direct srun: its one step, written once although it has two tasks.
+    let out = lab.srun(&[
+        "-n",
+        "2",
+        "--overcommit",
+        &format!("--container={image}"),
+        "--container-provenance=direct.jsonl",
+        "sh",
+        "-c",
+        "echo \"job=$SLURM_JOB_ID\"",
+    ]);
+    out.expect_ok();
+    let direct = provenance_lines(&lab.path("direct.jsonl"));
+    assert_eq!(direct.len(), 1, "one record for one step:\n{direct:?}");
+    let job_id: u64 = value_of(&out.stdout, "job=").unwrap().parse().unwrap();
+    assert_eq!(direct[0]["job"], job_id);
+    assert_eq!(direct[0]["step"], "0");
+    assert_eq!(direct[0]["pinned"], false);
+    assert_eq!(direct[0]["digest"], digest.as_str());
+    assert_eq!(direct[0]["mounts"], serde_json::json!([]));
+}
+
+/// The plugin line of plugstack.conf with extra arguments, put back when dropped (also
+/// when the test panics). Written by rename, so no reader sees half a file.
+struct PlugstackArgs {
+    original: Vec<u8>,
+}
+
+impl PlugstackArgs {
+    fn add(args: &str) -> PlugstackArgs {
+        let original = fs::read(PLUGIN_CONF).unwrap();
+        let text = String::from_utf8(original.clone()).unwrap();
+        assert!(
+            !text.contains(args),
+            "{PLUGIN_CONF} already has {args:?} (left by an interrupted test?):\n{text}"
+        );
+        let mut changed = 0;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                if (t.starts_with("required") || t.starts_with("optional"))
+                    && t.contains("ferry.so")
+                {
+                    changed += 1;
+                    format!("{} {args}", l.trim_end())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert_eq!(changed, 1, "one plugin line in {PLUGIN_CONF}:\n{text}");
+        let guard = PlugstackArgs { original };
+        write_by_rename(Path::new(PLUGIN_CONF), (lines.join("\n") + "\n").as_bytes());
+        guard
+    }
+}
+
+impl Drop for PlugstackArgs {
+    fn drop(&mut self) {
+        write_by_rename(Path::new(PLUGIN_CONF), &self.original);
+    }
+}
+
+fn write_by_rename(path: &Path, content: &[u8]) {
+    // Not *.conf: plugstack.conf includes plugstack.conf.d/*.conf.
+    let tmp = path.with_extension("conf.e2e-new");
+    fs::write(&tmp, content).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// With `require_digest=yes` in plugstack.conf, an unpinned image is refused (srun,
+/// sbatch, a step of a pinned job) with the message that says how to pin it; pinned
+/// images, `--container=none` and steps without a container run. Exclusive: no other
+/// test of this file runs while the setting is in place.
+#[test]
+fn the_site_can_require_pinned_images() {
+    let Some(lab) = Lab::exclusive("require-digest") else {
+        return;
+    };
+    let image = lab.image("req.sqfs", "REQ");
+    let abs = lab.path(&image).display().to_string();
+    let digest = sha256sum(&lab.path(&image));
+    let refusal = format!(
+        "this site requires pinned images: use --container={abs}@sha256:... (get the digest with: ferry digest {abs})"
+    );
+    {
+        let _setting = PlugstackArgs::add("require_digest=yes");
+
+        let out = lab.srun(&[&format!("--container={image}"), "echo", "SHOULD-NOT-RUN"]);
+        let seen = format!("{}\n{}", out.stdout, out.stderr);
+        assert_one_ferry_error("srun, unpinned", out.code, &seen, &refusal);
+
+        let out = lab.srun(&[&format!("--container={image}@{digest}"), "cat", ONLY_FILE]);
+        out.expect_ok();
+        assert_eq!(out.stdout.trim(), "only-in-image REQ", "{out}");
+
+        let out = lab.srun(&["sh", "-c", "echo host-step"]);
+        out.expect_ok();
+        assert_eq!(out.stdout.trim(), "host-step", "{out}");
+
+        let job = lab.sbatch(&[&format!("--container={image}")], "echo SHOULD-NOT-RUN");
+        let text = format!("{}\n{}", job.sbatch.stderr, job.log);
+        assert_one_ferry_error("sbatch, unpinned", job.sbatch.code, &text, &refusal);
+
+        let job = lab.sbatch(
+            &[&format!("--container={image}@{digest}")],
+            &format!(
+                "echo \"batch: $(cat {ONLY_FILE})\"\n\
+                 echo \"step: $(srun cat {ONLY_FILE})\"\n\
+                 echo \"none: $(srun --container=none sh -c 'test -e {ONLY_FILE} && echo image || echo host')\"\n\
+                 srun --container={abs} echo SHOULD-NOT-RUN\n\
+                 echo \"unpinned-rc: $?\""
+            ),
+        );
+        job.expect_ok();
+        assert_eq!(
+            value_of(&job.log, "batch: "),
+            Some("only-in-image REQ"),
+            "{job}"
+        );
+        assert_eq!(
+            value_of(&job.log, "step: "),
+            Some("only-in-image REQ"),
+            "{job}"
+        );
+        assert_eq!(value_of(&job.log, "none: "), Some("host"), "{job}");
+        assert_ne!(value_of(&job.log, "unpinned-rc: "), Some("0"), "{job}");
+        assert_one_ferry_error("unpinned step in a job", Some(1), &job.log, &refusal);
+    }
+    // The setting is gone: unpinned images run again.
+    let out = lab.srun(&[&format!("--container={image}"), "cat", ONLY_FILE]);
+    out.expect_ok();
+    assert_eq!(out.stdout.trim(), "only-in-image REQ", "{out}");
+}
+
+/// A step whose image has no known digest (a root folder) must not show the digest of
+/// the job's image, which the step's environment inherits from the batch script.
+#[test]
+fn a_step_without_a_digest_does_not_inherit_the_jobs_digest() {
+    let Some(lab) = Lab::new("digest-inherit") else {
+        return;
+    };
+    let image = lab.image("i.sqfs", "INHERIT");
+    let digest = sha256sum(&lab.path(&image));
+    let folder = folder_image(&lab, "rootfs").display().to_string();
+    let job = lab.sbatch(
+        &[&format!("--container={image}@{digest}")],
+        &format!(
+            r#"echo "batch: [$FERRY_IMAGE_DIGEST]"
+srun --container={folder} sh -c 'echo "folder: [$FERRY_IMAGE] [$FERRY_IMAGE_DIGEST]"'"#
+        ),
+    );
+    job.expect_ok();
+    assert_eq!(
+        value_of(&job.log, "batch: "),
+        Some(format!("[{digest}]").as_str()),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "folder: "),
+        Some(format!("[{folder}] []").as_str()),
+        "the folder step claims the job image's digest:\n{job}"
+    );
+}

@@ -187,10 +187,18 @@ pub fn digest_of(file: &File, cache: Option<&Cache>) -> io::Result<(Digest, Sour
         return Ok((d, Source::Cache, version));
     }
     let digest = hash_file(file, &mut |_| {})?;
-    if let Some(cache) = cache {
-        let _ = cache.store(&version, &digest); // a cache we cannot write only costs time
-    }
+    remember(cache, file, &version, &digest);
     Ok((digest, Source::Computed, version))
+}
+
+/// Stores a digest computed from `file` as it was at `before`, unless the file changed
+/// while it was read (then the digest may mix two versions and must not be believed).
+pub fn remember(cache: Option<&Cache>, file: &File, before: &FileVersion, digest: &Digest) {
+    if let Some(cache) = cache {
+        if FileVersion::of(file).ok().as_ref() == Some(before) {
+            let _ = cache.store(before, digest); // a cache we cannot write only costs time
+        }
+    }
 }
 
 #[cfg(test)]

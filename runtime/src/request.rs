@@ -30,8 +30,8 @@ pub struct Request {
     pub hash_unpinned_up_to: u64,
 }
 
-/// Default for `Request::hash_unpinned_up_to`: 2 GiB, about 5 s once per file version.
-pub const HASH_UNPINNED_UP_TO: u64 = 2 << 30;
+/// Default for `Request::hash_unpinned_up_to`: 1 GiB (a few seconds, once per file version).
+pub const HASH_UNPINNED_UP_TO: u64 = 1 << 30;
 
 #[derive(Clone, Debug)]
 pub struct SlurmClients {

@@ -157,8 +157,22 @@ fn drop_to_env(user: &User) {
 }
 
 fn digest_command(check: Option<&str>, image: &PathBuf) -> Result<ExitCode, String> {
-    let file = std::fs::File::open(image).map_err(|e| format!("image {}: {e}", image.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let file = std::fs::File::open(image).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("image {}: not found; check the path", image.display())
+        }
+        _ => format!("image {}: cannot read it ({e})", image.display()),
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("image {}: {e}", image.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "image {}: not a file; only image files have a digest (a root folder cannot be pinned)",
+            image.display()
+        ));
+    }
+    let size = meta.len();
     let cache = ferry_runtime::is_root().then(|| Cache::new(digest::DEFAULT_CACHE_DIR));
     if let Some(expected) = check {
         let expected = Digest::parse(expected)
@@ -179,15 +193,13 @@ fn digest_command(check: Option<&str>, image: &PathBuf) -> Result<ExitCode, Stri
         );
         return Ok(ExitCode::from(1));
     }
+    let before =
+        digest::FileVersion::of(&file).map_err(|e| format!("image {}: {e}", image.display()))?;
     let mut bar = Progress::new(image, size);
     let found = digest::hash_file(&file, &mut |done| bar.show(done))
         .map_err(|e| format!("image {}: {e}", image.display()))?;
     bar.finish();
-    if let Some(cache) = &cache {
-        if let Ok(version) = digest::FileVersion::of(&file) {
-            let _ = cache.store(&version, &found);
-        }
-    }
+    digest::remember(cache.as_ref(), &file, &before, &found);
     println!("{found}  {}", image.display());
     Ok(ExitCode::SUCCESS)
 }
