@@ -1035,12 +1035,25 @@ echo "step: $(srun cat {ONLY_FILE})"
 squeue -h -j "$SLURM_JOB_ID" -o "squeue: %i %T"
 scontrol show job "$SLURM_JOB_ID" > /tmp/e2e-scontrol.$SLURM_JOB_ID && echo "scontrol-rc: 0"
 echo "scontrol: $(grep -o "JobId=[0-9]*" /tmp/e2e-scontrol.$SLURM_JOB_ID) $(grep -o "JobState=[A-Z]*" /tmp/e2e-scontrol.$SLURM_JOB_ID)"
-rm -f /tmp/e2e-scontrol.$SLURM_JOB_ID"#
+rm -f /tmp/e2e-scontrol.$SLURM_JOB_ID
+inner=$(sbatch --parsable -t 2 -o /dev/null --hold --wrap "sleep 60") && echo "sbatch-id: $inner"
+scancel "$inner" && echo "scancel-rc: 0"
+echo "inner-state: $(scontrol show job "$inner" | grep -o "JobState=[A-Z]*")""#
         ),
     );
     job.expect_ok();
     let id = job.id.expect("no job id");
     let log = &job.log;
+    let inner: u64 = value_of(log, "sbatch-id: ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("sbatch inside the image gave no job id:\n{job}"));
+    assert!(inner > id, "{job}");
+    assert_eq!(value_of(log, "scancel-rc: "), Some("0"), "{job}");
+    assert_eq!(
+        value_of(log, "inner-state: "),
+        Some("JobState=CANCELLED"),
+        "{job}"
+    );
     assert_eq!(
         value_of(log, "in-image: "),
         Some("only-in-image CLIENTS"),
