@@ -281,7 +281,25 @@ fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
         flags |= MsFlags::MS_RDONLY;
     }
     sys::remount_bind(&sys::fd_path(mounted.as_fd()), flags)
-        .map_err(|e| Error::system(format!("restricting the bind {}", bind.dest.display()), e))
+        .map_err(|e| Error::system(format!("restricting the bind {}", bind.dest.display()), e))?;
+    if bind.recursive {
+        // Submounts too (kernel 5.12+; older kernels keep the host's flags on them).
+        let set = sys::MountAttrs {
+            readonly: bind.readonly,
+            nosuid: true,
+            nodev: bind.dest != Path::new("/dev"),
+        };
+        match sys::set_mount_attrs_recursive(mounted.as_fd(), set) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => {
+                return Err(Error::system(
+                    format!("restricting the mounts below {}", bind.dest.display()),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The flags the host gave the source mount: a remount must not drop `noexec` or `ro`.

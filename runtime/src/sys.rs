@@ -251,6 +251,61 @@ pub fn remount_bind(target: &Path, flags: MsFlags) -> io::Result<()> {
     Ok(())
 }
 
+/// Flags to add to a mount and every mount below it.
+#[derive(Clone, Copy, Debug)]
+pub struct MountAttrs {
+    pub readonly: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// mount_setattr(2) with AT_RECURSIVE on the mount `fd` is the root of. ENOSYS on
+/// kernels before 5.12.
+pub fn set_mount_attrs_recursive(fd: BorrowedFd<'_>, attrs: MountAttrs) -> io::Result<()> {
+    let mut set = 0;
+    if attrs.readonly {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if attrs.nosuid {
+        set |= MOUNT_ATTR_NOSUID;
+    }
+    if attrs.nodev {
+        set |= MOUNT_ATTR_NODEV;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr reads `size` bytes of `attr`, which lives for the call; the
+    // empty path with AT_EMPTY_PATH names the mount of `fd` itself.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret as libc::c_int).map(drop)
+}
+
 /// Makes the directory `root` the new `/` of this mount namespace and detaches the old
 /// root (pivot_root(".", ".") as in pivot_root(2)), so no host path stays reachable.
 pub fn pivot_into(root: BorrowedFd<'_>) -> io::Result<()> {

@@ -873,3 +873,41 @@ fn run_by_an_ordinary_user_says_it_needs_root() {
         "{out:#?}"
     );
 }
+
+#[test]
+fn read_only_applies_to_mounts_below_the_source_too() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let _g = exclusive(); // mounts a tmpfs on the host for a moment
+    let fx = fixture();
+    let user = test_user();
+    let cwd = user_workdir("rosub");
+    let src = TempDir::new("rosubsrc");
+    let sub = src.join("sub");
+    fs::create_dir(&sub).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0777", "ferry-test-sub"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::os::unix::fs::chown(src.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let spec = format!("{}:/in:ro", src.path().display());
+    let image = fx.image.display().to_string();
+    let script = "touch /in/sub/new && echo WROTE-BELOW; exit 0";
+    let out = ferry(
+        cwd.path(),
+        &[
+            "run", "--user", TEST_USER, "--mount", &spec, &image, "--", "sh", "-c", script,
+        ],
+    );
+    let unmounted = Command::new("umount").arg(&sub).status().unwrap();
+    assert!(unmounted.success());
+    out.expect_success("the :ro script");
+    assert!(
+        !out.stdout.contains("WROTE-BELOW"),
+        "a write went through a submount of a :ro bind: {out:#?}"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+}
