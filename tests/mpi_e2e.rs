@@ -1,0 +1,625 @@
+//! End-to-end tests of MPI jobs in ferry containers on a running Slurm cluster.
+//!
+//! The host has no MPI at all: each image brings its own (Debian 12's Open MPI 4.1 with
+//! mpi4py, and MPICH 4.0 with a small C program), and Slurm's `--mpi=pmix` /
+//! `--mpi=pmi2` wire the ranks of one step together. Every job runs as the unprivileged
+//! user `ferrytest` (through `runuser`), from a fresh folder under /home/ferrytest.
+//!
+//! The images are built once by `tests/images/mpi-images` (debootstrap + apt in a
+//! chroot; cached under /var/cache/ferry-test-images by recipe hash, so only the first
+//! run pays for the build, about 2 minutes with network access).
+//!
+//! Needs: root, a responding Slurm node with the mpi/pmix and mpi/pmi2 plugins (the
+//! host's libpmix-dev), the plugin installed (`deploy/build && deploy/install`),
+//! mksquashfs, losetup and the user `ferrytest` (`tests/prepare-host`). Missing any of
+//! these, a test prints a loud SKIPPED line and returns; with `CI=true` it fails instead.
+//!
+//! The tests run one at a time (a lock): 64 ranks on a small node are enough load, and
+//! the loop-device check must see only its own jobs.
+//!
+//!     cargo test --test mpi_e2e
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const TEST_USER: &str = "ferrytest";
+const TEST_HOME: &str = "/home/ferrytest";
+const PLUGIN_CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
+/// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
+const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Longest a single srun may take before `timeout` kills it (jobs also get `-t 5`).
+const SRUN_SECS: u64 = 120;
+/// Longest the image build may take (first run: debootstrap and apt from the network).
+const BUILD_SECS: u64 = 1200;
+/// The ring program of the MPICH image.
+const RING: &str = "/opt/ferry-test/ring";
+
+/// mpi4py: an allreduce of the ranks and a token passed around a ring, printed like the
+/// MPICH image's C program prints it.
+const PY_RING: &str = "\
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+r, n = c.Get_rank(), c.Get_size()
+s = c.allreduce(r)
+t = c.sendrecv(r, dest=(r + 1) % n, source=(r - 1) % n)
+ok = c.allreduce(t == (r - 1) % n, op=MPI.LAND)
+print(f\"rank {r} of {n}: sum={s} ring={'ok' if ok else 'bad'} lib=OpenMPI\", flush=True)
+";
+
+// ---------------------------------------------------------------------------------
+// Prerequisites.
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Straight to the stderr handle: libtest captures eprintln! of passing tests.
+fn loud_skip(reason: &str, hint: &str) {
+    let banner = format!(
+        "\n**********************************************************************\n\
+         *** SKIPPED ({reason})\n\
+         *** {hint}\n\
+         **********************************************************************\n"
+    );
+    let _ = std::io::stderr().write_all(banner.as_bytes());
+}
+
+/// True when the tests can run. Otherwise: with `CI=true`, panics with the reason;
+/// elsewhere prints a loud SKIPPED line to stderr and returns false.
+fn prerequisites_met() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    let missing = MISSING.get_or_init(missing_prerequisites);
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join("; ");
+    if ci() {
+        panic!("missing prerequisite: {reason} (CI=true: these tests must run; see tests/prepare-host, deploy/slurm-cluster, deploy/install)");
+    }
+    loud_skip(
+        &format!("missing prerequisite: {reason}"),
+        "run as root on a host prepared with tests/prepare-host, deploy/slurm-cluster\n\
+         *** and deploy/build && deploy/install",
+    );
+    false
+}
+
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    if effective_uid() != Some(0) {
+        missing.push("root (the tests run jobs as ferrytest through runuser)".to_string());
+    }
+    for tool in [
+        "sinfo",
+        "srun",
+        "mksquashfs",
+        "runuser",
+        "timeout",
+        "losetup",
+        "flock",
+    ] {
+        if find_tool(tool).is_none() {
+            missing.push(format!("{tool} not found on PATH"));
+        }
+    }
+    if find_tool("sinfo").is_some() {
+        match run_root(&["timeout", "10", "sinfo", "-h", "-N", "-o", "%T"]) {
+            Ok((true, text, _)) => {
+                if !text
+                    .lines()
+                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"))
+                {
+                    missing.push(format!(
+                        "a Slurm node that is idle, mixed or allocated (sinfo says {:?}; run deploy/slurm-cluster)",
+                        text.trim()
+                    ));
+                }
+            }
+            Ok((false, _, err)) => missing.push(format!(
+                "a responding Slurm controller (sinfo failed: {}; run deploy/slurm-cluster)",
+                err.trim()
+            )),
+            Err(e) => missing.push(format!("sinfo: {e}")),
+        }
+    }
+    if find_tool("srun").is_some() {
+        // `srun --mpi=list` prints the plugin names, one a line, to stderr.
+        let text = match run_root(&["timeout", "10", "srun", "--mpi=list"]) {
+            Ok((_, out, err)) => out + &err,
+            Err(e) => e,
+        };
+        let names: BTreeSet<&str> = text.lines().map(str::trim).collect();
+        for mpi in ["pmix", "pmi2"] {
+            if !names.contains(mpi) {
+                missing.push(format!(
+                    "Slurm's mpi/{mpi} plugin (srun --mpi=list: {:?}; mpi/pmix needs the host's libpmix-dev)",
+                    text.trim()
+                ));
+            }
+        }
+    }
+    if !Path::new(PLUGIN_CONF).is_file() {
+        missing.push(format!(
+            "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
+        ));
+    }
+    match Command::new("id").args(["-u", TEST_USER]).output() {
+        Ok(out) if out.status.success() => {
+            if !Path::new(TEST_HOME).is_dir() {
+                missing.push(format!("{TEST_HOME} (home of {TEST_USER}) does not exist"));
+            }
+        }
+        _ => missing.push(format!(
+            "user {TEST_USER} does not exist (run tests/prepare-host)"
+        )),
+    }
+    missing
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Finds `name` on PATH or in the standard folders (a non-login root shell may lack sbin).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let extra = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    let found = path
+        .split(':')
+        .chain(extra)
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        });
+    found
+}
+
+/// Runs a host command as root: (success, stdout, stderr).
+fn run_root(argv: &[&str]) -> Result<(bool, String, String), String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", argv[0]))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------
+// The images.
+
+struct Images {
+    ompi: String,
+    mpich: String,
+}
+
+/// Builds (or finds in the cache) the two MPI images, once per test binary.
+fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/mpi-images");
+        let start = Instant::now();
+        let out = Command::new("timeout")
+            .args(["-k", "10", &BUILD_SECS.to_string(), "bash"])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{} failed ({:?}):\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            script.display(),
+            out.status
+        );
+        let paths: Vec<&str> = stdout.lines().filter(|l| l.ends_with(".sqfs")).collect();
+        assert_eq!(
+            paths.len(),
+            2,
+            "expected two image paths:\n{stdout}\n{stderr}"
+        );
+        for p in &paths {
+            assert!(Path::new(p).is_file(), "{p} does not exist:\n{stderr}");
+        }
+        let _ = std::io::stderr().write_all(
+            format!(
+                "mpi images ready in {:.1} s: {} {}\n",
+                start.elapsed().as_secs_f64(),
+                paths[0],
+                paths[1]
+            )
+            .as_bytes(),
+        );
+        Images {
+            ompi: paths[0].to_string(),
+            mpich: paths[1].to_string(),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Command results.
+
+struct Out {
+    what: String,
+    code: Option<i32>,
+    secs: f64,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    fn expect_ok(&self) -> &Self {
+        assert!(self.code == Some(0), "expected success:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Out {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "--- command: {}", self.what)?;
+        writeln!(f, "--- exit code: {:?} after {:.1} s", self.code, self.secs)?;
+        writeln!(f, "--- stdout:\n{}", self.stdout)?;
+        write!(f, "--- stderr:\n{}", self.stderr)
+    }
+}
+
+/// Checks the `rank R of N: sum=S ring=ok` lines of an `n`-rank step: one line per rank
+/// 0..n, all of one job of size n, with the right sum and an intact ring.
+#[track_caller]
+fn assert_one_job(out: &Out, n: usize) {
+    out.expect_ok();
+    let mut ranks = BTreeSet::new();
+    let want_sum = n * (n - 1) / 2;
+    for line in out.stdout.lines().filter(|l| l.starts_with("rank ")) {
+        // rank R of N: sum=S ring=ok lib=...
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            f.len() >= 6 && f[2] == "of",
+            "unexpected line {line:?}:\n{out}"
+        );
+        let rank: usize = f[1].parse().unwrap_or_else(|_| panic!("{line:?}:\n{out}"));
+        assert_eq!(
+            f[3],
+            format!("{n}:"),
+            "rank {rank} is not in one {n}-rank job (separate singletons?):\n{out}"
+        );
+        assert_eq!(
+            f[4],
+            format!("sum={want_sum}"),
+            "wrong allreduce sum in {line:?}:\n{out}"
+        );
+        assert_eq!(f[5], "ring=ok", "the ring failed in {line:?}:\n{out}");
+        assert!(ranks.insert(rank), "rank {rank} printed twice:\n{out}");
+    }
+    assert_eq!(
+        ranks,
+        (0..n).collect::<BTreeSet<_>>(),
+        "expected ranks 0..{n}, one line each:\n{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// A test's lab: its own folder under the test user's home.
+
+/// One test at a time (see the module comment).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Lab {
+    dir: PathBuf,
+    images: &'static Images,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// A fresh folder and the images, or None (test skipped) when a prerequisite is
+    /// missing.
+    fn new(name: &str) -> Option<Lab> {
+        if !prerequisites_met() {
+            return None;
+        }
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let images = images();
+        let dir = Path::new(TEST_HOME).join(format!("mpi-e2e-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g"))).unwrap();
+        Some(Lab {
+            dir,
+            images,
+            _serial: serial,
+        })
+    }
+
+    /// `srun ARGS...` as the test user from the lab folder, under `timeout`, with a
+    /// clean environment plus `env`.
+    fn srun(&self, env: &[(&str, &str)], args: &[&str]) -> Out {
+        let secs = SRUN_SECS.to_string();
+        let mut cmd = Command::new(find_tool("runuser").unwrap());
+        cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs, "srun"])
+            .args(["-t", "5", "-J", &self.job_name()])
+            .args(args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", USER_PATH)
+            .env("HOME", TEST_HOME)
+            .env("USER", TEST_USER)
+            .env("LOGNAME", TEST_USER)
+            .env("LANG", "C")
+            .env("TERM", "dumb")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let out = cmd.output().unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let out = Out {
+            what: format!("{}srun -t 5 {}", env.concat(), args.join(" ")),
+            code: out.status.code(),
+            secs,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        let _ =
+            std::io::stderr().write_all(format!("{:.1} s: {}\n", out.secs, out.what).as_bytes());
+        out
+    }
+
+    fn job_name(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Counts the loop devices bound to `image` (`losetup -j`) every 100 ms from another
+/// thread until stopped; returns the largest count seen.
+struct LoopWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, usize)>,
+}
+
+fn loops_of(image: &str) -> Vec<String> {
+    let (_, out, _) = run_root(&["losetup", "-j", image]).unwrap_or_default();
+    out.lines().map(str::to_string).collect()
+}
+
+impl LoopWatch {
+    fn start(image: &str) -> LoopWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let image = image.to_string();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut max, mut samples) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(loops_of(&image).len());
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (max, samples)
+        });
+        LoopWatch { stop, thread }
+    }
+
+    /// (largest count, samples taken)
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The tests.
+
+/// mpi4py over the image's Open MPI, wired by Slurm's PMIx: one 4-rank job.
+#[test]
+fn openmpi_pmix_four_ranks_are_one_job() {
+    let Some(lab) = Lab::new("ompi") else { return };
+    let image = format!("--container={}", lab.images.ompi);
+    let out = lab.srun(
+        &[],
+        &[
+            "--mpi=pmix",
+            "-n",
+            "4",
+            "--overcommit",
+            &image,
+            "python3",
+            "-c",
+            PY_RING,
+        ],
+    );
+    assert_one_job(&out, 4);
+}
+
+/// The same with Open MPI forced onto shared memory between the ranks (ob1 PML over
+/// the vader BTL): the tasks share /dev/shm and see each other's processes. Control:
+/// with the `self` BTL alone the ranks have no path to each other and the step fails,
+/// so the setting does reach the ranks and vader is what carries their messages.
+#[test]
+fn openmpi_pmix_shared_memory() {
+    let Some(lab) = Lab::new("ompi-shm") else {
+        return;
+    };
+    let image = format!("--container={}", lab.images.ompi);
+    let run = |btl| {
+        lab.srun(
+            &[("OMPI_MCA_pml", "ob1"), ("OMPI_MCA_btl", btl)],
+            &[
+                "--mpi=pmix",
+                "-n",
+                "4",
+                "--overcommit",
+                &image,
+                "python3",
+                "-c",
+                PY_RING,
+            ],
+        )
+    };
+    assert_one_job(&run("self,vader"), 4);
+    let control = run("self");
+    assert_ne!(
+        control.code,
+        Some(0),
+        "with OMPI_MCA_btl=self the ranks cannot talk, yet the step succeeded:\n{control}"
+    );
+    assert!(
+        !control.stdout.contains("ring=ok"),
+        "with OMPI_MCA_btl=self the ranks cannot talk, yet the ring went round:\n{control}"
+    );
+}
+
+/// A C program built with the image's MPICH, wired by Slurm's PMI-2: one 4-rank job.
+#[test]
+fn mpich_pmi2_four_ranks_are_one_job() {
+    let Some(lab) = Lab::new("mpich") else { return };
+    let image = format!("--container={}", lab.images.mpich);
+    let out = lab.srun(
+        &[],
+        &["--mpi=pmi2", "-n", "4", "--overcommit", &image, RING],
+    );
+    assert_one_job(&out, 4);
+}
+
+/// 64 ranks on one node: one job, one mount namespace, one loop device for the image.
+#[test]
+fn mpich_pmi2_sixty_four_ranks_share_one_container() {
+    let Some(lab) = Lab::new("mpich64") else {
+        return;
+    };
+    let path = lab.images.mpich.as_str();
+    let image = format!("--container={path}");
+    let before = loops_of(path);
+
+    let watch = LoopWatch::start(path);
+    let ring = lab.srun(
+        &[],
+        &["--mpi=pmi2", "-n", "64", "--overcommit", &image, RING],
+    );
+    let ns = lab.srun(
+        &[],
+        &[
+            "-n",
+            "64",
+            "--overcommit",
+            &image,
+            "sh",
+            "-c",
+            "echo \"ns $SLURM_PROCID $(readlink /proc/self/ns/mnt)\"",
+        ],
+    );
+    let (max_loops, samples) = watch.finish();
+    let after = loops_of(path);
+
+    assert_one_job(&ring, 64);
+
+    ns.expect_ok();
+    let mut tasks = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for line in ns.stdout.lines().filter(|l| l.starts_with("ns ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "unexpected line {line:?}:\n{ns}");
+        tasks.insert(f[1].to_string());
+        namespaces.insert(f[2].to_string());
+    }
+    assert_eq!(tasks.len(), 64, "expected 64 tasks:\n{ns}");
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "the 64 tasks are in {} mount namespaces:\n{ns}",
+        namespaces.len()
+    );
+    let host_ns = fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        namespaces.first().unwrap().as_str(),
+        host_ns.to_string_lossy(),
+        "the tasks ran in the host's mount namespace:\n{ns}"
+    );
+
+    assert!(
+        before.len() <= 1,
+        "loop devices of {path} before the steps: {before:?}"
+    );
+    assert!(
+        max_loops <= 1,
+        "{max_loops} loop devices of {path} at once during the steps ({samples} samples)"
+    );
+    assert!(
+        after.len() <= 1,
+        "loop devices of {path} after the steps: {after:?}"
+    );
+    let _ = std::io::stderr().write_all(
+        format!(
+            "64 ranks: ring {:.1} s, ns step {:.1} s; loop devices of the image: \
+             before {}, at most {max_loops} during ({samples} samples), after {}\n",
+            ring.secs,
+            ns.secs,
+            before.len(),
+            after.len()
+        )
+        .as_bytes(),
+    );
+}
+
+/// The MPI of these jobs comes from the images only: the host has none.
+#[test]
+fn host_has_no_mpi() {
+    if !prerequisites_met() {
+        return;
+    }
+    let found: Vec<String> = ["mpirun", "mpicc", "mpiexec"]
+        .into_iter()
+        .filter_map(find_tool)
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    let reason = format!(
+        "the host has MPI tools ({}); the MPI tests would not show that the images bring their own",
+        found.join(", ")
+    );
+    if ci() {
+        panic!("{reason} (CI=true: remove MPI from the host)");
+    }
+    loud_skip(
+        &reason,
+        "run on a host without MPI (no openmpi-bin, mpich on the host)",
+    );
+}
