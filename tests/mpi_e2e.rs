@@ -115,10 +115,10 @@ fn missing_prerequisites() -> Vec<String> {
             Ok((true, text, _)) => {
                 if !text
                     .lines()
-                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"))
+                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
                 {
                     missing.push(format!(
-                        "a Slurm node that is idle, mixed or allocated (sinfo says {:?}; run deploy/slurm-cluster)",
+                        "a Slurm node that is idle, mixed, allocated or completing (sinfo says {:?}; run deploy/slurm-cluster)",
                         text.trim()
                     ));
                 }

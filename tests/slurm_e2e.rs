@@ -99,10 +99,10 @@ fn missing_prerequisites() -> Vec<String> {
                 let text = String::from_utf8_lossy(&out.stdout);
                 if !text
                     .lines()
-                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated"))
+                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
                 {
                     missing.push(format!(
-                        "a Slurm node that is idle, mixed or allocated (sinfo says {:?}; run deploy/slurm-cluster)",
+                        "a Slurm node that is idle, mixed, allocated or completing (sinfo says {:?}; run deploy/slurm-cluster)",
                         text.trim()
                     ));
                 }
