@@ -2,6 +2,7 @@
 //! or step asked for, make its path absolute, and check our options before anything
 //! is submitted, so a typo fails at once on the user's terminal.
 
+use crate::config::Config;
 use crate::options;
 use ferry_runtime::MountSpec;
 use std::path::Path;
@@ -36,7 +37,7 @@ pub fn init() {
     }
 }
 
-pub fn init_post_opt() -> Result<(), String> {
+pub fn init_post_opt(config: &Config) -> Result<(), String> {
     let from_command_line = std::env::var(CONTAINER_VAR).ok().filter(|v| !v.is_empty());
     let inherited = INHERITED.lock().ok().and_then(|mut s| s.take());
     let cwd = std::env::current_dir()
@@ -65,8 +66,15 @@ pub fn init_post_opt() -> Result<(), String> {
         }
     }
     if let Ok(image) = std::env::var(CONTAINER_VAR) {
-        ferry_runtime::digest::split_pinned(&image)
+        let (path, pin) = ferry_runtime::digest::split_pinned(&image)
             .map_err(|e| format!("ferry: --container={e}"))?;
+        // The site's rule, checked before submission too (slurmstepd checks it again).
+        if config.require_digest && pin.is_none() && image != NO_CONTAINER {
+            let rule = ferry_runtime::Error::PinRequired {
+                path: path.to_string(),
+            };
+            return Err(format!("ferry: {rule}"));
+        }
     }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {

@@ -56,7 +56,9 @@ pub extern "C" fn slurm_spank_init_post_opt(
     argv: *mut *mut c_char,
 ) -> c_int {
     hook(sp, argc, argv, |spank, args| match Spank::context() {
-        Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR => client::init_post_opt(),
+        Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR => {
+            client::init_post_opt(&config::Config::parse(args)?)
+        }
         Context::S_CTX_REMOTE => step::prepare(spank, args),
         _ => Ok(()),
     })
