@@ -19,11 +19,13 @@
 //!
 //!     cargo test --test mpi_e2e
 
+mod common;
+
+use common::{ci, effective_uid, find_tool, loud_skip};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,39 +59,10 @@ print(f\"rank {r} of {n}: sum={s} ring={'ok' if ok else 'bad'} lib=OpenMPI\", fl
 // ---------------------------------------------------------------------------------
 // Prerequisites.
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// Straight to the stderr handle: libtest captures eprintln! of passing tests.
-fn loud_skip(reason: &str, hint: &str) {
-    let banner = format!(
-        "\n**********************************************************************\n\
-         *** SKIPPED ({reason})\n\
-         *** {hint}\n\
-         **********************************************************************\n"
-    );
-    let _ = std::io::stderr().write_all(banner.as_bytes());
-}
-
-/// True when the tests can run. Otherwise: with `CI=true`, panics with the reason;
-/// elsewhere prints a loud SKIPPED line to stderr and returns false.
+/// True when the tests can run (see `common::prerequisites`).
 fn prerequisites_met() -> bool {
     static MISSING: OnceLock<Vec<String>> = OnceLock::new();
-    let missing = MISSING.get_or_init(missing_prerequisites);
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = missing.join("; ");
-    if ci() {
-        panic!("missing prerequisite: {reason} (CI=true: these tests must run; see tests/prepare-host, deploy/slurm-cluster, deploy/install)");
-    }
-    loud_skip(
-        &format!("missing prerequisite: {reason}"),
-        "run as root on a host prepared with tests/prepare-host, deploy/slurm-cluster\n\
-         *** and deploy/build && deploy/install",
-    );
-    false
+    common::prerequisites(MISSING.get_or_init(missing_prerequisites))
 }
 
 fn missing_prerequisites() -> Vec<String> {
@@ -110,26 +83,7 @@ fn missing_prerequisites() -> Vec<String> {
             missing.push(format!("{tool} not found on PATH"));
         }
     }
-    if find_tool("sinfo").is_some() {
-        match run_root(&["timeout", "10", "sinfo", "-h", "-N", "-o", "%T"]) {
-            Ok((true, text, _)) => {
-                if !text
-                    .lines()
-                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
-                {
-                    missing.push(format!(
-                        "a Slurm node that is idle, mixed, allocated or completing (sinfo says {:?}; run deploy/slurm-cluster)",
-                        text.trim()
-                    ));
-                }
-            }
-            Ok((false, _, err)) => missing.push(format!(
-                "a responding Slurm controller (sinfo failed: {}; run deploy/slurm-cluster)",
-                err.trim()
-            )),
-            Err(e) => missing.push(format!("sinfo: {e}")),
-        }
-    }
+    missing.extend(common::slurm_node_problem());
     if find_tool("srun").is_some() {
         // `srun --mpi=list` prints the plugin names, one a line, to stderr.
         let text = match run_root(&["timeout", "10", "srun", "--mpi=list"]) {
@@ -162,36 +116,6 @@ fn missing_prerequisites() -> Vec<String> {
         )),
     }
     missing
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Finds `name` on PATH or in the standard folders (a non-login root shell may lack sbin).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let extra = [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ];
-    let found = path
-        .split(':')
-        .chain(extra)
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        });
-    found
 }
 
 /// Runs a host command as root: (success, stdout, stderr).

@@ -17,6 +17,9 @@
 //!
 //!     cargo test --test slurm_e2e
 
+mod common;
+
+use common::{effective_uid, find_tool};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
@@ -52,24 +55,7 @@ const SBATCH_SECS: u64 = 150;
 /// elsewhere prints a loud SKIPPED line to stderr and returns false.
 fn prerequisites_met() -> bool {
     static MISSING: OnceLock<Vec<String>> = OnceLock::new();
-    let missing = MISSING.get_or_init(missing_prerequisites);
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = missing.join("; ");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {reason} (CI=true: these tests must run; see tests/prepare-host, deploy/slurm-cluster, deploy/install)");
-    }
-    // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-    let banner = format!(
-        "\n**********************************************************************\n\
-         *** SKIPPED (missing prerequisite: {reason})\n\
-         *** run as root on a host prepared with tests/prepare-host,\n\
-         *** deploy/slurm-cluster and deploy/build && deploy/install\n\
-         **********************************************************************\n"
-    );
-    let _ = std::io::stderr().write_all(banner.as_bytes());
-    false
+    common::prerequisites(MISSING.get_or_init(missing_prerequisites))
 }
 
 fn missing_prerequisites() -> Vec<String> {
@@ -89,31 +75,7 @@ fn missing_prerequisites() -> Vec<String> {
             missing.push(format!("{tool} not found on PATH"));
         }
     }
-    if find_tool("sinfo").is_some() {
-        let states = Command::new("timeout")
-            .args(["10", "sinfo", "-h", "-N", "-o", "%T"])
-            .stdin(Stdio::null())
-            .output();
-        match states {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                if !text
-                    .lines()
-                    .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
-                {
-                    missing.push(format!(
-                        "a Slurm node that is idle, mixed, allocated or completing (sinfo says {:?}; run deploy/slurm-cluster)",
-                        text.trim()
-                    ));
-                }
-            }
-            Ok(out) => missing.push(format!(
-                "a responding Slurm controller (sinfo failed: {}; run deploy/slurm-cluster)",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => missing.push(format!("sinfo: {e}")),
-        }
-    }
+    missing.extend(common::slurm_node_problem());
     if !Path::new(PLUGIN_CONF).is_file() {
         missing.push(format!(
             "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
@@ -137,36 +99,6 @@ fn missing_prerequisites() -> Vec<String> {
         )),
     }
     missing
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Finds `name` on PATH or in the standard folders (a non-login root shell may lack sbin).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let dirs: Vec<&str> = path.split(':').collect();
-    let found = dirs
-        .into_iter()
-        .chain([
-            "/usr/local/sbin",
-            "/usr/local/bin",
-            "/usr/sbin",
-            "/usr/bin",
-            "/sbin",
-            "/bin",
-        ])
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        });
-    found
 }
 
 /// A 64-bit little-endian ELF without a PT_INTERP program header (no dynamic loader).
