@@ -8,7 +8,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where slurmstepd and `ferry` (as root) keep known digests on each node.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ferry/digests";
@@ -172,10 +172,6 @@ impl Cache {
         std::fs::symlink_metadata(&self.dir)
             .map(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
             .unwrap_or(false)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -34,8 +34,6 @@ pub enum Error {
     PinnedFolder { path: PathBuf },
     #[error("image {path}: the file changed while it was being verified; try again once nothing writes to it")]
     ImageChanged { path: PathBuf },
-    #[error("{0}")]
-    BadImageSpec(String),
     #[error("this site requires pinned images: use --container={path}@sha256:... (get the digest with: ferry digest {path})")]
     PinRequired { path: String },
     #[error("mount {spec:?}: {reason}")]

@@ -183,26 +183,17 @@ mod tests {
     use crate::users::User;
 
     fn request() -> Request {
-        Request {
-            image: "/images/a.sqfs".into(),
-            user: User {
-                name: "alice".into(),
-                uid: 1001,
-                gid: 1001,
-                groups: vec![],
-                home: "/home/alice".into(),
-                gecos: String::new(),
-            },
-            cwd: Some("/home/alice/project".into()),
-            workdir: None,
-            mounts: vec![],
-            host_binds: vec![],
-            slurm_clients: None,
-            accounts: vec![],
-            pinned: None,
-            digest_cache: None,
-            hash_unpinned_up_to: 0,
-        }
+        let alice = User {
+            name: "alice".into(),
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+            home: "/home/alice".into(),
+            gecos: String::new(),
+        };
+        let mut req = Request::new("/images/a.sqfs".into(), alice);
+        req.cwd = Some("/home/alice/project".into());
+        req
     }
 
     fn dests(plan: &Plan) -> Vec<String> {

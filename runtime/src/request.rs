@@ -30,6 +30,26 @@ pub struct Request {
     pub hash_unpinned_up_to: u64,
 }
 
+impl Request {
+    /// A request for `image` as `user` with nothing else: no binds beyond the standard
+    /// ones, no pin, no digest cache, no Slurm commands.
+    pub fn new(image: PathBuf, user: User) -> Request {
+        Request {
+            image,
+            user,
+            cwd: None,
+            workdir: None,
+            mounts: Vec::new(),
+            host_binds: Vec::new(),
+            slurm_clients: None,
+            accounts: Vec::new(),
+            pinned: None,
+            digest_cache: None,
+            hash_unpinned_up_to: 0,
+        }
+    }
+}
+
 /// Default for `Request::hash_unpinned_up_to`: 1 GiB (a few seconds, once per file version).
 pub const HASH_UNPINNED_UP_TO: u64 = 1 << 30;
 
@@ -41,8 +61,6 @@ pub struct SlurmClients {
     pub commands: Vec<String>,
 }
 
-/// The folder inside every container that holds ferry's own things.
-pub const FERRY_DIR: &str = "/.ferry";
 /// The host's root, read-only, for the Slurm launcher.
 pub const HOST_ROOT: &str = "/.ferry/host";
 /// Put on PATH (last) so that `srun` and friends are found inside.

@@ -389,19 +389,11 @@ fn two_processes_joining_one_prepared_container_see_the_same_root() {
     let user = test_user();
     let cwd = TempDir::new("join");
     let before = HostState::capture();
-    let request = ferry_runtime::Request {
-        image: fx.image.clone(),
-        user: ferry_runtime::User::by_name(TEST_USER).expect("User::by_name"),
-        cwd: Some(cwd.path().to_path_buf()),
-        workdir: None,
-        mounts: vec![],
-        host_binds: vec![],
-        slurm_clients: None,
-        accounts: vec![],
-        pinned: None,
-        digest_cache: None,
-        hash_unpinned_up_to: 0,
-    };
+    let mut request = ferry_runtime::Request::new(
+        fx.image.clone(),
+        ferry_runtime::User::by_name(TEST_USER).expect("User::by_name"),
+    );
+    request.cwd = Some(cwd.path().to_path_buf());
     let container = Arc::new(ferry_runtime::prepare(&request).expect("prepare"));
     assert_eq!(
         loop_devices_for(&fx.image).len(),

@@ -103,17 +103,12 @@ fn run(
     let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
     let (image, pinned) = split_pinned(spec)?;
     let request = Request {
-        image: cwd.join(image),
-        user,
-        cwd: Some(cwd),
+        cwd: Some(cwd.clone()),
         workdir,
         mounts,
-        host_binds: vec![],
-        slurm_clients: None,
-        accounts: vec![],
         pinned,
-        digest_cache: Some(ferry_runtime::digest::DEFAULT_CACHE_DIR.into()),
-        hash_unpinned_up_to: 0,
+        digest_cache: Some(digest::DEFAULT_CACHE_DIR.into()),
+        ..Request::new(cwd.join(image), user)
     };
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
