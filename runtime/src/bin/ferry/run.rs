@@ -1,0 +1,82 @@
+//! `ferry run`: prepare, join and exec, as root, optionally as another user.
+
+use ferry_runtime::digest::{self, split_pinned};
+use ferry_runtime::{exec, prepare, MountSpec, Request, User};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+pub enum Never {}
+
+pub fn run(
+    mounts: Vec<String>,
+    workdir: Option<PathBuf>,
+    user: Option<String>,
+    image: PathBuf,
+    command: Vec<std::ffi::OsString>,
+) -> Result<Never, String> {
+    if !ferry_runtime::is_root() {
+        return Err("ferry run needs root: it mounts the image in a private mount namespace; run it with sudo (use --user NAME to run as yourself), or use sbatch/srun --container=IMAGE on a cluster with ferry".into());
+    }
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let user = match user {
+        Some(name) => User::by_name(&name),
+        None => User::by_uid(0, 0, nix_groups()),
+    }
+    .map_err(|e| e.to_string())?;
+    let mounts = mounts
+        .iter()
+        .map(|m| MountSpec::parse(m, &cwd))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
+    let (image, pinned) = split_pinned(spec)?;
+    let request = Request {
+        cwd: Some(cwd.clone()),
+        workdir,
+        mounts,
+        pinned,
+        digest_cache: Some(digest::DEFAULT_CACHE_DIR.into()),
+        ..Request::new(cwd.join(image), user)
+    };
+    let container = prepare(&request).map_err(|e| e.to_string())?;
+    container.join().map_err(|e| e.to_string())?;
+    container.become_user().map_err(|e| e.to_string())?;
+    drop_to_env(&container.user);
+    container.enter_workdir().map_err(|e| e.to_string())?;
+    drop(container); // the namespace lives on in this process
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| "an argument contains a NUL byte".to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let err = exec::execvp(&argv);
+    let name = command[0].to_string_lossy();
+    Err(match err.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "{name}: command not found in image {}",
+            request.image.display()
+        ),
+        _ => format!(
+            "{name}: cannot run it in image {}: {err}",
+            request.image.display()
+        ),
+    })
+}
+
+fn nix_groups() -> Vec<u32> {
+    nix::unistd::getgroups()
+        .map(|g| g.iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+/// The environment the caller's command sees: theirs, with who they are now.
+fn drop_to_env(user: &User) {
+    std::env::set_var("HOME", &user.home);
+    std::env::set_var("USER", &user.name);
+    std::env::set_var("LOGNAME", &user.name);
+    let path = ferry_runtime::request::container_path(std::env::var("PATH").ok().as_deref(), None);
+    std::env::set_var("PATH", path);
+}
