@@ -287,7 +287,12 @@ impl Lab {
     /// `srun ARGS...` as the test user from the lab folder, under `timeout`, with a
     /// clean environment plus `env`.
     fn srun(&self, env: &[(&str, &str)], args: &[&str]) -> Out {
-        let secs = SRUN_SECS.to_string();
+        self.srun_within(SRUN_SECS, env, args)
+    }
+
+    /// `srun` as above, killed after `secs` seconds.
+    fn srun_within(&self, secs: u64, env: &[(&str, &str)], args: &[&str]) -> Out {
+        let secs = secs.to_string();
         let mut cmd = Command::new(find_tool("runuser").unwrap());
         cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs, "srun"])
             .args(["-t", "5", "-J", &self.job_name()])
@@ -519,6 +524,102 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
         )
         .as_bytes(),
     );
+}
+
+/// The nodes of the partition `pair` (deploy/slurm-cluster starts two slurmd on this
+/// machine), or None (skipped; under CI a failure) when it has fewer than two.
+fn two_nodes() -> Option<Vec<String>> {
+    let (_, list, _) = run_root(&["sinfo", "-h", "-p", "pair", "-o", "%N"]).unwrap_or_default();
+    let (_, names, _) =
+        run_root(&["scontrol", "show", "hostnames", list.trim()]).unwrap_or_default();
+    let nodes: Vec<String> = names.lines().map(str::to_string).collect();
+    if nodes.len() >= 2 {
+        return Some(nodes);
+    }
+    let reason = format!(
+        "a Slurm partition `pair` with two nodes (found {nodes:?}); deploy/slurm-cluster makes it"
+    );
+    if ci() {
+        panic!("missing prerequisite: {reason}");
+    }
+    loud_skip(&reason, "run deploy/slurm-cluster");
+    None
+}
+
+/// Wraps a rank's program so that it first says on which Slurm node it runs.
+fn on_node(program: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "echo \"node $SLURM_PROCID $SLURMD_NODENAME\"; exec \"$@\"".to_string(),
+        "sh".to_string(),
+    ];
+    argv.extend(program.iter().map(|a| a.to_string()));
+    argv
+}
+
+/// Checks that the step's ranks ran two per node on both `nodes`.
+#[track_caller]
+fn assert_two_per_node(out: &Out, nodes: &[String]) {
+    let mut per_node = std::collections::BTreeMap::<&str, usize>::new();
+    for line in out.stdout.lines().filter(|l| l.starts_with("node ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "unexpected line {line:?}:\n{out}");
+        *per_node.entry(f[2]).or_default() += 1;
+    }
+    let want: std::collections::BTreeMap<&str, usize> =
+        nodes[..2].iter().map(|n| (n.as_str(), 2)).collect();
+    assert_eq!(per_node, want, "ranks per node:\n{out}");
+}
+
+/// One 4-rank Open MPI job over two nodes, two ranks each, wired by PMIx: every rank
+/// in one job, the ring crosses between the nodes. Control: without a network
+/// transport (shared memory only) the same step fails, so the ranks really are on
+/// separate nodes and the messages between them went over the network.
+#[test]
+fn openmpi_pmix_two_nodes_are_one_job() {
+    let Some(lab) = Lab::new("ompi-2n") else {
+        return;
+    };
+    let Some(nodes) = two_nodes() else { return };
+    let image = format!("--container={}", lab.images.ompi);
+    let program = on_node(&["python3", "-c", PY_RING]);
+    // Without a path between the nodes Open MPI may wait forever: the control gets 20 s.
+    let run = |btl, secs| {
+        let mut args = vec!["-p", "pair", "-N", "2", "--ntasks-per-node=2", "--mpi=pmix"];
+        args.push(&image);
+        args.extend(program.iter().map(String::as_str));
+        lab.srun_within(
+            secs,
+            &[("OMPI_MCA_pml", "ob1"), ("OMPI_MCA_btl", btl)],
+            &args,
+        )
+    };
+    let out = run("self,vader,tcp", SRUN_SECS);
+    assert_one_job(&out, 4);
+    assert_two_per_node(&out, &nodes);
+    let control = run("self,vader", 20);
+    assert!(
+        control.code != Some(0) && !control.stdout.contains("ring=ok"),
+        "with shared memory only, ranks on two nodes cannot talk, yet the step succeeded:\n{control}"
+    );
+}
+
+/// One 4-rank MPICH job over two nodes, two ranks each, wired by PMI-2.
+#[test]
+fn mpich_pmi2_two_nodes_are_one_job() {
+    let Some(lab) = Lab::new("mpich-2n") else {
+        return;
+    };
+    let Some(nodes) = two_nodes() else { return };
+    let image = format!("--container={}", lab.images.mpich);
+    let program = on_node(&[RING]);
+    let mut args = vec!["-p", "pair", "-N", "2", "--ntasks-per-node=2", "--mpi=pmi2"];
+    args.push(&image);
+    args.extend(program.iter().map(String::as_str));
+    let out = lab.srun(&[], &args);
+    assert_one_job(&out, 4);
+    assert_two_per_node(&out, &nodes);
 }
 
 /// The MPI of these jobs comes from the images only: the host has none.
