@@ -558,18 +558,18 @@ fn on_node(program: &[&str]) -> Vec<String> {
     argv
 }
 
-/// Checks that the step's ranks ran two per node on both `nodes`.
+/// Checks that the step's ranks ran `per_node` on each of the first two `nodes`.
 #[track_caller]
-fn assert_two_per_node(out: &Out, nodes: &[String]) {
-    let mut per_node = std::collections::BTreeMap::<&str, usize>::new();
+fn assert_per_node(out: &Out, nodes: &[String], per_node: usize) {
+    let mut found = std::collections::BTreeMap::<&str, usize>::new();
     for line in out.stdout.lines().filter(|l| l.starts_with("node ")) {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 3, "unexpected line {line:?}:\n{out}");
-        *per_node.entry(f[2]).or_default() += 1;
+        *found.entry(f[2]).or_default() += 1;
     }
     let want: std::collections::BTreeMap<&str, usize> =
-        nodes[..2].iter().map(|n| (n.as_str(), 2)).collect();
-    assert_eq!(per_node, want, "ranks per node:\n{out}");
+        nodes[..2].iter().map(|n| (n.as_str(), per_node)).collect();
+    assert_eq!(found, want, "ranks per node:\n{out}");
 }
 
 /// One 4-rank Open MPI job over two nodes, two ranks each, wired by PMIx: every rank
@@ -597,7 +597,7 @@ fn openmpi_pmix_two_nodes_are_one_job() {
     };
     let out = run("self,vader,tcp", SRUN_SECS);
     assert_one_job(&out, 4);
-    assert_two_per_node(&out, &nodes);
+    assert_per_node(&out, &nodes, 2);
     let control = run("self,vader", 20);
     assert!(
         control.code != Some(0) && !control.stdout.contains("ring=ok"),
@@ -605,7 +605,10 @@ fn openmpi_pmix_two_nodes_are_one_job() {
     );
 }
 
-/// One 4-rank MPICH job over two nodes, two ranks each, wired by PMI-2.
+/// An MPICH job over two nodes, wired by PMI-2: one rank per node, so every message
+/// crosses between the nodes. (With two ranks per node, Debian's MPICH 4.0.2 hangs in
+/// MPI_Finalize about every second run on this one-machine cluster, on the host
+/// without ferry just the same: both nodes share one IP address.)
 #[test]
 fn mpich_pmi2_two_nodes_are_one_job() {
     let Some(lab) = Lab::new("mpich-2n") else {
@@ -614,12 +617,12 @@ fn mpich_pmi2_two_nodes_are_one_job() {
     let Some(nodes) = two_nodes() else { return };
     let image = format!("--container={}", lab.images.mpich);
     let program = on_node(&[RING]);
-    let mut args = vec!["-p", "pair", "-N", "2", "--ntasks-per-node=2", "--mpi=pmi2"];
+    let mut args = vec!["-p", "pair", "-N", "2", "--ntasks-per-node=1", "--mpi=pmi2"];
     args.push(&image);
     args.extend(program.iter().map(String::as_str));
     let out = lab.srun(&[], &args);
-    assert_one_job(&out, 4);
-    assert_two_per_node(&out, &nodes);
+    assert_one_job(&out, 2);
+    assert_per_node(&out, &nodes, 1);
 }
 
 /// The MPI of these jobs comes from the images only: the host has none.
