@@ -5,7 +5,7 @@
 
 use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
-use crate::image::{self, Format, OpenedImage};
+use crate::image::{self, Format, Method, OpenedImage};
 use crate::plan::{Bind, FileContent, Opener, Plan};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
@@ -14,7 +14,7 @@ use crate::users;
 use nix::mount::MsFlags;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The staging folder. Mounting a tmpfs over it in the new namespace hides nothing the
@@ -29,6 +29,9 @@ struct OpenedBind<'a> {
 
 pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
     let user = &req.user;
+    // Kept to start a FUSE server back in the host's namespace (see sys::spawn_fuse_server).
+    let host_ns = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+        .map_err(|e| Error::system("opening the host's mount namespace", e))?;
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL).
     sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
@@ -42,6 +45,7 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
     sys::set_fs_credentials(0, 0, &[0])
         .map_err(|e| Error::system("restoring root credentials", e))?;
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
+    let method = image::method_for(&image, &req.image_policy)?;
     let (facts, verified) = verify_image(req, &image)?;
     if let Some((_, err)) = skipped
         .iter()
@@ -68,14 +72,14 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
         staging,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0700,size=64m"),
+        Some(&format!("mode=0700,size={}", req.writable_layer_size)),
     )
     .map_err(|e| Error::system("mounting the staging tmpfs", e))?;
     for dir in ["image", "upper", "work", "root"] {
         std::fs::create_dir(staging.join(dir))
             .map_err(|e| Error::system("creating the staging folders", e))?;
     }
-    mount_image(&image, &staging.join("image"))?;
+    mount_image(req, &image, method, host_ns.as_fd(), &staging.join("image"))?;
     if let Some(version) = verified {
         // What was hashed is what the loop device reads, unless the file changed since.
         let now = image_file(&image).and_then(|f| digest::FileVersion::of(&f));
@@ -198,10 +202,16 @@ fn open_sources<'a>(
     Ok(out)
 }
 
-fn mount_image(image: &OpenedImage, target: &Path) -> Result<()> {
+fn mount_image(
+    req: &Request,
+    image: &OpenedImage,
+    method: Method,
+    host_ns: BorrowedFd,
+    target: &Path,
+) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    match image.format {
-        Format::Squashfs => {
+    match method {
+        Method::Kernel => {
             let device = match sys::find_shared_loop(image.fd.as_fd()) {
                 Some(shared) => shared,
                 None => sys::attach_loop(image.fd.as_fd(), 0, 0)
@@ -212,10 +222,50 @@ fn mount_image(image: &OpenedImage, target: &Path) -> Result<()> {
             sys::mount_fs(&device.path, target, "squashfs", ro, None)
                 .map_err(|e| image_err(image, "mounting the SquashFS", e))
         }
-        Format::Directory => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
+        Method::Fuse => mount_with_fuse(req, image, host_ns, target),
+        Method::Bind => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
             .and_then(|_| sys::remount_bind(target, ro))
             .map_err(|e| image_err(image, "binding the root folder", e)),
     }
+}
+
+/// Mounts FUSE on `target` and starts squashfuse as the user to serve it. Our copy of
+/// the device closes on return, so the server holds the only one: if it cannot start
+/// (or dies), the connection aborts and every access fails at once instead of hanging.
+fn mount_with_fuse(
+    req: &Request,
+    image: &OpenedImage,
+    host_ns: BorrowedFd,
+    target: &Path,
+) -> Result<()> {
+    let helper = &req.image_policy.fuse_helper;
+    let failed = |reason: String| Error::FuseFailed {
+        path: image.path.clone(),
+        helper: helper.clone(),
+        reason,
+    };
+    if !std::fs::metadata(helper).is_ok_and(|m| m.is_file()) {
+        return Err(failed(format!("{} is not installed", helper.display())));
+    }
+    let fuse = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR)
+        .map_err(|e| Error::system("opening /dev/fuse", e))?;
+    let user = &req.user;
+    sys::mount_fuse(fuse.as_fd(), target, user.uid, user.gid)
+        .map_err(|e| image_err(image, "mounting FUSE", e))?;
+    sys::spawn_fuse_server(&sys::FuseServer {
+        host_ns,
+        fuse: fuse.as_fd(),
+        image: image.fd.as_fd(),
+        helper,
+        uid: user.uid,
+        gid: user.gid,
+        groups: &user.gids(),
+    })
+    .map_err(|e| Error::system("starting squashfuse", e))?;
+    drop(fuse);
+    // The first look waits for the server's answer: a dead server reads ENOTCONN here.
+    std::fs::metadata(target).map_err(|e| failed(e.to_string()))?;
+    Ok(())
 }
 
 fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) -> Error {

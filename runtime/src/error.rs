@@ -18,6 +18,14 @@ pub enum Error {
     NotAnImage { path: PathBuf },
     #[error("image {path}: folder is not a root filesystem (no bin/ or usr/bin/ in it); point to the folder that holds bin, etc and usr")]
     NotARootfs { path: PathBuf },
+    #[error("image {path}: not in a trusted image folder; {hint}")]
+    ImageDenied { path: PathBuf, hint: String },
+    #[error("image {path}: squashfuse could not serve it ({reason}); check that it is a complete SquashFS image (unsquashfs -s IMAGE) or ask the administrators whether {helper} is installed")]
+    FuseFailed {
+        path: PathBuf,
+        helper: PathBuf,
+        reason: String,
+    },
     #[error("image {path}: {what} failed: {source}")]
     ImageMount {
         path: PathBuf,

@@ -11,6 +11,7 @@ pub mod image;
 pub mod plan;
 pub mod request;
 pub mod resolve;
+pub mod site;
 mod sys;
 pub mod users;
 

@@ -105,6 +105,14 @@ pub fn plan(req: &Request) -> Plan {
         recursive: true,
         optional: true,
     }));
+    binds.extend(req.site_mounts.iter().map(|m| Bind {
+        source: m.source.clone(),
+        dest: m.dest.clone(),
+        opener: Opener::Host,
+        readonly: m.readonly,
+        recursive: true,
+        optional: m.optional,
+    }));
     binds.push(Bind {
         source: req.user.home.clone(),
         dest: req.user.home.clone(),

@@ -2,6 +2,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::site::{ImagePolicy, SiteMount, DEFAULT_WRITABLE_LAYER};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
 
@@ -28,11 +29,17 @@ pub struct Request {
     pub digest_cache: Option<PathBuf>,
     /// Unpinned SquashFS images up to this size are hashed too, for the record.
     pub hash_unpinned_up_to: u64,
+    /// Which images the kernel mounts, which go through FUSE, which are refused.
+    pub image_policy: ImagePolicy,
+    /// The site's binds into every container (opened as root).
+    pub site_mounts: Vec<SiteMount>,
+    /// Size of the tmpfs under the writable layer, in bytes.
+    pub writable_layer_size: u64,
 }
 
 impl Request {
     /// A request for `image` as `user` with nothing else: no binds beyond the standard
-    /// ones, no pin, no digest cache, no Slurm commands.
+    /// ones, no pin, no digest cache, no Slurm commands, the kernel mounts the image.
     pub fn new(image: PathBuf, user: User) -> Request {
         Request {
             image,
@@ -46,6 +53,9 @@ impl Request {
             pinned: None,
             digest_cache: None,
             hash_unpinned_up_to: 0,
+            image_policy: ImagePolicy::kernel(),
+            site_mounts: Vec::new(),
+            writable_layer_size: DEFAULT_WRITABLE_LAYER,
         }
     }
 }

@@ -542,3 +542,96 @@ pub fn execv(path: &CStr, argv: &[CString]) -> io::Error {
     unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
     io::Error::last_os_error()
 }
+
+// ---------------------------------------------------------------------------
+// The FUSE server of an untrusted image.
+
+/// Mounts a FUSE filesystem on `target` served through `fuse` (an open /dev/fuse):
+/// read-only, nosuid, nodev, checked by the kernel against the files' own modes
+/// (`default_permissions`), usable by root in the namespace too (`allow_other`; only
+/// this container's processes can see the mount).
+pub fn mount_fuse(fuse: BorrowedFd<'_>, target: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let options = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},allow_other,default_permissions",
+        fuse.as_raw_fd()
+    );
+    mount_fs(
+        Path::new("ferry"),
+        target,
+        "fuse.squashfuse",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&options),
+    )
+}
+
+/// What the FUSE server child runs and as whom.
+pub struct FuseServer<'a> {
+    /// The host's mount namespace, opened before the helper left it.
+    pub host_ns: BorrowedFd<'a>,
+    pub fuse: BorrowedFd<'a>,
+    pub image: BorrowedFd<'a>,
+    pub helper: &'a Path,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+}
+
+/// Forks the server: the child goes back to the host's mount namespace (it must not
+/// keep the container's alive, or the mount would never go away), keeps only the FUSE
+/// device (fd 3) and the image (fd 4), becomes the user for good with no_new_privs and
+/// runs `HELPER -f /dev/fd/4 /dev/fd/3` (libfuse takes an already-mounted device as
+/// `/dev/fd/N`). It exits when the mount goes away (the device then reads ENODEV),
+/// which is when the step's namespace is freed.
+pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
+    let helper = cstring(server.helper)?;
+    let argv = [
+        helper.clone(),
+        CString::from(c"-f"),
+        CString::from(c"/dev/fd/4"),
+        CString::from(c"/dev/fd/3"),
+    ];
+    match fork()? {
+        Forked::Parent(pid) => Ok(pid),
+        Forked::Child => {
+            let _ = become_fuse_server(server);
+            let _ = execv(&helper, &argv);
+            exit_now(127)
+        }
+    }
+}
+
+fn become_fuse_server(server: &FuseServer) -> io::Result<()> {
+    setns_mount(server.host_ns)?;
+    std::env::set_current_dir("/")?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )?;
+    // Out of the way of 3 and 4 first, then into place (dup2 clears close-on-exec).
+    let fuse = nix::fcntl::fcntl(
+        server.fuse.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16),
+    )?;
+    let image = nix::fcntl::fcntl(
+        server.image.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16),
+    )?;
+    // A raw number: close_range below closes it, so no OwnedFd may close it again.
+    let null = std::os::fd::IntoRawFd::into_raw_fd(open_path(Path::new("/dev/null"), libc::O_RDWR)?);
+    for (from, to) in [(null, 0), (null, 1), (fuse, 3), (image, 4)] {
+        // SAFETY: dup2 on descriptors this process owns; the targets are fixed numbers
+        // this child hands to the program it is about to run.
+        check(unsafe { libc::dup2(from, to) })?;
+    }
+    // Nothing else of slurmstepd's or the helper's reaches the user's process.
+    // SAFETY: close_range takes plain integers; it only closes descriptors.
+    if unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) } != 0 {
+        for fd in 5..4096 {
+            // SAFETY: closing a descriptor number we no longer use; EBADF is harmless.
+            unsafe { libc::close(fd) };
+        }
+    }
+    become_user(server.uid, server.gid, server.groups)?;
+    set_no_new_privs()
+}

@@ -1,5 +1,6 @@
 //! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses.
 
+mod check_config;
 mod digest;
 mod progress;
 mod run;
@@ -29,6 +30,10 @@ enum Command {
         /// Folder inside the container to start in (default: the current folder, bound from the host)
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
+        /// Apply this site file's image policy, site mounts and limits, as the plugin does
+        /// (default: none; the kernel mounts the image)
+        #[arg(long, value_name = "FILE")]
+        site_config: Option<PathBuf>,
         /// Run as this user (default: the caller)
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
@@ -47,6 +52,12 @@ enum Command {
         /// Image file
         image: PathBuf,
     },
+    /// Validate a site file (default /etc/ferry/site.json) and print the effective policy;
+    /// exit 1 on errors or when this host cannot apply it
+    CheckConfig {
+        /// The site file
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,16 +66,18 @@ fn main() -> ExitCode {
         Command::Run {
             mounts,
             workdir,
+            site_config,
             user,
             image,
             command,
-        } => match run::run(mounts, workdir, user, image, command) {
+        } => match run::run(mounts, workdir, site_config, user, image, command) {
             Ok(never) => match never {},
             Err(message) => {
                 eprintln!("ferry: {message}");
                 ExitCode::from(125)
             }
         },
+        Command::CheckConfig { file } => check_config::check_config(file),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
                 Ok(code) => code,

@@ -1,6 +1,7 @@
 //! `ferry run`: prepare, join and exec, as root, optionally as another user.
 
 use ferry_runtime::digest::{self, split_pinned};
+use ferry_runtime::site::Site;
 use ferry_runtime::{exec, prepare, MountSpec, Request, User};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -11,6 +12,7 @@ pub enum Never {}
 pub fn run(
     mounts: Vec<String>,
     workdir: Option<PathBuf>,
+    site_config: Option<PathBuf>,
     user: Option<String>,
     image: PathBuf,
     command: Vec<std::ffi::OsString>,
@@ -32,7 +34,13 @@ pub fn run(
         .map_err(|e| e.to_string())?;
     let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
     let (image, pinned) = split_pinned(spec)?;
-    let request = Request {
+    let site = site_config.as_deref().map(Site::load).transpose()?;
+    if let Some(site) = &site {
+        for m in &mounts {
+            site.check_user_mount(m)?;
+        }
+    }
+    let mut request = Request {
         cwd: Some(cwd.clone()),
         workdir,
         mounts,
@@ -40,6 +48,11 @@ pub fn run(
         digest_cache: Some(digest::DEFAULT_CACHE_DIR.into()),
         ..Request::new(cwd.join(image), user)
     };
+    if let Some(site) = site {
+        request.image_policy = site.images;
+        request.site_mounts = site.site_mounts;
+        request.writable_layer_size = site.writable_layer_size;
+    }
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;

@@ -1,0 +1,505 @@
+//! The site's policy file (`site_config=/etc/ferry/site.json` in plugstack.conf):
+//! trusted image folders, what to do with other images, site-wide mounts, the writable
+//! layer's size, where users may mount, log level.
+//!
+//! Parsing and validation are pure (no file system access) so that the plugin, the
+//! `ferry check-config` command and the fuzz targets share them. Checking that a
+//! trusted folder really is root-owned happens on use (`trusted_location`), because
+//! the host can change after the file was read.
+
+use crate::request::MountSpec;
+use serde::Deserialize;
+use std::path::{Component, Path, PathBuf};
+
+/// Where the plugin reads the site file when plugstack.conf names none.
+pub const DEFAULT_SITE_CONFIG: &str = "/etc/ferry/site.json";
+/// Debian's multi-threaded low-level squashfuse.
+pub const DEFAULT_FUSE_HELPER: &str = "/usr/bin/squashfuse_ll";
+pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
+const MIN_WRITABLE_LAYER: u64 = 1 << 20;
+const MAX_WRITABLE_LAYER: u64 = 64 << 30;
+/// Longest path or list the file may hold: a typo'd or hostile file fails clearly.
+const MAX_PATH_LEN: usize = 4096;
+const MAX_LIST_LEN: usize = 256;
+const MAX_FILE_LEN: usize = 1 << 20;
+
+/// How an image outside the trusted folders is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    /// By the kernel's SquashFS driver, like a trusted one.
+    Kernel,
+    /// By squashfuse running with the user's rights: a crafted image reaches a user
+    /// process, not kernel filesystem code.
+    Fuse,
+    /// Refused, with a line saying where trusted images live.
+    Deny,
+}
+
+impl Untrusted {
+    pub fn name(self) -> &'static str {
+        match self {
+            Untrusted::Kernel => "kernel",
+            Untrusted::Fuse => "fuse",
+            Untrusted::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+/// A host path bound into every container (opened as root: the admin chose it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteMount {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub readonly: bool,
+    /// Skip it where the source is missing instead of failing the step.
+    pub optional: bool,
+}
+
+/// How images are chosen and mounted: the part of the site policy the runtime applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePolicy {
+    /// Folders whose images the kernel may mount whatever `untrusted` says.
+    pub trusted_dirs: Vec<PathBuf>,
+    pub untrusted: Untrusted,
+    pub fuse_helper: PathBuf,
+}
+
+impl ImagePolicy {
+    /// What a caller gets without a site policy (tests, `ferry run` by root): the
+    /// kernel mounts what root asked for.
+    pub fn kernel() -> ImagePolicy {
+        ImagePolicy {
+            trusted_dirs: Vec::new(),
+            untrusted: Untrusted::Kernel,
+            fuse_helper: DEFAULT_FUSE_HELPER.into(),
+        }
+    }
+
+    /// The line a refused user reads.
+    pub fn where_trusted(&self) -> String {
+        if self.trusted_dirs.is_empty() {
+            "this site runs no images outside its trusted folders and has none configured; ask the administrators".into()
+        } else {
+            format!(
+                "this site runs only images from its trusted folders: {}; ask the administrators to place yours there",
+                join_paths(&self.trusted_dirs)
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub images: ImagePolicy,
+    pub site_mounts: Vec<SiteMount>,
+    pub writable_layer_size: u64,
+    /// Prefixes a user's `--container-mounts` destination must be under (None: any).
+    pub user_mount_destinations: Option<Vec<PathBuf>>,
+    pub log_level: LogLevel,
+}
+
+impl Default for Site {
+    /// The policy with no site file: untrusted images through FUSE (see SECURITY.md).
+    fn default() -> Self {
+        Site {
+            images: ImagePolicy {
+                untrusted: Untrusted::Fuse,
+                ..ImagePolicy::kernel()
+            },
+            site_mounts: Vec::new(),
+            writable_layer_size: DEFAULT_WRITABLE_LAYER,
+            user_mount_destinations: None,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    trusted_image_dirs: Option<Vec<String>>,
+    untrusted_images: Option<String>,
+    fuse_helper: Option<String>,
+    site_mounts: Option<Vec<RawMount>>,
+    writable_layer_size: Option<String>,
+    user_mount_destinations: Option<Vec<String>>,
+    log_level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    source: String,
+    dest: Option<String>,
+    readonly: Option<bool>,
+    optional: Option<bool>,
+}
+
+impl Site {
+    /// Parses and checks a site file's text. Errors name the key and say what to write.
+    pub fn parse(text: &[u8]) -> Result<Site, String> {
+        if text.len() > MAX_FILE_LEN {
+            return Err(format!(
+                "the file is larger than {MAX_FILE_LEN} bytes; a site file is a few lines"
+            ));
+        }
+        let raw: RawSite = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        let mut site = Site::default();
+        if let Some(dirs) = raw.trusted_image_dirs {
+            site.images.trusted_dirs = path_list("trusted_image_dirs", &dirs)?;
+        }
+        if let Some(policy) = raw.untrusted_images {
+            site.images.untrusted = match policy.as_str() {
+                "kernel" => Untrusted::Kernel,
+                "fuse" => Untrusted::Fuse,
+                "deny" => Untrusted::Deny,
+                _ => {
+                    return Err(format!(
+                        "untrusted_images: {policy:?}: use \"fuse\", \"deny\" or \"kernel\""
+                    ))
+                }
+            };
+        }
+        if let Some(helper) = raw.fuse_helper {
+            site.images.fuse_helper = abs_path("fuse_helper", &helper)?;
+        }
+        if let Some(mounts) = raw.site_mounts {
+            check_len("site_mounts", mounts.len())?;
+            for (i, m) in mounts.iter().enumerate() {
+                let key = format!("site_mounts[{i}]");
+                let source = abs_path(&format!("{key}.source"), &m.source)?;
+                let dest = match &m.dest {
+                    Some(d) => abs_path(&format!("{key}.dest"), d)?,
+                    None => source.clone(),
+                };
+                if dest == Path::new("/") {
+                    return Err(format!(
+                        "{key}.dest: cannot mount over the container's root"
+                    ));
+                }
+                site.site_mounts.push(SiteMount {
+                    source,
+                    dest,
+                    readonly: m.readonly.unwrap_or(false),
+                    optional: m.optional.unwrap_or(false),
+                });
+            }
+        }
+        if let Some(size) = raw.writable_layer_size {
+            site.writable_layer_size = parse_size(&size)
+                .filter(|n| (MIN_WRITABLE_LAYER..=MAX_WRITABLE_LAYER).contains(n))
+                .ok_or_else(|| {
+                    format!("writable_layer_size: {size:?}: give a size from 1M to 64G, such as \"256M\"")
+                })?;
+        }
+        if let Some(prefixes) = raw.user_mount_destinations {
+            site.user_mount_destinations =
+                Some(path_list("user_mount_destinations", &prefixes)?);
+        }
+        if let Some(level) = raw.log_level {
+            site.log_level = match level.as_str() {
+                "error" => LogLevel::Error,
+                "warning" => LogLevel::Warning,
+                "info" => LogLevel::Info,
+                "debug" => LogLevel::Debug,
+                _ => {
+                    return Err(format!(
+                        "log_level: {level:?}: use \"error\", \"warning\", \"info\" or \"debug\""
+                    ))
+                }
+            };
+        }
+        Ok(site)
+    }
+
+    /// Reads and parses the site file. It decides what root does for users, so it must
+    /// be root's alone: owned by root, writable by nobody else (the lesson of setuid
+    /// runtimes broken through files users could edit).
+    pub fn load(path: &Path) -> Result<Site, String> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let fail = |why: String| format!("site config {}: {why}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(fail(
+                "must be owned by root and writable by root only (chown root: and chmod go-w it)"
+                    .into(),
+            ));
+        }
+        let mut text = Vec::new();
+        file.take(MAX_FILE_LEN as u64 + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| fail(e.to_string()))?;
+        Site::parse(&text).map_err(fail)
+    }
+
+    /// Whether a user's bind may go to `mount.dest` (a whole path component prefix).
+    pub fn check_user_mount(&self, mount: &MountSpec) -> Result<(), String> {
+        let Some(allowed) = &self.user_mount_destinations else {
+            return Ok(());
+        };
+        if allowed.iter().any(|p| mount.dest.starts_with(p)) {
+            return Ok(());
+        }
+        Err(format!(
+            "mount destination {}: this site allows user mounts only under {}; choose a destination there",
+            mount.dest.display(),
+            if allowed.is_empty() {
+                "no folder at all".to_string()
+            } else {
+                join_paths(allowed)
+            }
+        ))
+    }
+
+    /// The effective policy, one setting a line, for `ferry check-config`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:24} {v}\n"));
+        line(
+            &mut out,
+            "trusted_image_dirs",
+            if self.images.trusted_dirs.is_empty() {
+                "(none)".into()
+            } else {
+                join_paths(&self.images.trusted_dirs)
+            },
+        );
+        line(&mut out, "untrusted_images", self.images.untrusted.name().into());
+        line(
+            &mut out,
+            "fuse_helper",
+            self.images.fuse_helper.display().to_string(),
+        );
+        if self.site_mounts.is_empty() {
+            line(&mut out, "site_mounts", "(none)".into());
+        }
+        for m in &self.site_mounts {
+            line(
+                &mut out,
+                "site_mounts",
+                format!(
+                    "{} -> {}{}{}",
+                    m.source.display(),
+                    m.dest.display(),
+                    if m.readonly { " read-only" } else { "" },
+                    if m.optional {
+                        " (skipped where missing)"
+                    } else {
+                        " (required)"
+                    }
+                ),
+            );
+        }
+        line(
+            &mut out,
+            "writable_layer_size",
+            format!("{} MiB", self.writable_layer_size >> 20),
+        );
+        line(
+            &mut out,
+            "user_mount_destinations",
+            match &self.user_mount_destinations {
+                None => "(anywhere)".into(),
+                Some(p) if p.is_empty() => "(none: user mounts refused)".into(),
+                Some(p) => join_paths(p),
+            },
+        );
+        line(&mut out, "log_level", format!("{:?}", self.log_level).to_lowercase());
+        out
+    }
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_len(key: &str, n: usize) -> Result<(), String> {
+    if n > MAX_LIST_LEN {
+        return Err(format!("{key}: more than {MAX_LIST_LEN} entries"));
+    }
+    Ok(())
+}
+
+fn path_list(key: &str, values: &[String]) -> Result<Vec<PathBuf>, String> {
+    check_len(key, values.len())?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| abs_path(&format!("{key}[{i}]"), v))
+        .collect()
+}
+
+/// An absolute, normal path: no `..`, no `.`, no NUL or newline, bounded length.
+fn abs_path(key: &str, value: &str) -> Result<PathBuf, String> {
+    let bad = |why: &str| Err(format!("{key}: {value:?}: {why}"));
+    if value.len() > MAX_PATH_LEN {
+        return Err(format!("{key}: path longer than {MAX_PATH_LEN} bytes"));
+    }
+    if !value.starts_with('/') {
+        return bad("give an absolute path");
+    }
+    if value.contains(['\0', '\n', ',', ':']) {
+        return bad("a path here must not contain NUL, newline, comma or colon");
+    }
+    let path = Path::new(value);
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return bad("'.' and '..' are not allowed");
+    }
+    // Drop trailing slashes and doubled ones: `/a//b/` is `/a/b`.
+    Ok(path.components().collect())
+}
+
+/// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => value.split_at(i),
+        None => (value, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Site, String> {
+        Site::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn empty_object_is_the_default_policy() {
+        let site = parse("{}").unwrap();
+        assert_eq!(site, Site::default());
+        assert_eq!(site.images.untrusted, Untrusted::Fuse);
+        assert_eq!(site.writable_layer_size, DEFAULT_WRITABLE_LAYER);
+    }
+
+    #[test]
+    fn a_full_file() {
+        let site = parse(
+            r#"{
+              "trusted_image_dirs": ["/apps/images/", "/srv//containers"],
+              "untrusted_images": "deny",
+              "site_mounts": [
+                {"source": "/scratch"},
+                {"source": "/opt/apps", "dest": "/apps", "readonly": true, "optional": true}
+              ],
+              "writable_layer_size": "256M",
+              "user_mount_destinations": ["/data", "/home"],
+              "log_level": "debug"
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            site.images.trusted_dirs,
+            vec![PathBuf::from("/apps/images"), PathBuf::from("/srv/containers")]
+        );
+        assert_eq!(site.images.untrusted, Untrusted::Deny);
+        assert_eq!(
+            site.site_mounts[1],
+            SiteMount {
+                source: "/opt/apps".into(),
+                dest: "/apps".into(),
+                readonly: true,
+                optional: true
+            }
+        );
+        assert!(!site.site_mounts[0].optional);
+        assert_eq!(site.site_mounts[0].dest, PathBuf::from("/scratch"));
+        assert_eq!(site.writable_layer_size, 256 << 20);
+        assert_eq!(site.log_level, LogLevel::Debug);
+        assert!(site.describe().contains("deny"));
+        assert!(site.images.where_trusted().contains("/apps/images"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            (r#"{"colour": 1}"#, "colour"),
+            (r#"{"untrusted_images": "maybe"}"#, "untrusted_images"),
+            (r#"{"untrusted_images": 3}"#, "untrusted_images"),
+            (r#"{"trusted_image_dirs": ["rel"]}"#, "trusted_image_dirs[0]"),
+            (r#"{"trusted_image_dirs": ["/a/../b"]}"#, "trusted_image_dirs[0]"),
+            (r#"{"trusted_image_dirs": ["/a\nb"]}"#, "trusted_image_dirs[0]"),
+            (r#"{"trusted_image_dirs": ["/a,b"]}"#, "trusted_image_dirs[0]"),
+            (r#"{"trusted_image_dirs": [""]}"#, "trusted_image_dirs[0]"),
+            (r#"{"site_mounts": [{"source": "/a", "dst": "/b"}]}"#, "dst"),
+            (r#"{"site_mounts": [{"source": "/a", "dest": "/"}]}"#, "site_mounts[0].dest"),
+            (r#"{"site_mounts": [{"source": "x"}]}"#, "site_mounts[0].source"),
+            (r#"{"writable_layer_size": "lots"}"#, "writable_layer_size"),
+            (r#"{"writable_layer_size": "10"}"#, "writable_layer_size"),
+            (r#"{"writable_layer_size": "99999999999999999999T"}"#, "writable_layer_size"),
+            (r#"{"user_mount_destinations": "/data"}"#, "user_mount_destinations"),
+            (r#"{"log_level": "loud"}"#, "log_level"),
+            (r#"{"fuse_helper": "squashfuse"}"#, "fuse_helper"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        for text in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{",
+            b"\xff\xfe{}",
+            b"{\"log_level\": \"\xff\"}",
+        ] {
+            assert!(Site::parse(text).is_err(), "{text:?}");
+        }
+        let huge = format!(r#"{{"trusted_image_dirs": ["/{}"]}}"#, "a".repeat(5000));
+        assert!(parse(&huge).unwrap_err().contains("longer"));
+        let many = format!(
+            r#"{{"trusted_image_dirs": [{}]}}"#,
+            vec!["\"/a\""; 300].join(",")
+        );
+        assert!(parse(&many).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn user_mount_prefixes_match_whole_components() {
+        let site = parse(r#"{"user_mount_destinations": ["/data"]}"#).unwrap();
+        let m = |dest: &str| MountSpec {
+            source: "/x".into(),
+            dest: dest.into(),
+            readonly: false,
+        };
+        assert!(site.check_user_mount(&m("/data")).is_ok());
+        assert!(site.check_user_mount(&m("/data/in")).is_ok());
+        let err = site.check_user_mount(&m("/database")).unwrap_err();
+        assert!(err.contains("/database") && err.contains("/data"), "{err}");
+        assert!(Site::default().check_user_mount(&m("/anything")).is_ok());
+    }
+}
