@@ -2,7 +2,8 @@
 //! Unknown keys and bad values are errors naming the key.
 //!
 //!   required /usr/lib/.../ferry.so [launcher=PATH] [host_dirs=DIR,DIR,...] [slurm_clients=yes|no]
-//!            [accounts=NAME,NAME,...]
+//!            [accounts=NAME,NAME,...] [require_digest=yes|no] [digest_cache=DIR]
+//!            [hash_unpinned_max=SIZE] [site_config=FILE]
 
 use std::path::PathBuf;
 
@@ -36,6 +37,9 @@ pub struct Config {
     pub digest_cache: PathBuf,
     /// Unpinned images up to this size are hashed for the provenance record.
     pub hash_unpinned_up_to: u64,
+    /// The site policy file, and whether plugstack.conf named it (then it must exist).
+    pub site_config: PathBuf,
+    pub site_config_required: bool,
 }
 
 impl Default for Config {
@@ -48,6 +52,8 @@ impl Default for Config {
             require_digest: false,
             digest_cache: ferry_runtime::digest::DEFAULT_CACHE_DIR.into(),
             hash_unpinned_up_to: ferry_runtime::request::HASH_UNPINNED_UP_TO,
+            site_config: ferry_runtime::site::DEFAULT_SITE_CONFIG.into(),
+            site_config_required: false,
         }
     }
 }
@@ -78,10 +84,15 @@ impl Config {
                     config.hash_unpinned_up_to =
                         parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
                 }
+                "site_config" if value.starts_with('/') => {
+                    config.site_config = value.into();
+                    config.site_config_required = true;
+                }
+                "site_config" => return Err(bad("give an absolute path")),
                 "accounts" => config.accounts = value.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
                 _ => {
                     return Err(format!(
-                        "ferry: plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max)"
+                        "ferry: plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config)"
                     ))
                 }
             }
@@ -164,6 +175,17 @@ mod tests {
         assert!(parse(&["require_digest=perhaps"])
             .unwrap_err()
             .contains("require_digest"));
+    }
+
+    #[test]
+    fn site_config_path() {
+        let c = parse(&["site_config=/etc/ferry/other.json"]).unwrap();
+        assert_eq!(c.site_config, PathBuf::from("/etc/ferry/other.json"));
+        assert!(c.site_config_required);
+        assert!(!Config::default().site_config_required);
+        assert!(parse(&["site_config=site.json"])
+            .unwrap_err()
+            .contains("site_config"));
     }
 
     #[test]

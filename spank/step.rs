@@ -15,6 +15,7 @@ use crate::options;
 use crate::provenance;
 use crate::syslog;
 use ferry_runtime::request::{container_path, BIN_DIR, SLURM_COMMANDS};
+use ferry_runtime::site::{LogLevel, Site};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -110,7 +111,24 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The site policy: the file plugstack.conf names, else /etc/ferry/site.json when it
+/// exists, else the documented defaults.
+fn load_site(config: &Config) -> Result<Site, String> {
+    if !config.site_config_required && !config.site_config.exists() {
+        return Ok(Site::default());
+    }
+    let site = Site::load(&config.site_config)?;
+    syslog::set_max_severity(match site.log_level {
+        LogLevel::Error => syslog::ERR,
+        LogLevel::Warning => syslog::WARNING,
+        LogLevel::Info => syslog::INFO,
+        LogLevel::Debug => syslog::DEBUG,
+    });
+    Ok(site)
+}
+
 fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request, String> {
+    let site = load_site(config)?;
     let uid = spank.uid().ok_or("cannot read the job's uid")?;
     let gid = spank.gid().ok_or("cannot read the job's gid")?;
     let user = User::by_uid(uid, gid, spank.supplementary_gids()).map_err(|e| e.to_string())?;
@@ -129,8 +147,13 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
                 _ => None,
             };
             let mounts_base = mounts_base.unwrap_or_else(|| base.clone());
-            MountSpec::parse_list(&list, &mounts_base)
-                .map_err(|e| format!("--container-mounts: {e}"))?
+            let mounts = MountSpec::parse_list(&list, &mounts_base)
+                .map_err(|e| format!("--container-mounts: {e}"))?;
+            for m in &mounts {
+                site.check_user_mount(m)
+                    .map_err(|e| format!("--container-mounts: {e}"))?;
+            }
+            mounts
         }
         None => Vec::new(),
     };
@@ -170,6 +193,9 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
         pinned,
         digest_cache: Some(config.digest_cache.clone()),
         hash_unpinned_up_to: config.hash_unpinned_up_to,
+        image_policy: site.images,
+        site_mounts: site.site_mounts,
+        writable_layer_size: site.writable_layer_size,
     })
 }
 

@@ -120,9 +120,9 @@ pub fn is_trusted(image: &OpenedImage, trusted_dirs: &[PathBuf]) -> bool {
     let Ok(real) = std::fs::read_link(sys::fd_path(image.fd.as_fd())) else {
         return false;
     };
-    let inside = trusted_dirs.iter().any(|d| {
-        std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(&d) && real != d)
-    });
+    let inside = trusted_dirs
+        .iter()
+        .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(&d) && real != d));
     if !inside {
         return false;
     }
@@ -131,7 +131,7 @@ pub fn is_trusted(image: &OpenedImage, trusted_dirs: &[PathBuf]) -> bool {
         Ok(m) if root_only(&m) && m.dev() == opened.st_dev && m.ino() == opened.st_ino => {}
         _ => return false,
     }
-    real.ancestors().skip(1).all(|dir| {
-        std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && root_only(&m))
-    })
+    real.ancestors()
+        .skip(1)
+        .all(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && root_only(&m)))
 }

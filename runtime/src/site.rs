@@ -151,7 +151,15 @@ impl Site {
                 "the file is larger than {MAX_FILE_LEN} bytes; a site file is a few lines"
             ));
         }
-        let raw: RawSite = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        // The path of a wrongly typed value (`site_mounts[1].readonly: ...`) names the key.
+        let mut json = serde_json::Deserializer::from_slice(text);
+        let raw: RawSite = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            match e.path().to_string().as_str() {
+                "." => e.inner().to_string(),
+                path => format!("{path}: {}", e.inner()),
+            }
+        })?;
+        json.end().map_err(|e| e.to_string())?;
         let mut site = Site::default();
         if let Some(dirs) = raw.trusted_image_dirs {
             site.images.trusted_dirs = path_list("trusted_image_dirs", &dirs)?;
@@ -201,8 +209,7 @@ impl Site {
                 })?;
         }
         if let Some(prefixes) = raw.user_mount_destinations {
-            site.user_mount_destinations =
-                Some(path_list("user_mount_destinations", &prefixes)?);
+            site.user_mount_destinations = Some(path_list("user_mount_destinations", &prefixes)?);
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -277,7 +284,11 @@ impl Site {
                 join_paths(&self.images.trusted_dirs)
             },
         );
-        line(&mut out, "untrusted_images", self.images.untrusted.name().into());
+        line(
+            &mut out,
+            "untrusted_images",
+            self.images.untrusted.name().into(),
+        );
         line(
             &mut out,
             "fuse_helper",
@@ -317,7 +328,11 @@ impl Site {
                 Some(p) => join_paths(p),
             },
         );
-        line(&mut out, "log_level", format!("{:?}", self.log_level).to_lowercase());
+        line(
+            &mut out,
+            "log_level",
+            format!("{:?}", self.log_level).to_lowercase(),
+        );
         out
     }
 }
@@ -421,7 +436,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             site.images.trusted_dirs,
-            vec![PathBuf::from("/apps/images"), PathBuf::from("/srv/containers")]
+            vec![
+                PathBuf::from("/apps/images"),
+                PathBuf::from("/srv/containers")
+            ]
         );
         assert_eq!(site.images.untrusted, Untrusted::Deny);
         assert_eq!(
@@ -447,18 +465,42 @@ mod tests {
             (r#"{"colour": 1}"#, "colour"),
             (r#"{"untrusted_images": "maybe"}"#, "untrusted_images"),
             (r#"{"untrusted_images": 3}"#, "untrusted_images"),
-            (r#"{"trusted_image_dirs": ["rel"]}"#, "trusted_image_dirs[0]"),
-            (r#"{"trusted_image_dirs": ["/a/../b"]}"#, "trusted_image_dirs[0]"),
-            (r#"{"trusted_image_dirs": ["/a\nb"]}"#, "trusted_image_dirs[0]"),
-            (r#"{"trusted_image_dirs": ["/a,b"]}"#, "trusted_image_dirs[0]"),
+            (
+                r#"{"trusted_image_dirs": ["rel"]}"#,
+                "trusted_image_dirs[0]",
+            ),
+            (
+                r#"{"trusted_image_dirs": ["/a/../b"]}"#,
+                "trusted_image_dirs[0]",
+            ),
+            (
+                r#"{"trusted_image_dirs": ["/a\nb"]}"#,
+                "trusted_image_dirs[0]",
+            ),
+            (
+                r#"{"trusted_image_dirs": ["/a,b"]}"#,
+                "trusted_image_dirs[0]",
+            ),
             (r#"{"trusted_image_dirs": [""]}"#, "trusted_image_dirs[0]"),
             (r#"{"site_mounts": [{"source": "/a", "dst": "/b"}]}"#, "dst"),
-            (r#"{"site_mounts": [{"source": "/a", "dest": "/"}]}"#, "site_mounts[0].dest"),
-            (r#"{"site_mounts": [{"source": "x"}]}"#, "site_mounts[0].source"),
+            (
+                r#"{"site_mounts": [{"source": "/a", "dest": "/"}]}"#,
+                "site_mounts[0].dest",
+            ),
+            (
+                r#"{"site_mounts": [{"source": "x"}]}"#,
+                "site_mounts[0].source",
+            ),
             (r#"{"writable_layer_size": "lots"}"#, "writable_layer_size"),
             (r#"{"writable_layer_size": "10"}"#, "writable_layer_size"),
-            (r#"{"writable_layer_size": "99999999999999999999T"}"#, "writable_layer_size"),
-            (r#"{"user_mount_destinations": "/data"}"#, "user_mount_destinations"),
+            (
+                r#"{"writable_layer_size": "99999999999999999999T"}"#,
+                "writable_layer_size",
+            ),
+            (
+                r#"{"user_mount_destinations": "/data"}"#,
+                "user_mount_destinations",
+            ),
             (r#"{"log_level": "loud"}"#, "log_level"),
             (r#"{"fuse_helper": "squashfuse"}"#, "fuse_helper"),
         ] {

@@ -618,7 +618,8 @@ fn become_fuse_server(server: &FuseServer) -> io::Result<()> {
         nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16),
     )?;
     // A raw number: close_range below closes it, so no OwnedFd may close it again.
-    let null = std::os::fd::IntoRawFd::into_raw_fd(open_path(Path::new("/dev/null"), libc::O_RDWR)?);
+    let null =
+        std::os::fd::IntoRawFd::into_raw_fd(open_path(Path::new("/dev/null"), libc::O_RDWR)?);
     for (from, to) in [(null, 0), (null, 1), (fuse, 3), (image, 4)] {
         // SAFETY: dup2 on descriptors this process owns; the targets are fixed numbers
         // this child hands to the program it is about to run.
