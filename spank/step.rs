@@ -283,7 +283,9 @@ pub fn task_enter(spank: &Spank) -> Result<(), String> {
 }
 
 pub fn release() {
-    let _ = with_step(|s| s.container = None);
+    if let Ok(Some(container)) = with_step(|s| s.container.take()) {
+        container.release();
+    }
 }
 
 /// `--container-provenance=FILE`: the first task of the step's first node appends the

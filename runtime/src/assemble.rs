@@ -14,7 +14,7 @@ use crate::users;
 use nix::mount::MsFlags;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The staging folder. Mounting a tmpfs over it in the new namespace hides nothing the
@@ -27,11 +27,15 @@ struct OpenedBind<'a> {
     is_dir: bool,
 }
 
-pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
+/// The FUSE device the caller opened and the socket on which it takes the image
+/// descriptor to start squashfuse (see `container::prepare`).
+pub struct FuseHandoff {
+    pub device: OwnedFd,
+    pub channel: OwnedFd,
+}
+
+pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result<ImageFacts> {
     let user = &req.user;
-    // Kept to start a FUSE server back in the host's namespace (see sys::spawn_fuse_server).
-    let host_ns = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
-        .map_err(|e| Error::system("opening the host's mount namespace", e))?;
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL).
     sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
@@ -79,7 +83,7 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
         std::fs::create_dir(staging.join(dir))
             .map_err(|e| Error::system("creating the staging folders", e))?;
     }
-    mount_image(req, &image, method, host_ns.as_fd(), &staging.join("image"))?;
+    mount_image(req, &image, method, fuse, &staging.join("image"))?;
     if let Some(version) = verified {
         // What was hashed is what the loop device reads, unless the file changed since.
         let now = image_file(&image).and_then(|f| digest::FileVersion::of(&f));
@@ -206,7 +210,7 @@ fn mount_image(
     req: &Request,
     image: &OpenedImage,
     method: Method,
-    host_ns: BorrowedFd,
+    fuse: Option<FuseHandoff>,
     target: &Path,
 ) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -222,47 +226,38 @@ fn mount_image(
             sys::mount_fs(&device.path, target, "squashfs", ro, None)
                 .map_err(|e| image_err(image, "mounting the SquashFS", e))
         }
-        Method::Fuse => mount_with_fuse(req, image, host_ns, target),
+        Method::Fuse => mount_with_fuse(req, image, fuse, target),
         Method::Bind => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
             .and_then(|_| sys::remount_bind(target, ro))
             .map_err(|e| image_err(image, "binding the root folder", e)),
     }
 }
 
-/// Mounts FUSE on `target` and starts squashfuse as the user to serve it. Our copy of
-/// the device closes on return, so the server holds the only one: if it cannot start
-/// (or dies), the connection aborts and every access fails at once instead of hanging.
+/// Mounts FUSE on `target` with the device the caller opened and hands the caller the
+/// image, which starts squashfuse as the user and closes its copy of the device. Ours
+/// closes here too, so the server holds the only one: if it cannot start (or dies),
+/// the connection aborts and every access fails at once instead of hanging.
 fn mount_with_fuse(
     req: &Request,
     image: &OpenedImage,
-    host_ns: BorrowedFd,
+    fuse: Option<FuseHandoff>,
     target: &Path,
 ) -> Result<()> {
-    let helper = &req.image_policy.fuse_helper;
     let failed = |reason: String| Error::FuseFailed {
         path: image.path.clone(),
-        helper: helper.clone(),
+        helper: req.image_policy.fuse_helper.clone(),
         reason,
     };
-    if !std::fs::metadata(helper).is_ok_and(|m| m.is_file()) {
-        return Err(failed(format!("{} is not installed", helper.display())));
-    }
-    let fuse = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR)
-        .map_err(|e| Error::system("opening /dev/fuse", e))?;
+    let Some(FuseHandoff { device, channel }) = fuse else {
+        return Err(failed("/dev/fuse is not available on this node".into()));
+    };
     let user = &req.user;
-    sys::mount_fuse(fuse.as_fd(), target, user.uid, user.gid)
+    sys::mount_fuse(device.as_fd(), target, user.uid, user.gid)
         .map_err(|e| image_err(image, "mounting FUSE", e))?;
-    sys::spawn_fuse_server(&sys::FuseServer {
-        host_ns,
-        fuse: fuse.as_fd(),
-        image: image.fd.as_fd(),
-        helper,
-        uid: user.uid,
-        gid: user.gid,
-        groups: &user.gids(),
-    })
-    .map_err(|e| Error::system("starting squashfuse", e))?;
-    drop(fuse);
+    drop(device);
+    sys::send_fd(channel.as_fd(), image.fd.as_fd())
+        .map_err(|e| Error::system("handing the image to squashfuse", e))?;
+    drop(channel);
     // The first look waits for the server's answer: a dead server reads ENOTCONN here.
     std::fs::metadata(target).map_err(|e| failed(e.to_string()))?;
     Ok(())

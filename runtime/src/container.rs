@@ -5,17 +5,24 @@
 //! file and lets the helper exit: the open nsfs descriptor alone keeps the namespace,
 //! and so the mounts and the loop device, alive. No process, no host mount, no state
 //! file is left; closing the descriptor (or the parent dying) frees everything.
+//! An untrusted image under the `fuse` policy adds one process: squashfuse, running as
+//! the user, started by the caller (our child, so `release` can reap it), which exits
+//! when the namespace, and with it the FUSE mount, goes away.
 //! Forked children inherit the descriptor and `join` with setns.
 
-use crate::assemble::{self, ImageFacts};
+use crate::assemble::{self, FuseHandoff, ImageFacts};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan};
 use crate::request::Request;
+use crate::site::Untrusted;
 use crate::sys;
 use crate::users::User;
+use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Container {
@@ -26,6 +33,8 @@ pub struct Container {
     pub facts: ImageFacts,
     /// Whether the request pinned the image's digest (and so it was verified).
     pub pinned: bool,
+    /// squashfuse serving an untrusted image: our child, reaped by `release`.
+    fuse_server: Option<Pid>,
 }
 
 const READY: &str = "ready";
@@ -38,15 +47,31 @@ pub fn prepare(req: &Request) -> Result<Container> {
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
     let (release_read, release_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
+    let fuse = open_fuse(req)?;
     match sys::fork().map_err(|e| Error::system("forking the setup helper", e))? {
         sys::Forked::Child => {
             drop(result_read);
             drop(release_write);
-            helper(req, &plan, result_write, release_read)
+            let handoff = fuse.map(|(device, ours, theirs)| {
+                drop(ours);
+                FuseHandoff {
+                    device,
+                    channel: theirs.into(),
+                }
+            });
+            helper(req, &plan, handoff, result_write, release_read)
         }
         sys::Forked::Parent(pid) => {
             drop(result_write);
             drop(release_read);
+            // An untrusted image: the helper mounted FUSE and sends the image to serve.
+            let server = match fuse {
+                Some((device, ours, theirs)) => {
+                    drop(theirs);
+                    start_fuse_server(req, device, ours)
+                }
+                None => None,
+            };
             let mut report = String::new();
             let read = std::fs::File::from(result_read).read_to_string(&mut report);
             let outcome = match (read, report.strip_prefix(READY)) {
@@ -71,7 +96,16 @@ pub fn prepare(req: &Request) -> Result<Container> {
             };
             drop(release_write); // lets the helper exit
             let _ = nix::sys::wait::waitpid(pid, None);
-            let (namespace, facts) = outcome?;
+            let (namespace, facts) = match outcome {
+                Ok(ready) => ready,
+                Err(e) => {
+                    // The namespace died with the helper: the server is exiting.
+                    if let Some(server) = server {
+                        reap(server, SERVER_EXIT);
+                    }
+                    return Err(e);
+                }
+            };
             Ok(Container {
                 namespace,
                 workdir: plan.workdir,
@@ -79,14 +113,83 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 image: req.image.clone(),
                 facts,
                 pinned: req.pinned.is_some(),
+                fuse_server: server,
             })
         }
     }
 }
 
+/// How long the FUSE server may take to notice its mount is gone before it is killed.
+const SERVER_EXIT: Duration = Duration::from_secs(3);
+
+type FuseParts = (OwnedFd, UnixStream, UnixStream);
+
+/// For a site whose untrusted images go through FUSE: the device (opened here, so that
+/// the server can be our child, which we reap) and the socket the image comes back on.
+fn open_fuse(req: &Request) -> Result<Option<FuseParts>> {
+    if req.image_policy.untrusted != Untrusted::Fuse {
+        return Ok(None);
+    }
+    let Ok(device) = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR) else {
+        return Ok(None); // only an untrusted image needs it: that one fails, clearly
+    };
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| Error::system("creating a socket pair", e))?;
+    Ok(Some((device, ours, theirs)))
+}
+
+/// Waits for the image the helper sends once it has mounted FUSE (none: the image is
+/// mounted another way), then starts squashfuse on it as the user.
+fn start_fuse_server(req: &Request, device: OwnedFd, channel: UnixStream) -> Option<Pid> {
+    let image = sys::recv_fd(channel.as_fd()).ok()??;
+    let helper = sys::cstring(&req.image_policy.fuse_helper).ok()?;
+    let user = &req.user;
+    // On failure our device copy closes on return and the helper's first look at the
+    // mount fails (ENOTCONN), which is the error the user reads.
+    sys::spawn_fuse_server(&sys::FuseServer {
+        fuse: device.as_fd(),
+        image: image.as_fd(),
+        helper: &helper,
+        uid: user.uid,
+        gid: user.gid,
+        groups: &user.gids(),
+    })
+    .ok()
+}
+
+/// Reaps our child `pid`, killing it if it has not exited within `limit`.
+fn reap(pid: Pid, limit: Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let start = Instant::now();
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if start.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(WaitStatus::StillAlive) => {
+                // Still our unreaped child, so the pid cannot belong to anyone else.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
 /// The helper's whole life: assemble, report, wait for the parent to take the namespace.
-fn helper(req: &Request, plan: &Plan, result: OwnedFd, release: OwnedFd) -> ! {
-    let outcome = std::panic::catch_unwind(|| assemble::assemble(req, plan));
+fn helper(
+    req: &Request,
+    plan: &Plan,
+    fuse: Option<FuseHandoff>,
+    result: OwnedFd,
+    release: OwnedFd,
+) -> ! {
+    // Moved into assemble and closed when it returns, before the report: the parent
+    // waits on the socket first.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assemble::assemble(req, plan, fuse)
+    }));
     let mut result = std::fs::File::from(result);
     let code = match outcome {
         Ok(Ok(facts)) => {
@@ -113,6 +216,23 @@ fn helper(req: &Request, plan: &Plan, result: OwnedFd, release: OwnedFd) -> ! {
 }
 
 impl Container {
+    /// Ends the container for this process: closes the namespace and, when this process
+    /// started squashfuse, waits for it to exit (it does once nothing uses the mount;
+    /// killed after a few seconds otherwise). Without this (dropping the container) the
+    /// server is left to exit on its own.
+    pub fn release(self) {
+        let server = self.fuse_server;
+        drop(self);
+        if let Some(pid) = server {
+            reap(pid, SERVER_EXIT);
+        }
+    }
+
+    /// Whether squashfuse serves the image (an untrusted image under the `fuse` policy).
+    pub fn served_by_fuse(&self) -> bool {
+        self.fuse_server.is_some()
+    }
+
     /// Moves the calling process into the container's mount namespace and forbids it
     /// ever gaining privileges (setuid files, file capabilities). Needs root and a
     /// single-threaded caller (a forked task).

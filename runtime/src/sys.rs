@@ -566,48 +566,55 @@ pub fn mount_fuse(fuse: BorrowedFd<'_>, target: &Path, uid: u32, gid: u32) -> io
 
 /// What the FUSE server child runs and as whom.
 pub struct FuseServer<'a> {
-    /// The host's mount namespace, opened before the helper left it.
-    pub host_ns: BorrowedFd<'a>,
     pub fuse: BorrowedFd<'a>,
     pub image: BorrowedFd<'a>,
-    pub helper: &'a Path,
+    pub helper: &'a CStr,
     pub uid: u32,
     pub gid: u32,
     pub groups: &'a [u32],
 }
 
-/// Forks the server: the child goes back to the host's mount namespace (it must not
-/// keep the container's alive, or the mount would never go away), keeps only the FUSE
-/// device (fd 3) and the image (fd 4), becomes the user for good with no_new_privs and
-/// runs `HELPER -f /dev/fd/4 /dev/fd/3` (libfuse takes an already-mounted device as
-/// `/dev/fd/N`). It exits when the mount goes away (the device then reads ENODEV),
-/// which is when the step's namespace is freed.
+/// Forks the server: the child keeps only the FUSE device (fd 3) and the image (fd 4),
+/// becomes the user for good with no_new_privs and runs `HELPER -f /dev/fd/4
+/// /dev/fd/3` (libfuse takes an already-mounted device as `/dev/fd/N`). Forked by the
+/// caller of `prepare` (in the host's mount namespace, so it does not keep the
+/// container's alive), which can reap it. It exits when the mount goes away (the
+/// device then reads ENODEV), that is when the container's namespace is freed.
 pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
-    let helper = cstring(server.helper)?;
+    // Everything the child needs is made before fork: it only makes system calls.
     let argv = [
-        helper.clone(),
+        server.helper.to_owned(),
         CString::from(c"-f"),
         CString::from(c"/dev/fd/4"),
         CString::from(c"/dev/fd/3"),
     ];
+    let groups: Vec<nix::unistd::Gid> = server
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    let null = open_path(Path::new("/dev/null"), libc::O_RDWR)?;
     match fork()? {
         Forked::Parent(pid) => Ok(pid),
         Forked::Child => {
-            let _ = become_fuse_server(server);
-            let _ = execv(&helper, &argv);
+            let _ = become_fuse_server(server, null.as_raw_fd(), &groups);
+            let _ = execv(server.helper, &argv);
             exit_now(127)
         }
     }
 }
 
-fn become_fuse_server(server: &FuseServer) -> io::Result<()> {
-    setns_mount(server.host_ns)?;
-    std::env::set_current_dir("/")?;
+fn become_fuse_server(
+    server: &FuseServer,
+    null: libc::c_int,
+    groups: &[nix::unistd::Gid],
+) -> io::Result<()> {
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     )?;
+    nix::unistd::chdir("/")?;
     // Out of the way of 3 and 4 first, then into place (dup2 clears close-on-exec).
     let fuse = nix::fcntl::fcntl(
         server.fuse.as_raw_fd(),
@@ -617,15 +624,13 @@ fn become_fuse_server(server: &FuseServer) -> io::Result<()> {
         server.image.as_raw_fd(),
         nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16),
     )?;
-    // A raw number: close_range below closes it, so no OwnedFd may close it again.
-    let null =
-        std::os::fd::IntoRawFd::into_raw_fd(open_path(Path::new("/dev/null"), libc::O_RDWR)?);
     for (from, to) in [(null, 0), (null, 1), (fuse, 3), (image, 4)] {
         // SAFETY: dup2 on descriptors this process owns; the targets are fixed numbers
         // this child hands to the program it is about to run.
         check(unsafe { libc::dup2(from, to) })?;
     }
-    // Nothing else of slurmstepd's or the helper's reaches the user's process.
+    // Nothing else of slurmstepd's reaches the user's process. The child never returns
+    // to Rust code that could close these numbers again: it execs or _exits.
     // SAFETY: close_range takes plain integers; it only closes descriptors.
     if unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) } != 0 {
         for fd in 5..4096 {
@@ -633,6 +638,48 @@ fn become_fuse_server(server: &FuseServer) -> io::Result<()> {
             unsafe { libc::close(fd) };
         }
     }
-    become_user(server.uid, server.gid, server.groups)?;
+    nix::unistd::setgroups(groups)?;
+    nix::unistd::setresgid(server.gid.into(), server.gid.into(), server.gid.into())?;
+    nix::unistd::setresuid(server.uid.into(), server.uid.into(), server.uid.into())?;
     set_no_new_privs()
+}
+
+/// Sends one descriptor over a Unix socket (SCM_RIGHTS).
+pub fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let byte = [1u8];
+    let iov = [std::io::IoSlice::new(&byte)];
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one descriptor sent by `send_fd`; None when the sender closed the socket.
+pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let mut owned = fds.into_iter().map(|fd| {
+                // SAFETY: the kernel just installed this descriptor in our table for us.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            });
+            return Ok(owned.next());
+        }
+    }
+    Ok(None)
 }
