@@ -17,6 +17,8 @@
 //!
 //!     cargo test --test slurm_e2e
 
+#[path = "slurm_e2e/adversarial.rs"]
+mod adversarial;
 mod common;
 
 use common::{effective_uid, find_tool};

@@ -624,7 +624,8 @@ fn become_fuse_server(
         server.image.as_raw_fd(),
         nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(16),
     )?;
-    for (from, to) in [(null, 0), (null, 1), (fuse, 3), (image, 4)] {
+    // Its complaints would be a second, vaguer line next to ferry's own error.
+    for (from, to) in [(null, 0), (null, 1), (null, 2), (fuse, 3), (image, 4)] {
         // SAFETY: dup2 on descriptors this process owns; the targets are fixed numbers
         // this child hands to the program it is about to run.
         check(unsafe { libc::dup2(from, to) })?;
