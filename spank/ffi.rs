@@ -231,7 +231,7 @@ pub unsafe fn optarg(optarg: *const c_char) -> String {
 /// Prints through Slurm's log: on the user's terminal from srun/sbatch, in the step's
 /// error output from slurmstepd.
 pub fn error(message: &str) {
-    if let Ok(m) = CString::new(message) {
+    if let Ok(m) = CString::new(ferry_runtime::error::one_line(message)) {
         // SAFETY: a constant "%s" format with one C string argument.
         unsafe { bindings::slurm_error(c"%s".as_ptr(), m.as_ptr()) }
     }

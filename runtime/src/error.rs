@@ -74,3 +74,47 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Longest message shown: a path of 80,000 characters helps nobody, and Slurm cuts
+/// long lines where it likes.
+const MAX_MESSAGE: usize = 1024;
+
+/// A message as the one line the user reads: control characters (a newline in an
+/// option value or a path) are escaped, and an overlong middle is cut.
+pub fn one_line(message: &str) -> String {
+    let escaped: String = message
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    let chars: Vec<char> = escaped.chars().collect();
+    if chars.len() <= MAX_MESSAGE {
+        return escaped;
+    }
+    let keep = MAX_MESSAGE / 2;
+    let head: String = chars[..keep].iter().collect();
+    let tail: String = chars[chars.len() - keep..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn messages_become_one_bounded_line() {
+        assert_eq!(
+            one_line("image /a\nb\tc: not found"),
+            r"image /a\nb\tc: not found"
+        );
+        assert_eq!(one_line("plain"), "plain");
+        let huge = format!("start {} end", "a/".repeat(40_000));
+        let line = one_line(&huge);
+        assert!(line.len() <= 1030 && line.starts_with("start ") && line.ends_with(" end"));
+    }
+}

@@ -50,10 +50,13 @@ fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
         return;
     };
     let image = crafted_image(&lab, "privs.sqfs", |root| {
-        let suid = root.join("bin/suid-busybox");
+        // Named busybox (it picks its applet by argv[0]), in folders of their own.
+        fs::create_dir_all(root.join("suid")).unwrap();
+        fs::create_dir_all(root.join("cap")).unwrap();
+        let suid = root.join("suid/busybox");
         fs::copy(root.join("bin/busybox"), &suid).unwrap();
         fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
-        let capped = root.join("bin/cap-busybox");
+        let capped = root.join("cap/busybox");
         fs::copy(root.join("bin/busybox"), &capped).unwrap();
         run_root(
             "setcap",
@@ -75,8 +78,8 @@ fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
         &format!("--container={image}"),
         "sh",
         "-c",
-        "echo \"suid: $(/bin/suid-busybox id -u) $(/bin/suid-busybox cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' | tr -s '\\t\\n' '  ')\"
-echo \"cap: $(/bin/cap-busybox id -u) $(/bin/cap-busybox cat /proc/self/status | grep -E '^(CapEff|CapPrm)' | tr -s '\\t\\n' '  ')\"
+        "echo \"suid: $(/suid/busybox id -u) $(/suid/busybox cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' | tr -s '\\t\\n' '  ')\"
+echo \"cap: $(/cap/busybox id -u) $(/cap/busybox cat /proc/self/status | grep -E '^(CapEff|CapPrm)' | tr -s '\\t\\n' '  ')\"
 for d in mem disk kmsg; do if cat /e2e/$d >/dev/null 2>&1; then echo \"dev: $d OPENED\"; else echo \"dev: $d refused\"; fi; done
 for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ]; then echo \"server: $(awk '/^Uid:/ {print $2, $3, $4, $5}' $p/status) $(grep NoNewPrivs $p/status | tr -d '\\t')\"; fi; done",
     ]);
@@ -202,7 +205,7 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
         (
             "newline in the image",
             vec!["--container=good.sqfs\nx".into()],
-            "not found",
+            "good.sqfs\\nx: not found",
         ),
         (
             "commas only in mounts",
@@ -234,8 +237,11 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
             "..",
         ),
         (
-            "empty workdir",
-            vec![format!("--container={good}"), "--container-workdir=".into()],
+            "newline workdir",
+            vec![
+                format!("--container={good}"),
+                "--container-workdir=\n/x".into(),
+            ],
             "absolute",
         ),
     ];

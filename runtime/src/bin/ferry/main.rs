@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         } => match run::run(mounts, workdir, site_config, user, image, command) {
             Ok(never) => match never {},
             Err(message) => {
-                eprintln!("ferry: {message}");
+                eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
                 ExitCode::from(125)
             }
         },
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             match digest::digest_command(check.as_deref(), &image) {
                 Ok(code) => code,
                 Err(message) => {
-                    eprintln!("ferry: {message}");
+                    eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
                     ExitCode::from(2)
                 }
             }
