@@ -86,12 +86,12 @@ for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ];
     out.expect_ok();
     assert_eq!(
         value_of(&out.stdout, "suid: "),
-        Some(format!("{uid} CapEff: 0000000000000000 NoNewPrivs: 1 ").as_str()),
+        Some(format!("{uid} CapEff: 0000000000000000 NoNewPrivs: 1").as_str()),
         "{out}"
     );
     assert_eq!(
         value_of(&out.stdout, "cap: "),
-        Some(format!("{uid} CapPrm: 0000000000000000 CapEff: 0000000000000000 ").as_str()),
+        Some(format!("{uid} CapPrm: 0000000000000000 CapEff: 0000000000000000").as_str()),
         "{out}"
     );
     for d in ["mem", "disk", "kmsg"] {
@@ -505,7 +505,7 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
         found.extend(
             mounts
                 .lines()
-                .filter(|l| l.contains(&dir) || l.contains("ferry"))
+                .filter(|l| l.contains(&dir) || mounted_by_ferry(l))
                 .map(|l| format!("host mount: {l}")),
         );
         for pid in live_pids_of_test_user().difference(&before) {
@@ -521,6 +521,14 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
         leftovers().is_empty()
     });
     assert!(clean, "left behind:\n{}", leftovers().join("\n"));
+}
+
+/// A mountinfo line of a mount ferry makes (its source is always "ferry").
+fn mounted_by_ferry(line: &str) -> bool {
+    line.split(" - ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        == Some("ferry")
 }
 
 /// Processes of the test user that are not zombies reparented to init.
