@@ -72,6 +72,11 @@ fn missing_prerequisites() -> Vec<String> {
         "script",
         "timeout",
         "losetup",
+        "unsquashfs",
+        "setcap",
+        "mknod",
+        // Untrusted images go through FUSE by default (apt install squashfuse).
+        "squashfuse_ll",
     ] {
         if find_tool(tool).is_none() {
             missing.push(format!("{tool} not found on PATH"));

@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub fn check_config(file: Option<PathBuf>) -> ExitCode {
+    let named = file.is_some();
     let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_SITE_CONFIG));
+    if !named && !path.exists() {
+        // What the plugin does without a site file (and no site_config argument).
+        println!("{}: none; the defaults apply:", path.display());
+        print!("{}", Site::default().describe());
+        return ExitCode::SUCCESS;
+    }
     let site = match Site::load(&path) {
         Ok(site) => site,
         Err(message) => {

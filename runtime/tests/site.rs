@@ -1,0 +1,180 @@
+//! The site policy through the CLI, as root (no Slurm): `ferry check-config`, and
+//! `ferry run --site-config` choosing kernel, FUSE or refusal per image, with the FUSE
+//! server running as the user and gone when the command ends.
+//!
+//!     sudo cargo test -p ferry-runtime --test site
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A root-owned folder with one site file per policy.
+fn site_files(dir: &Path, trusted: &Path) {
+    for policy in ["kernel", "fuse", "deny"] {
+        let text = format!(
+            r#"{{"untrusted_images": "{policy}", "trusted_image_dirs": ["{}"]}}"#,
+            trusted.display()
+        );
+        write_mode(&dir.join(format!("{policy}.json")), &text, 0o644);
+    }
+}
+
+fn run_as_user(cwd: &Path, site: &Path, image: &Path, cmd: &[&str]) -> Outcome {
+    let mut args = vec![
+        "run".to_string(),
+        "--site-config".into(),
+        site.display().to_string(),
+        "--user".into(),
+        TEST_USER.into(),
+        "--workdir".into(),
+        "/".into(),
+        image.display().to_string(),
+        "--".into(),
+    ];
+    args.extend(cmd.iter().map(|s| s.to_string()));
+    ferry(cwd, &args)
+}
+
+/// Lines `server UID` for each live squashfuse_ll process on the host (exited ones
+/// can linger as zombies where init does not reap), then the image-only file.
+const FIND_SERVERS: &str = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ] && [ \"$(cut -d' ' -f3 $p/stat)\" != Z ] && echo \"server $(awk '/^Uid:/ {print $3}' $p/status)\"; done; cat /data/only-in-image";
+
+fn squashfuse_pids() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "squashfuse_ll")
+                && fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                    !s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn policies_choose_kernel_fuse_or_refusal_per_image() {
+    if !require_root_and_tools() {
+        return;
+    }
+    if find_tool("squashfuse_ll").is_none() {
+        panic!("squashfuse_ll missing (apt install squashfuse; tests/prepare-host installs it)");
+    }
+    let fx = fixture();
+    let sites = TempDir::new("sites");
+    // Under /var/lib: every folder above a trusted one must be root's and not
+    // writable by others (/tmp is).
+    let trusted = TempDir::new_in(Path::new("/var/lib"), "trusted");
+    fs::set_permissions(
+        trusted.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let vetted = trusted.join("vetted.sqfs");
+    fs::copy(&fx.image, &vetted).unwrap();
+    site_files(sites.path(), trusted.path());
+    let cwd = TempDir::new_in(Path::new("/var/tmp"), "site-cwd");
+    cwd.give_to_test_user();
+    let user = test_user();
+
+    // fuse: the fixture (outside the trusted folder) is served by squashfuse as the user.
+    let out = run_as_user(
+        cwd.path(),
+        &sites.join("fuse.json"),
+        &fx.image,
+        &["sh", "-c", FIND_SERVERS],
+    );
+    out.expect_success("fuse policy");
+    assert!(
+        out.stdout.contains(&format!("server {}", user.uid)),
+        "{out:#?}"
+    );
+    assert!(
+        !out.stdout
+            .lines()
+            .any(|l| l.starts_with("server ") && l != format!("server {}", user.uid)),
+        "{out:#?}"
+    );
+    // The trusted image is mounted by the kernel: no server.
+    let out = run_as_user(
+        cwd.path(),
+        &sites.join("fuse.json"),
+        &vetted,
+        &["sh", "-c", FIND_SERVERS],
+    );
+    out.expect_success("trusted image under fuse");
+    assert!(!out.stdout.contains("server "), "{out:#?}");
+
+    // deny: one line naming the trusted folder; the trusted image still runs.
+    let out = run_as_user(cwd.path(), &sites.join("deny.json"), &fx.image, &["true"]);
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    assert!(
+        out.stderr.contains("not in a trusted image folder")
+            && out.stderr.contains(&trusted.path().display().to_string()),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    run_as_user(cwd.path(), &sites.join("deny.json"), &vetted, &["true"])
+        .expect_success("trusted image under deny");
+
+    // kernel: no server either.
+    let out = run_as_user(
+        cwd.path(),
+        &sites.join("kernel.json"),
+        &fx.image,
+        &["sh", "-c", FIND_SERVERS],
+    );
+    out.expect_success("kernel policy");
+    assert!(!out.stdout.contains("server "), "{out:#?}");
+
+    // No squashfuse outlives its container (others' tests may run their own: wait
+    // until none is left rather than compare counts).
+    let start = Instant::now();
+    while !squashfuse_pids().is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        squashfuse_pids().is_empty(),
+        "squashfuse still running: {:?}",
+        squashfuse_pids()
+    );
+}
+
+#[test]
+fn check_config_prints_the_policy_or_names_the_bad_key() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let dir = TempDir::new("check-config");
+    let good = dir.join("good.json");
+    write_mode(
+        &good,
+        r#"{"untrusted_images": "deny", "log_level": "warning"}"#,
+        0o644,
+    );
+    let out = ferry(dir.path(), &["check-config", good.to_str().unwrap()]);
+    out.expect_success("check-config good");
+    assert!(
+        out.stdout.contains("untrusted_images         deny"),
+        "{out:#?}"
+    );
+    let bad = dir.join("bad.json");
+    write_mode(
+        &bad,
+        r#"{"site_mounts": [{"source": "/x", "readonly": "yes"}]}"#,
+        0o644,
+    );
+    let out = ferry(dir.path(), &["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("site_mounts[0].readonly"), "{out:#?}");
+    // Writable by others: not believed.
+    write_mode(&good, r#"{}"#, 0o666);
+    let out = ferry(dir.path(), &["check-config", good.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("must be owned by root"), "{out:#?}");
+}
