@@ -1210,9 +1210,11 @@ fn bad_inputs_fail_batch_jobs_with_one_message() {
     });
 }
 
-/// After 200 steps mixed with failures and a job cancelled during a running step:
-/// no loop device of our images, no mount of ours on the host, no process of the
-/// test user left.
+/// After 200 steps mixed with failures and a job cancelled during a running step, with
+/// a site file that trusts one folder (its image is mounted by the kernel, the user's
+/// own through squashfuse): no loop device of our images, no mount of ours on the
+/// host, no process of the test user left, and every step that ran had the user's
+/// uid and no capabilities.
 #[test]
 fn nothing_leaks_after_many_steps_and_a_cancel() {
     let Some(lab) = Lab::exclusive("leaks") else {
@@ -1220,6 +1222,26 @@ fn nothing_leaks_after_many_steps_and_a_cancel() {
     };
     let image = lab.image("leak.sqfs", "LEAK");
     lab.write("notimage.sqfs", "not an image\n", 0o644);
+    let trusted = adversarial::TrustedDir::new("leak-trusted");
+    let vetted = trusted.dir.join("vetted.sqfs");
+    fs::copy(lab.path(&image), &vetted).unwrap();
+    std::os::unix::fs::chown(&vetted, Some(0), Some(0)).unwrap();
+    let site_file = trusted.dir.join("site.json");
+    fs::write(
+        &site_file,
+        format!(
+            r#"{{"trusted_image_dirs": ["{}"], "untrusted_images": "fuse"}}"#,
+            trusted.dir.display()
+        ),
+    )
+    .unwrap();
+    let _site = PlugstackArgs::add(&format!("site_config={}", site_file.display()));
+    let vetted_opt = format!("--container={}", vetted.display());
+    // Runs only as the user with no capabilities, then shows the image's file.
+    let checked = format!(
+        "[ \"$(id -u)\" = {} ] && grep -q ^CapEff:.0000000000000000 /proc/self/status && cat {ONLY_FILE}",
+        host_user().uid
+    );
     let before = pids_of_test_user();
     if !before.is_empty() {
         eprintln!("warning: processes of {TEST_USER} before the test (ignored): {before:?}");
@@ -1231,7 +1253,8 @@ fn nothing_leaks_after_many_steps_and_a_cancel() {
 
     // 150 steps from one batch script, 3 in 10 failing (image, exit code, workdir).
     let loop_script = format!(
-        r#"ok=0; failed=0
+        r#"checked='{checked}'
+ok=0; failed=0
 run() {{ if srun "$@" >/dev/null 2>&1; then ok=$((ok+1)); else failed=$((failed+1)); fi; }}
 i=0
 while [ $i -lt {LOOP_STEPS} ]; do
@@ -1239,7 +1262,8 @@ while [ $i -lt {LOOP_STEPS} ]; do
     3) run --container=missing.sqfs true ;;
     6) run sh -c 'exit 7' ;;
     8) run --container-workdir=/no/such/dir true ;;
-    *) run cat {ONLY_FILE} ;;
+    1|5) run {vetted_opt} sh -c "$checked" ;;
+    *) run sh -c "$checked" ;;
   esac
   i=$((i+1))
 done
@@ -1260,7 +1284,7 @@ echo "loop: ok=$ok failed=$failed""#
                         true,
                     ),
                     1 => (vec!["--container=missing.sqfs", "true"], false),
-                    2 => (vec![&container, "true"], true),
+                    2 => (vec![&vetted_opt, "sh", "-c", &checked], true),
                     _ => (vec!["--container=notimage.sqfs", "true"], false),
                 };
                 let args: Vec<&str> = ["-J", &job_name].into_iter().chain(args).collect();
@@ -1330,13 +1354,13 @@ echo "loop: ok=$ok failed=$failed""#
     let mut leftovers = || -> Vec<String> {
         let mut found = Vec::new();
         for line in root_output("losetup", &["-a"]).lines() {
-            if line.contains(&dir) {
+            if line.contains(&dir) || line.contains(&trusted.dir.display().to_string()) {
                 found.push(format!("loop device: {line}"));
             }
         }
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
         for line in mounts.lines() {
-            if line.contains(&dir) || line.contains("ferry") {
+            if line.contains(&dir) || adversarial::mounted_by_ferry(line) {
                 found.push(format!("host mount: {line}"));
             }
         }

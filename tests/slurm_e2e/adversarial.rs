@@ -335,12 +335,12 @@ fn an_image_replaced_while_steps_start() {
 }
 
 /// A folder and image the admin installed (root's, writable by root only).
-struct TrustedDir {
-    dir: PathBuf,
+pub(super) struct TrustedDir {
+    pub(super) dir: PathBuf,
 }
 
 impl TrustedDir {
-    fn new(name: &str) -> TrustedDir {
+    pub(super) fn new(name: &str) -> TrustedDir {
         let dir = Path::new("/var/lib").join(format!("ferry-e2e-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
@@ -534,7 +534,7 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
 }
 
 /// A mountinfo line of a mount ferry makes (its source is always "ferry").
-fn mounted_by_ferry(line: &str) -> bool {
+pub(super) fn mounted_by_ferry(line: &str) -> bool {
     line.split(" - ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().nth(1))
