@@ -31,6 +31,7 @@ pub fn record(ids: &StepIds, container: &Container, mounts: &[MountSpec]) -> Val
         "uid": ids.uid,
         "image": container.image.display().to_string(),
         "format": facts.format,
+        "mounted_by": facts.mounted_by,
         "digest": facts.digest.as_ref().map(|d| d.to_string()),
         "digest_source": facts.digest_source,
         "pinned": container.pinned,

@@ -50,7 +50,13 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         .map_err(|e| Error::system("restoring root credentials", e))?;
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
     let method = image::method_for(&image, &req.image_policy)?;
-    let (facts, verified) = verify_image(req, &image)?;
+    let (mut facts, verified) = verify_image(req, &image)?;
+    facts.mounted_by = match method {
+        Method::Kernel => "kernel",
+        Method::Fuse => "fuse",
+        Method::Bind => "bind",
+    }
+    .into();
     if let Some((_, err)) = skipped
         .iter()
         // Missing on the host is fine (the image may have that folder: check_workdir
@@ -429,6 +435,10 @@ fn check_workdir(workdir: &PathBuf, image: &Path) -> Result<()> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageFacts {
     pub format: String,
+    /// Who reads the image: `kernel` (SquashFS driver), `fuse` (squashfuse as the
+    /// user) or `bind` (a root folder).
+    #[serde(default)]
+    pub mounted_by: String,
     pub size: u64,
     pub mtime_unix: i64,
     pub digest: Option<Digest>,

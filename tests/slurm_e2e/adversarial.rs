@@ -76,6 +76,7 @@ fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
     let uid = host_user().uid;
     let out = lab.srun(&[
         &format!("--container={image}"),
+        "--container-provenance=p.jsonl",
         "sh",
         "-c",
         "echo \"suid: $(/suid/busybox id -u) $(/suid/busybox cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs)' | tr -s '\\t\\n' '  ')\"
@@ -108,6 +109,8 @@ for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ];
         "no squashfuse served the image:\n{out}"
     );
     let want = format!("server: {uid} {uid} {uid} {uid} NoNewPrivs:1");
+    let record = provenance_lines(&lab.path("p.jsonl"));
+    assert_eq!(record[0]["mounted_by"], "fuse", "{record:?}");
     assert!(
         servers.iter().any(|l| *l == want),
         "squashfuse runs with other rights:\n{out}"
@@ -401,12 +404,15 @@ fn the_site_policy_decides_which_images_run_and_where() {
 
     let out = lab.srun(&[
         &vetted_arg,
+        "--container-provenance=p.jsonl",
         "sh",
         "-c",
         &format!("cat {ONLY_FILE} /site/motd"),
     ]);
     out.expect_ok();
     assert_eq!(out.stdout, "only-in-image VETTED\nSITE-MOUNT\n", "{out}");
+    let record = provenance_lines(&lab.path("p.jsonl"));
+    assert_eq!(record[0]["mounted_by"], "kernel", "{record:?}");
 
     let out = lab.srun(&[&format!("--container={own}"), "echo", "SHOULD-NOT-RUN"]);
     let seen = format!("{}\n{}", out.stdout, out.stderr);
