@@ -206,6 +206,11 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
             "cannot read it",
         ),
         (
+            "huge image path",
+            vec![format!("--container={}.sqfs", "i/".repeat(20_000))],
+            "image ",
+        ),
+        (
             "newline in the image",
             vec!["--container=good.sqfs\nx".into()],
             "good.sqfs\\nx: not found",
