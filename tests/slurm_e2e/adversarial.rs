@@ -493,33 +493,29 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
             "job {id} still queued"
         );
     }
-    let (id, _) = lab.submit(&[&container], "srun sleep 300");
-    let step = format!("[{id}.0]");
-    let mut stepd = None;
-    let found = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        stepd = root_output("pgrep", &["-f", &format!("slurmstepd: \\[{id}\\.0\\]")])
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<u32>().ok());
-        stepd.is_some() && !root_output("pgrep", &["-u", TEST_USER, "-x", "sleep"]).is_empty()
-    });
-    assert!(found, "step {step} never ran");
-    run_root("kill", &["-9", &stepd.unwrap().to_string()]);
-    let _ = lab.run(&["scancel", &id.to_string()]);
-    let _ = job_gone(id, Duration::from_secs(60));
-    // The user's task may outlive its slurmstepd (nobody is left to kill it): the admin's
-    // cleanup, after which ferry's share must vanish on its own.
-    std::thread::sleep(Duration::from_secs(1));
-    for pid in live_pids_of_test_user().difference(&before) {
-        if started_by_us(*pid, &lab.job_name()) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+    // The user's image (squashfuse) and a trusted one (kernel, loop device).
+    let trusted = TrustedDir::new("kill-trusted");
+    let vetted = trusted.dir.join("vetted.sqfs");
+    fs::copy(lab.path(&image), &vetted).unwrap();
+    std::os::unix::fs::chown(&vetted, Some(0), Some(0)).unwrap();
+    let site_file = trusted.dir.join("site.json");
+    fs::write(
+        &site_file,
+        format!(r#"{{"trusted_image_dirs": ["{}"]}}"#, trusted.dir.display()),
+    )
+    .unwrap();
+    let _site = PlugstackArgs::add(&format!("site_config={}", site_file.display()));
+    for container in [
+        container.clone(),
+        format!("--container={}", vetted.display()),
+    ] {
+        kill_slurmstepd_while_the_step_runs(&lab, &container, &before);
     }
     let dir = lab.dir.display().to_string();
     let leftovers = || -> Vec<String> {
         let mut found: Vec<String> = root_output("losetup", &["-a"])
             .lines()
-            .filter(|l| l.contains(&dir))
+            .filter(|l| l.contains(&dir) || l.contains(&trusted.dir.display().to_string()))
             .map(|l| format!("loop device: {l}"))
             .collect();
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -542,6 +538,33 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
         leftovers().is_empty()
     });
     assert!(clean, "left behind:\n{}", leftovers().join("\n"));
+}
+
+/// Starts `srun sleep 300` in `container`, SIGKILLs its slurmstepd, cancels the job and
+/// kills what the user had left running in it (nobody else is left to).
+fn kill_slurmstepd_while_the_step_runs(lab: &Lab, container: &str, before: &BTreeSet<u32>) {
+    let (id, _) = lab.submit(&[container], "srun sleep 300");
+    let step = format!("[{id}.0]");
+    let mut stepd = None;
+    let found = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        stepd = root_output("pgrep", &["-f", &format!("slurmstepd: \\[{id}\\.0\\]")])
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        stepd.is_some() && !root_output("pgrep", &["-u", TEST_USER, "-x", "sleep"]).is_empty()
+    });
+    assert!(found, "step {step} never ran");
+    run_root("kill", &["-9", &stepd.unwrap().to_string()]);
+    let _ = lab.run(&["scancel", &id.to_string()]);
+    let _ = job_gone(id, Duration::from_secs(60));
+    // The user's task may outlive its slurmstepd (nobody is left to kill it): the admin's
+    // cleanup, after which ferry's share must vanish on its own.
+    std::thread::sleep(Duration::from_secs(1));
+    for pid in live_pids_of_test_user().difference(before) {
+        if started_by_us(*pid, &lab.job_name()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
 }
 
 /// A mountinfo line of a mount ferry makes (its source is always "ferry").
