@@ -81,7 +81,10 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
     );
     match outcome {
         Ok((container, req)) => {
-            ffi::debug(&format!("ferry: {ids}: container ready for image {image}"));
+            ffi::debug(&format!(
+                "ferry: {ids}: container ready for image {image} (read by {})",
+                container.facts.mounted_by
+            ));
             // The job's environment names the image and its digest (documented).
             spank.setenv(IMAGE_VAR, &container.image.display().to_string())?;
             if let Some(digest) = &container.facts.digest {

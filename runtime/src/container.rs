@@ -228,11 +228,6 @@ impl Container {
         }
     }
 
-    /// Whether squashfuse serves the image (an untrusted image under the `fuse` policy).
-    pub fn served_by_fuse(&self) -> bool {
-        self.fuse_server.is_some()
-    }
-
     /// Moves the calling process into the container's mount namespace and forbids it
     /// ever gaining privileges (setuid files, file capabilities). Needs root and a
     /// single-threaded caller (a forked task).
