@@ -19,6 +19,10 @@ pub use error::{Error, Result};
 pub use request::{MountSpec, Request, SlurmClients};
 pub use users::User;
 
+/// Where the packages install the static launcher of Slurm's commands inside images
+/// (the plugin's `launcher=` default; `ferry doctor` checks it).
+pub const DEFAULT_LAUNCHER: &str = "/usr/libexec/ferry/ferry-host-exec";
+
 /// This node's host name (for records and logs).
 pub fn hostname() -> String {
     nix::unistd::gethostname()

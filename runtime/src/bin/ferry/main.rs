@@ -1,53 +1,16 @@
-//! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses.
+//! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses,
+//! and the admin commands (version, doctor).
 
+mod cli;
 mod digest;
+mod doctor;
 mod progress;
 mod run;
+mod version;
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::Parser;
+use cli::{Cli, Command};
 use std::process::ExitCode;
-
-#[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Run a command inside a container image (SquashFS file or root folder)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run CMD inside IMAGE (needs root; --user runs it as that user, as a Slurm step would)
-    Run {
-        /// Bind SRC (a host path) at DST inside, read-only with :ro. Repeatable.
-        #[arg(long = "mount", short = 'm', value_name = "SRC[:DST[:ro]]")]
-        mounts: Vec<String>,
-        /// Folder inside the container to start in (default: the current folder, bound from the host)
-        #[arg(long, value_name = "DIR")]
-        workdir: Option<PathBuf>,
-        /// Run as this user (default: the caller)
-        #[arg(long, value_name = "NAME")]
-        user: Option<String>,
-        /// Image file or root folder
-        image: PathBuf,
-        /// The command and its arguments
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<std::ffi::OsString>,
-    },
-    /// Print the SHA-256 digest of an image file, to pin it as IMAGE@sha256:HEX
-    Digest {
-        /// Verify against this digest instead (uses the node's digest cache when root);
-        /// exit 1 on a mismatch
-        #[arg(long, value_name = "sha256:HEX")]
-        check: Option<String>,
-        /// Image file
-        image: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -74,5 +37,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Version => {
+            version::print();
+            ExitCode::SUCCESS
+        }
+        Command::Doctor { root, plugstack } => doctor::doctor(&root, &plugstack),
     }
 }
