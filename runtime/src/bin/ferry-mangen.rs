@@ -32,7 +32,10 @@ fn write_pages(dir: &Path) -> std::io::Result<()> {
     // The subcommand pages are named ferry-SUB (as git does), and each names its parent.
     for sub in ferry.get_subcommands() {
         let name = format!("ferry-{}", sub.get_name());
-        let page = sub.clone().name(name.clone()).version(env!("CARGO_PKG_VERSION"));
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .version(env!("CARGO_PKG_VERSION"));
         render(dir, &name, page)?;
     }
     render(dir, "ferry", ferry)

@@ -342,16 +342,17 @@ fn slurm_version(node: &Node) -> Vec<Finding> {
         )];
     };
     let release = major_minor(&installed);
-    let plugin = node
+    // A missing plugin file is the `plugin_file` check's finding.
+    let plugin_bytes = node
         .lines
         .first()
-        .and_then(|l| fs::read(node.path(&l.plugin)).ok())
-        .and_then(|bytes| built_for(&bytes));
-    match plugin {
-        Some(built) if Some(built.as_str()) == release.as_deref() => found.push(ok(format!(
+        .and_then(|l| fs::read(node.path(&l.plugin)).ok());
+    match plugin_bytes.as_deref().map(built_for) {
+        None => {}
+        Some(Some(built)) if Some(built.as_str()) == release.as_deref() => found.push(ok(format!(
             "slurm: installed {installed}, plugin built for Slurm {built}"
         ))),
-        Some(built) => found.push(fail(
+        Some(Some(built)) => found.push(fail(
             format!("slurm: installed {installed}, but the plugin is built for Slurm {built}: Slurm will refuse to load it"),
             format!(
                 "install ferry built for Slurm {} (package ferry-slurm{}; to build it see 'Slurm versions' in ferry-spank(8))",
@@ -359,8 +360,7 @@ fn slurm_version(node: &Node) -> Vec<Finding> {
                 release.as_deref().unwrap_or("?")
             ),
         )),
-        None if node.lines.is_empty() => {}
-        None => found.push(warn(
+        Some(None) => found.push(warn(
             format!("slurm: installed {installed}; the plugin file does not say which Slurm it is for (not a ferry build?)"),
             "reinstall the ferry package",
         )),
@@ -391,7 +391,11 @@ fn installed_slurm(node: &Node) -> Option<String> {
             continue;
         };
         let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(v) = text.split_whitespace().last().filter(|_| out.status.success()) {
+        if let Some(v) = text
+            .split_whitespace()
+            .last()
+            .filter(|_| out.status.success())
+        {
             return Some(v.to_string());
         }
     }
