@@ -1,0 +1,165 @@
+//! The Debian package that tests/run builds and installs (deploy/install) is what the
+//! cluster runs: its plugin is the one plugstack.conf loads, its `ferry` is the one on
+//! PATH, it is built for the installed Slurm, `man` finds its pages, and `ferry doctor`
+//! finds this node ready.
+
+mod common;
+
+use common::find_tool;
+use std::path::Path;
+use std::process::Command;
+
+const CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
+
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The installed Slurm's major.minor ("22.05"), when the package's prerequisites are here.
+fn installed_slurm() -> Option<String> {
+    let mut missing = Vec::new();
+    for tool in ["dpkg-query", "man", "slurmd"] {
+        if find_tool(tool).is_none() {
+            missing.push(format!("{tool} not found"));
+        }
+    }
+    if !Path::new(CONF).exists() {
+        missing.push(format!("{CONF} (install the package: deploy/install)"));
+    }
+    if !common::prerequisites(&missing) {
+        return None;
+    }
+    let (_, v) = run("slurmd", &["-V"]);
+    let v = v.split_whitespace().last().unwrap().to_string();
+    let mut parts = v.split('.');
+    Some(format!(
+        "{}.{}",
+        parts.next().unwrap(),
+        parts.next().unwrap()
+    ))
+}
+
+#[test]
+fn the_package_for_the_installed_slurm_provides_the_plugin_that_plugstack_loads() {
+    let Some(slurm) = installed_slurm() else {
+        return;
+    };
+    let package = format!("ferry-slurm{slurm}");
+    let (ok, status) = run("dpkg-query", &["-W", "-f=${Status}", &package]);
+    assert!(
+        ok && status == "install ok installed",
+        "{package}: {status}"
+    );
+
+    let conf = std::fs::read_to_string(CONF).unwrap();
+    let enabled: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("required") || l.starts_with("optional"))
+        .collect();
+    assert_eq!(enabled.len(), 1, "{CONF}:\n{conf}");
+    let plugin = enabled[0].split_whitespace().nth(1).unwrap();
+    let (ok, owner) = run("dpkg-query", &["-S", plugin]);
+    assert!(ok && owner.starts_with(&format!("{package}: ")), "{owner}");
+    let bytes = std::fs::read(plugin).unwrap();
+    let mark = format!("plugin built for Slurm {slurm}");
+    assert!(
+        bytes.windows(mark.len()).any(|w| w == mark.as_bytes()),
+        "{plugin} does not say {mark:?}"
+    );
+    // The plugstack line is a conffile: an admin's arguments survive upgrades.
+    let (_, conffiles) = run("dpkg-query", &["-W", "-f=${Conffiles}", &package]);
+    assert!(conffiles.contains(CONF), "{conffiles}");
+}
+
+#[test]
+fn ferry_on_path_is_the_package_and_states_its_slurm() {
+    let Some(slurm) = installed_slurm() else {
+        return;
+    };
+    let ferry = find_tool("ferry").expect("ferry on PATH");
+    assert_eq!(ferry, Path::new("/usr/bin/ferry"));
+    let (ok, out) = run("ferry", &["version"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "ferry {}\nplugin built for Slurm {slurm}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let launcher = "/usr/libexec/ferry/ferry-host-exec";
+    let (ok, owner) = run("dpkg-query", &["-S", launcher]);
+    assert!(
+        ok && owner.starts_with(&format!("ferry-slurm{slurm}: ")),
+        "{owner}"
+    );
+}
+
+#[test]
+fn man_finds_the_pages_of_every_subcommand_and_of_the_plugin() {
+    if installed_slurm().is_none() {
+        return;
+    }
+    for (section, page) in [
+        ("1", "ferry"),
+        ("1", "ferry-run"),
+        ("1", "ferry-digest"),
+        ("1", "ferry-version"),
+        ("1", "ferry-doctor"),
+        ("8", "ferry-spank"),
+    ] {
+        let (ok, path) = run("man", &["-w", section, page]);
+        assert!(
+            ok && path.trim() == format!("/usr/share/man/man{section}/{page}.{section}.gz"),
+            "man -w {section} {page}: {path}"
+        );
+    }
+    // Rendered text, not just a file: the plugin page documents every plugstack key.
+    let out = Command::new("man")
+        .args(["8", "ferry-spank"])
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "200")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "launcher=",
+        "slurm_clients=",
+        "host_dirs=",
+        "accounts=",
+        "require_digest=",
+        "digest_cache=",
+        "hash_unpinned_max=",
+    ] {
+        assert!(text.contains(key), "ferry-spank(8) lacks {key}:\n{text}");
+    }
+    let (_, doctor) = run("man", &["1", "ferry-doctor"]);
+    assert!(doctor.contains("--root"), "{doctor}");
+}
+
+#[test]
+fn doctor_finds_the_test_node_ready() {
+    if installed_slurm().is_none() {
+        return;
+    }
+    let (ok, report) = run("ferry", &["doctor"]);
+    assert!(ok, "ferry doctor on the test node:\n{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+    for topic in [
+        "ok    kernel: squashfs",
+        "ok    plugstack: /etc/slurm/plugstack.conf.d/ferry.conf loads",
+        "ok    slurm: installed",
+        "ok    launcher:",
+        "ok    munge:",
+        "ok    oci:",
+    ] {
+        assert!(report.contains(topic), "no {topic:?} in:\n{report}");
+    }
+}
