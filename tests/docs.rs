@@ -55,7 +55,10 @@ fn examples() -> Vec<Example> {
                 }
                 "text expected-output" => {
                     let i = last.unwrap_or_else(|| {
-                        panic!("{doc}:{}: expected-output without an example before it", n + 1)
+                        panic!(
+                            "{doc}:{}: expected-output without an example before it",
+                            n + 1
+                        )
                     });
                     found[i].expected = body;
                     last = None;

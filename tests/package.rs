@@ -163,3 +163,74 @@ fn doctor_finds_the_test_node_ready() {
         assert!(report.contains(topic), "no {topic:?} in:\n{report}");
     }
 }
+
+/// The RPM (EL layout) built from the same binaries: what it installs where, its Slurm
+/// dependency, and the scriptlet that disables the plugstack line on removal.
+#[test]
+fn the_rpm_has_the_el_layout_and_requires_its_slurm_release() {
+    let Some(slurm) = installed_slurm() else {
+        return;
+    };
+    let missing: Vec<String> = ["rpmbuild", "rpm"]
+        .iter()
+        .filter(|t| find_tool(t).is_none())
+        .map(|t| format!("{t} (apt-get install rpm)"))
+        .collect();
+    if !common::prerequisites(&missing) {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::env::temp_dir().join(format!("ferry-rpm-{}", std::process::id()));
+    let (ok, built) = run(
+        "bash",
+        &[
+            &format!("{root}/packaging/build-rpm"),
+            &format!("{root}/target/release"),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{built}");
+    let rpm = built
+        .lines()
+        .find(|l| l.ends_with(".rpm"))
+        .unwrap_or_else(|| panic!("no .rpm path in:\n{built}"))
+        .to_string();
+    assert!(
+        rpm.ends_with(&format!(
+            "/ferry-slurm{slurm}-{}-1.x86_64.rpm",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{built}"
+    );
+    let (_, files) = run("rpm", &["-qlp", &rpm]);
+    for f in [
+        "/usr/lib64/slurm/ferry.so",
+        "/usr/bin/ferry",
+        "/usr/libexec/ferry/ferry-host-exec",
+        "/etc/slurm/plugstack.conf.d/ferry.conf",
+        "/usr/share/man/man1/ferry-doctor.1",
+        "/usr/share/man/man8/ferry-spank.8",
+        "/usr/share/doc/ferry/admin.md",
+    ] {
+        assert!(
+            files.lines().any(|l| l.starts_with(f)),
+            "{f} not in:\n{files}"
+        );
+    }
+    let (_, config) = run("rpm", &["-qcp", &rpm]);
+    assert_eq!(config.trim(), "/etc/slurm/plugstack.conf.d/ferry.conf");
+    let (_, requires) = run("rpm", &["-qp", "--requires", &rpm]);
+    let (major, minor) = slurm.split_once('.').unwrap();
+    let next = format!("{major}.{:02}", minor.parse::<u32>().unwrap() + 1);
+    assert!(
+        requires.contains(&format!("slurm >= {slurm}")),
+        "{requires}"
+    );
+    assert!(requires.contains(&format!("slurm < {next}")), "{requires}");
+    let (_, scripts) = run("rpm", &["-qp", "--scripts", &rpm]);
+    assert!(
+        scripts.contains("preuninstall") && scripts.contains("#\\2\\3"),
+        "{scripts}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

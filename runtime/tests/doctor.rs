@@ -192,9 +192,7 @@ fn a_plugin_loaded_twice_or_missing_its_file_fails() {
     let node = FakeNode::new("doctor-twice", "24.11", "24.11.5");
     write_mode(
         &node.path("etc/slurm/plugstack.conf"),
-        &format!(
-            "include /etc/slurm/plugstack.conf.d/*.conf\noptional ferry.so launcher=/opt/none\n"
-        ),
+        "include /etc/slurm/plugstack.conf.d/*.conf\noptional ferry.so launcher=/opt/none\n",
         0o644,
     );
     let (code, report) = node.doctor();
