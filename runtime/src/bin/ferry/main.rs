@@ -1,6 +1,7 @@
 //! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses.
 
 mod digest;
+mod inspect;
 mod progress;
 mod run;
 
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 #[command(
     name = "ferry",
     version,
-    about = "Run a command inside a container image (SquashFS file or root folder)"
+    about = "Run a command inside a container image (SquashFS, SIF or ext image file, or root folder)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +48,14 @@ enum Command {
         /// Image file
         image: PathBuf,
     },
+    /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
+    Inspect {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        /// Image file or root folder
+        image: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,5 +83,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Inspect { json, image } => match inspect::inspect(&image, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("ferry: {message}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
