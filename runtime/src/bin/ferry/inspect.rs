@@ -272,7 +272,7 @@ fn config_in_folder(root: &Path) -> Config {
 
 /// In a SquashFS (at `offset` in the file: a SIF's partition) through unsquashfs.
 fn config_in_squashfs(image: &Path, offset: u64) -> Config {
-    let out = Command::new("unsquashfs")
+    let out = Command::new(tool("unsquashfs"))
         .args(["-o", &offset.to_string(), "-cat"])
         .arg(image)
         .arg(CONFIG_PATH)
@@ -290,7 +290,7 @@ fn config_in_squashfs(image: &Path, offset: u64) -> Config {
 
 /// In an ext image through debugfs (read-only unless -w, which is never given).
 fn config_in_ext(image: &Path) -> Config {
-    let out = Command::new("debugfs")
+    let out = Command::new(tool("debugfs"))
         .arg("-R")
         .arg(format!("cat {CONFIG_PATH}"))
         .arg(image)
@@ -304,6 +304,16 @@ fn config_in_ext(image: &Path) -> Config {
         return Err(format!("debugfs failed: {}", last_line(&stderr)));
     }
     parse_config(&out.stdout)
+}
+
+/// A tool on PATH, else in the sbin folders a user's PATH often lacks (debugfs).
+fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.into())
 }
 
 fn last_line(text: &str) -> &str {
