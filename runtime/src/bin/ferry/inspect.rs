@@ -272,14 +272,14 @@ fn config_in_folder(root: &Path) -> Config {
 
 /// In a SquashFS (at `offset` in the file: a SIF's partition) through unsquashfs.
 fn config_in_squashfs(image: &Path, offset: u64) -> Config {
-    let out = Command::new(tool("unsquashfs"))
-        .args(["-o", &offset.to_string(), "-cat"])
+    let mut cmd = Command::new(tool("unsquashfs"));
+    cmd.args(["-o", &offset.to_string(), "-cat"])
         .arg(image)
-        .arg(CONFIG_PATH)
-        .output()
+        .arg(CONFIG_PATH);
+    let out = bounded_output(cmd)
         .map_err(|e| format!("cannot run unsquashfs ({e}); install squashfs-tools"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
+    if out.status.success() || out.stdout.len() > MAX_CONFIG {
         return parse_config(&out.stdout);
     }
     if stderr.contains("no matches for") {
@@ -290,20 +290,51 @@ fn config_in_squashfs(image: &Path, offset: u64) -> Config {
 
 /// In an ext image through debugfs (read-only unless -w, which is never given).
 fn config_in_ext(image: &Path) -> Config {
-    let out = Command::new(tool("debugfs"))
-        .arg("-R")
-        .arg(format!("cat {CONFIG_PATH}"))
-        .arg(image)
-        .output()
-        .map_err(|e| format!("cannot run debugfs ({e}); install e2fsprogs"))?;
+    let mut cmd = Command::new(tool("debugfs"));
+    cmd.arg("-R").arg(format!("cat {CONFIG_PATH}")).arg(image);
+    let out =
+        bounded_output(cmd).map_err(|e| format!("cannot run debugfs ({e}); install e2fsprogs"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("File not found") {
         return Ok(None);
+    }
+    if out.stdout.len() > MAX_CONFIG {
+        return parse_config(&out.stdout);
     }
     if !out.status.success() || out.stdout.is_empty() {
         return Err(format!("debugfs failed: {}", last_line(&stderr)));
     }
     parse_config(&out.stdout)
+}
+
+/// Runs `cmd` and keeps at most MAX_CONFIG + 1 bytes of its output (a huge file in an
+/// image must not fill memory): past that, the tool is stopped.
+fn bounded_output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let limit = MAX_CONFIG as u64 + 1;
+    if let Some(out) = child.stdout.take() {
+        out.take(limit).read_to_end(&mut stdout)?;
+    }
+    if stdout.len() as u64 >= limit {
+        let _ = child.kill();
+    }
+    if let Some(err) = child.stderr.take() {
+        err.take(limit).read_to_end(&mut stderr)?;
+    }
+    let status = child.wait()?;
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// A tool on PATH, else in the sbin folders a user's PATH often lacks (debugfs).
