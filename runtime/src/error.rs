@@ -20,6 +20,8 @@ pub enum Error {
     SifBroken { path: PathBuf, reason: String },
     #[error("image {path}: SIF file has no primary system partition (no root filesystem to run); build a runnable image (apptainer build) or use a SquashFS image")]
     SifNoRoot { path: PathBuf },
+    #[error("image {path}: the SIF's root partition ends the file without padding to 4096 bytes, which the kernel needs to mount it; pad the file (truncate -s %4096 {path}) or build it again")]
+    SifPartitionTail { path: PathBuf },
     #[error("image {path}: the SIF root filesystem is encrypted, which ferry does not support; build an unencrypted SIF (apptainer build without --encrypt)")]
     SifEncrypted { path: PathBuf },
     #[error("image {path}: the SIF root filesystem is ext3, which ferry does not run from a SIF; rebuild it as SquashFS (apptainer build new.sif {path})")]

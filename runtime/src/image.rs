@@ -84,13 +84,13 @@ pub fn open(path: &Path, user_name: &str) -> Result<OpenedImage> {
 
 /// Tells an image file's format from its content (never its name).
 pub fn probe(file: &File, path: &Path) -> Result<Format> {
-    let size = file
+    let file_size = file
         .metadata()
         .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?
         .len();
     let head = read_head(file, superblock::PROBE_LEN).map_err(|e| read_err(path, e))?;
     if sif::is_sif(&head) {
-        let found = read_sif(file, size, &head).map_err(|e| sif_err(path, e))?;
+        let found = read_sif(file, file_size, &head).map_err(|e| sif_err(path, e))?;
         return match found.root() {
             sif::Root::Squashfs { offset, size } => {
                 let magic = read_at(file, offset, 4).map_err(|e| read_err(path, e))?;
@@ -102,7 +102,21 @@ pub fn probe(file: &File, path: &Path) -> Result<Format> {
                         )),
                     ));
                 }
-                Ok(Format::Sif { offset, size })
+                // The kernel reads SquashFS in 4096-byte blocks (mksquashfs pads its
+                // output to that); a device that ends mid-block fails with EIO. Round
+                // up: SquashFS never uses bytes past its own end, so what follows
+                // (padding, the next object) is never read as data. The file must hold
+                // that last block.
+                let sectors = size.div_ceil(4096).saturating_mul(4096);
+                if offset.saturating_add(sectors) > file_size {
+                    return Err(Error::SifPartitionTail {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Ok(Format::Sif {
+                    offset,
+                    size: sectors,
+                })
             }
             sif::Root::Encrypted => Err(Error::SifEncrypted {
                 path: path.to_path_buf(),

@@ -23,6 +23,8 @@ struct Images {
     dir: PathBuf,
     sif: PathBuf,
     signed_sif: PathBuf,
+    /// Its partition is an unpadded SquashFS whose size is no multiple of 512 or 4096.
+    unpadded_sif: PathBuf,
     ext3: PathBuf,
     ext4: PathBuf,
     /// ext4 whose superblock says the journal needs recovery (an unclean unmount).
@@ -50,6 +52,47 @@ fn images() -> &'static Images {
             sb::signature(2),
         ]);
         let signed_sif = write_image(&dir, "signed.sif", &signed);
+        // Unpadded SquashFS sizes are arbitrary; a pseudo file of growing length makes
+        // sure this one is no multiple of 512 (nor of 4096).
+        let nopad = (1..=8)
+            .map(|n| {
+                let path = dir.join("nopad.sqfs");
+                run_tool(
+                    Command::new("mksquashfs")
+                        .arg(&fx.rootfs)
+                        .arg(&path)
+                        .args([
+                            "-no-xattrs",
+                            "-quiet",
+                            "-noappend",
+                            "-no-progress",
+                            "-nopad",
+                        ])
+                        .arg("-p")
+                        .arg(format!("pad f 644 0 0 printf %0{n}d 0")),
+                );
+                fs::read(&path).unwrap()
+            })
+            .find(|bytes| bytes.len() % 512 != 0)
+            .expect("an unpadded SquashFS whose size is no multiple of 512");
+        let unpadded_sif = write_image(
+            &dir,
+            "unpadded.sif",
+            &sb::build(&[
+                sb::partition(sb::FS_SQUASHFS, sb::PART_PRIMARY_SYSTEM, nopad.clone()),
+                sb::deffile("Bootstrap: scratch\n"),
+            ]),
+        );
+        // Last in the file, the partition's final sector is incomplete: a clear error.
+        write_image(
+            &dir,
+            "unpadded-last.sif",
+            &sb::build(&[sb::partition(
+                sb::FS_SQUASHFS,
+                sb::PART_PRIMARY_SYSTEM,
+                nopad,
+            )]),
+        );
         let offset = i64::from_le_bytes(
             plain[sb::offset_field(1)..sb::offset_field(1) + 8]
                 .try_into()
@@ -77,6 +120,7 @@ fn images() -> &'static Images {
             dir,
             sif,
             signed_sif,
+            unpadded_sif,
             ext3,
             ext4,
             dirty_ext4,
@@ -179,7 +223,7 @@ fn sif_files_run_commands_as_the_user() {
     }
     let _g = shared();
     let im = images();
-    for sif in [&im.sif, &im.signed_sif] {
+    for sif in [&im.sif, &im.signed_sif, &im.unpadded_sif] {
         assert_runs(&sif.display().to_string());
     }
 }
@@ -365,6 +409,16 @@ fn unusable_and_broken_sifs_are_refused_with_one_clear_line() {
         let path = write_image(dir, name, &bad);
         assert_refused(&path, &["broken SIF"]);
     }
+    // An unpadded partition that ends the file mid-sector.
+    assert_refused(
+        &dir.join("unpadded-last.sif"),
+        &["padding to 4096 bytes", "truncate -s %4096"],
+    );
+    // and the advice works.
+    let padded = dir.join("padded.sif");
+    fs::copy(dir.join("unpadded-last.sif"), &padded).unwrap();
+    run_tool(Command::new("truncate").args(["-s", "%4096"]).arg(&padded));
+    assert_runs(&padded.display().to_string());
     // The partition points at bytes that are no SquashFS.
     let mut bad = good.clone();
     let at = sb::offset_field(0);
