@@ -93,8 +93,9 @@ pub fn probe(file: &File, path: &Path) -> Result<Format> {
         let found = read_sif(file, file_size, &head).map_err(|e| sif_err(path, e))?;
         return match found.root() {
             sif::Root::Squashfs { offset, size } => {
-                let magic = read_at(file, offset, 4).map_err(|e| read_err(path, e))?;
-                if !superblock::is_squashfs(&magic) {
+                // Inside the file (checked by the parser); the superblock is 96 bytes.
+                let magic = read_at(file, offset, 4).unwrap_or_default();
+                if size < 96 || !superblock::is_squashfs(&magic) {
                     return Err(sif_err(
                         path,
                         sif::SifError::Corrupt(format!(
@@ -107,15 +108,15 @@ pub fn probe(file: &File, path: &Path) -> Result<Format> {
                 // up: SquashFS never uses bytes past its own end, so what follows
                 // (padding, the next object) is never read as data. The file must hold
                 // that last block.
-                let sectors = size.div_ceil(4096).saturating_mul(4096);
-                if offset.saturating_add(sectors) > file_size {
+                let padded_size = size.div_ceil(4096).saturating_mul(4096);
+                if offset.saturating_add(padded_size) > file_size {
                     return Err(Error::SifPartitionTail {
                         path: path.to_path_buf(),
                     });
                 }
                 Ok(Format::Sif {
                     offset,
-                    size: sectors,
+                    size: padded_size,
                 })
             }
             sif::Root::Encrypted => Err(Error::SifEncrypted {

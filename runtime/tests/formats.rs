@@ -419,6 +419,16 @@ fn unusable_and_broken_sifs_are_refused_with_one_clear_line() {
     fs::copy(dir.join("unpadded-last.sif"), &padded).unwrap();
     run_tool(Command::new("truncate").args(["-s", "%4096"]).arg(&padded));
     assert_runs(&padded.display().to_string());
+    // An empty root partition.
+    let empty = make(
+        "emptyroot.sif",
+        &[sb::partition(
+            sb::FS_SQUASHFS,
+            sb::PART_PRIMARY_SYSTEM,
+            vec![],
+        )],
+    );
+    assert_refused(&empty, &["broken SIF", "holds no SquashFS"]);
     // The partition points at bytes that are no SquashFS.
     let mut bad = good.clone();
     let at = sb::offset_field(0);
