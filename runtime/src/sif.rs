@@ -313,6 +313,25 @@ pub fn part_name(part: u32) -> &'static str {
     }
 }
 
+/// The architecture codes of the header and partitions ("02" is amd64).
+pub fn arch_name(code: &str) -> &'static str {
+    match code {
+        "01" => "386",
+        "02" => "amd64",
+        "03" => "arm",
+        "04" => "arm64",
+        "05" => "ppc64",
+        "06" => "ppc64le",
+        "07" => "mips",
+        "08" => "mipsle",
+        "09" => "mips64",
+        "10" => "mips64le",
+        "11" => "s390x",
+        "12" => "riscv64",
+        _ => "unknown",
+    }
+}
+
 pub fn hash_name(hash: u32) -> &'static str {
     match hash {
         1 => "sha256",

@@ -23,6 +23,9 @@ struct Images {
     dir: PathBuf,
     sif: PathBuf,
     signed_sif: PathBuf,
+    /// Made by Debian's siftool (sylabs/sif): definition file, SquashFS primary
+    /// system partition, signature descriptor.
+    siftool_sif: PathBuf,
     /// Its partition is an unpadded SquashFS whose size is no multiple of 512 or 4096.
     unpadded_sif: PathBuf,
     ext3: PathBuf,
@@ -52,6 +55,41 @@ fn images() -> &'static Images {
             sb::signature(2),
         ]);
         let signed_sif = write_image(&dir, "signed.sif", &signed);
+        let siftool_sif = dir.join("siftool.sif");
+        let def = dir.join("app.def");
+        fs::write(&def, "Bootstrap: scratch\n").unwrap();
+        let sig = dir.join("sig.bin");
+        fs::write(&sig, "-----BEGIN PGP SIGNATURE-----\n").unwrap();
+        let siftool = find_tool("siftool").expect("siftool");
+        run_tool(Command::new(&siftool).arg("new").arg(&siftool_sif));
+        run_tool(
+            Command::new(&siftool)
+                .arg("add")
+                .arg(&siftool_sif)
+                .arg(&def)
+                .args(["--datatype", "1"]),
+        );
+        run_tool(
+            Command::new(&siftool)
+                .arg("add")
+                .arg(&siftool_sif)
+                .arg(&fx.image)
+                .args(["--datatype", "4", "--parttype", "2", "--partfs", "1"])
+                .args(["--partarch", "2"]),
+        );
+        run_tool(
+            Command::new(&siftool)
+                .arg("add")
+                .arg(&siftool_sif)
+                .arg(&sig)
+                .args(["--datatype", "5", "--signhash", "1", "--link", "2"])
+                .args(["--signentity", "433FE984155206BD962725E20E8713472A879943"]),
+        );
+        fs::set_permissions(
+            &siftool_sif,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
         // Unpadded SquashFS sizes are arbitrary; a pseudo file of growing length makes
         // sure this one is no multiple of 512 (nor of 4096).
         let nopad = (1..=8)
@@ -120,6 +158,7 @@ fn images() -> &'static Images {
             dir,
             sif,
             signed_sif,
+            siftool_sif,
             unpadded_sif,
             ext3,
             ext4,
@@ -164,7 +203,7 @@ fn ready() -> bool {
     if !require_root_and_tools() {
         return false;
     }
-    let missing: Vec<&str> = ["mkfs.ext3", "mkfs.ext4", "debugfs", "unsquashfs"]
+    let missing: Vec<&str> = ["mkfs.ext3", "mkfs.ext4", "debugfs", "unsquashfs", "siftool"]
         .into_iter()
         .filter(|t| find_tool(t).is_none())
         .collect();
@@ -172,7 +211,7 @@ fn ready() -> bool {
         return true;
     }
     let reason = format!(
-        "{} (install e2fsprogs and squashfs-tools)",
+        "{} (install e2fsprogs, squashfs-tools and siftool)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -223,7 +262,7 @@ fn sif_files_run_commands_as_the_user() {
     }
     let _g = shared();
     let im = images();
-    for sif in [&im.sif, &im.signed_sif, &im.unpadded_sif] {
+    for sif in [&im.sif, &im.signed_sif, &im.siftool_sif, &im.unpadded_sif] {
         assert_runs(&sif.display().to_string());
     }
 }
@@ -393,7 +432,7 @@ fn unusable_and_broken_sifs_are_refused_with_one_clear_line() {
     let truncated = write_image(dir, "truncated.sif", &good[..good.len() - 1000]);
     assert_refused(&truncated, &["broken SIF", "past the end of the file"]);
     // Cut inside the descriptor table.
-    let cut_table = write_image(dir, "cuttable.sif", &good[..2000]);
+    let cut_table = write_image(dir, "cuttable.sif", &good[..6000]);
     assert_refused(&cut_table, &["broken SIF", "past the end of the file"]);
     // Only the header's first bytes.
     let header_only = write_image(dir, "header.sif", &good[..60]);
@@ -628,6 +667,26 @@ fn inspect_describes_each_format_to_an_unprivileged_user() {
     );
     assert_config(&r);
 
+    // A SIF made by siftool: its table at 4096, data objects where siftool put them.
+    let r = inspect_json(&images().siftool_sif);
+    assert_eq!(r["format"], "sif");
+    assert_eq!(r["runnable"], true);
+    assert_eq!(r["sif"]["header"]["descriptors_offset"], 4096);
+    assert_eq!(
+        r["sif"]["signature"],
+        "signed (signature not verified by ferry)"
+    );
+    let d = r["sif"]["descriptors"].as_array().unwrap();
+    let kinds: Vec<&str> = d.iter().map(|d| d["type_name"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["definition file", "partition", "signature"],
+        "{r:#}"
+    );
+    assert_eq!(d[1]["size"], fs::metadata(&fixture().image).unwrap().len());
+    assert_eq!(d[1]["arch"], "02");
+    assert_eq!(r["squashfs"]["compression"], "gzip");
+
     // No stored config: null in JSON, "none" in text.
     let r = inspect_json(&fixture().image);
     assert_eq!(r["config"], serde_json::Value::Null);
@@ -647,7 +706,7 @@ fn inspect_text_shows_format_partitions_signature_and_config() {
         "format:       SIF (Apptainer/Singularity)",
         "runnable:     yes",
         "signature:    signed (signature not verified by ferry)",
-        "fs squashfs, primary system partition, arch 02 (root filesystem)",
+        "fs squashfs, primary system partition, amd64 (root filesystem)",
         "sha256, signs id 2",
         "compression xz, block size 65536",
         "  Env: [\"PATH=/opt/app/bin:/bin\",\"GREETING=hello world\"]",

@@ -72,7 +72,8 @@ pub fn signature(signs: u32) -> Object {
 
 /// The bytes of a SIF file holding `objects`; descriptor ids are 1, 2, ... in order.
 pub fn build(objects: &[Object]) -> Vec<u8> {
-    let table_offset = 128usize;
+    // Where siftool and Apptainer put the table.
+    let table_offset = 4096usize;
     let table_size = SLOTS * DESCRIPTOR_LEN;
     let data_offset = (table_offset + table_size).div_ceil(ALIGN) * ALIGN;
     let now: i64 = 1_700_000_000;
@@ -125,5 +126,5 @@ pub fn build(objects: &[Object]) -> Vec<u8> {
 
 /// Byte position of descriptor `index`'s data-offset field (to corrupt it in tests).
 pub fn offset_field(index: usize) -> usize {
-    128 + index * DESCRIPTOR_LEN + 17
+    4096 + index * DESCRIPTOR_LEN + 17
 }

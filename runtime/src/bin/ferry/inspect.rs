@@ -396,7 +396,13 @@ fn print_text(r: &Report) {
         let h = &s.header;
         row(
             "sif version",
-            format!("{} (arch {}, uuid {})", h.version, h.arch, h.uuid),
+            format!(
+                "{} (arch {} {}, uuid {})",
+                h.version,
+                h.arch,
+                sif::arch_name(&h.arch),
+                h.uuid
+            ),
         );
         row(
             "descriptors",
@@ -417,7 +423,7 @@ fn print_text(r: &Report) {
             if let (Some(fs), Some(part)) = (d.fs, d.partition) {
                 line.push_str(&format!(" fs {fs}, {part} partition"));
                 if let Some(arch) = &d.arch {
-                    line.push_str(&format!(", arch {arch}"));
+                    line.push_str(&format!(", {}", sif::arch_name(arch)));
                 }
             }
             if let (Some(hash), Some(signs)) = (d.hash, d.signs) {
