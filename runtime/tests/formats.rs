@@ -28,6 +28,7 @@ struct Images {
     siftool_sif: PathBuf,
     /// Its partition is an unpadded SquashFS whose size is no multiple of 512 or 4096.
     unpadded_sif: PathBuf,
+    ext2: PathBuf,
     ext3: PathBuf,
     ext4: PathBuf,
     /// ext4 whose superblock says the journal needs recovery (an unclean unmount).
@@ -136,6 +137,12 @@ fn images() -> &'static Images {
                 .try_into()
                 .unwrap(),
         ) as u64;
+        let ext2 = mkfs(
+            "mkfs.ext2",
+            &fx.rootfs,
+            &dir.join("image2.img"),
+            "ferry-ext2",
+        );
         let ext3 = mkfs(
             "mkfs.ext3",
             &fx.rootfs,
@@ -160,6 +167,7 @@ fn images() -> &'static Images {
             signed_sif,
             siftool_sif,
             unpadded_sif,
+            ext2,
             ext3,
             ext4,
             dirty_ext4,
@@ -203,10 +211,17 @@ fn ready() -> bool {
     if !require_root_and_tools() {
         return false;
     }
-    let missing: Vec<&str> = ["mkfs.ext3", "mkfs.ext4", "debugfs", "unsquashfs", "siftool"]
-        .into_iter()
-        .filter(|t| find_tool(t).is_none())
-        .collect();
+    let missing: Vec<&str> = [
+        "mkfs.ext2",
+        "mkfs.ext3",
+        "mkfs.ext4",
+        "debugfs",
+        "unsquashfs",
+        "siftool",
+    ]
+    .into_iter()
+    .filter(|t| find_tool(t).is_none())
+    .collect();
     if missing.is_empty() {
         return true;
     }
@@ -268,13 +283,13 @@ fn sif_files_run_commands_as_the_user() {
 }
 
 #[test]
-fn ext3_and_ext4_images_run_commands_as_the_user() {
+fn ext2_ext3_and_ext4_images_run_commands_as_the_user() {
     if !ready() {
         return;
     }
     let _g = shared();
     let im = images();
-    for img in [&im.ext3, &im.ext4, &im.dirty_ext4] {
+    for img in [&im.ext2, &im.ext3, &im.ext4, &im.dirty_ext4] {
         assert_runs(&img.display().to_string());
     }
     // The dirty image stays as it was: nothing replayed or written into it.
