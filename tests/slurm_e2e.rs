@@ -18,6 +18,8 @@
 //!     cargo test --test slurm_e2e
 
 mod common;
+#[path = "../runtime/tests/common/sif_builder.rs"]
+mod sif_builder;
 
 use common::{effective_uid, find_tool};
 use std::collections::BTreeSet;
@@ -70,6 +72,7 @@ fn missing_prerequisites() -> Vec<String> {
         "script",
         "timeout",
         "losetup",
+        "mkfs.ext3",
     ] {
         if find_tool(tool).is_none() {
             missing.push(format!("{tool} not found on PATH"));
@@ -292,6 +295,16 @@ enum Serial {
     Exclusive(RwLockWriteGuard<'static, ()>),
 }
 
+/// How `Lab::image_as` packages an image's root folder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Packaging {
+    Squashfs,
+    /// A signed SIF file around a SquashFS partition.
+    Sif,
+    /// An ext3 image made by mkfs.ext3 -d (Singularity 2's `.img`).
+    Ext3,
+}
+
 struct Lab {
     dir: PathBuf,
     seq: AtomicUsize,
@@ -370,6 +383,11 @@ impl Lab {
     /// Builds a busybox SquashFS image at `rel` (relative to the lab) whose image-only
     /// file and command say `marker`. Returns `rel`.
     fn image(&self, rel: &str, marker: &str) -> String {
+        self.image_as(rel, marker, Packaging::Squashfs)
+    }
+
+    /// Like `image`, packaged as `packaging` says.
+    fn image_as(&self, rel: &str, marker: &str, packaging: Packaging) -> String {
         assert!(
             !Path::new("/e2e").exists() && find_tool(ONLY_CMD).is_none(),
             "the host must not have the image-only /e2e or {ONLY_CMD}"
@@ -403,9 +421,32 @@ impl Lab {
             fs::create_dir_all(parent).unwrap();
             self.give(parent);
         }
+        let squashfs = match packaging {
+            Packaging::Squashfs => image.clone(),
+            Packaging::Sif => self.path(&format!("{rel}.partition")),
+            Packaging::Ext3 => {
+                let out = Command::new(find_tool("mkfs.ext3").unwrap())
+                    .args(["-q", "-F", "-d"])
+                    .arg(&root)
+                    .arg(&image)
+                    .arg("16M")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "mkfs.ext3 failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+                self.give(&image);
+                fs::remove_dir_all(&root).unwrap();
+                return rel.to_string();
+            }
+        };
         let out = Command::new(find_tool("mksquashfs").unwrap())
             .arg(&root)
-            .arg(&image)
+            .arg(&squashfs)
             .args([
                 "-no-xattrs",
                 "-quiet",
@@ -421,6 +462,20 @@ impl Lab {
             "mksquashfs failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if packaging == Packaging::Sif {
+            let partition = fs::read(&squashfs).unwrap();
+            fs::remove_file(&squashfs).unwrap();
+            let sif = sif_builder::build(&[
+                sif_builder::deffile("Bootstrap: scratch\n"),
+                sif_builder::partition(
+                    sif_builder::FS_SQUASHFS,
+                    sif_builder::PART_PRIMARY_SYSTEM,
+                    partition,
+                ),
+                sif_builder::signature(2),
+            ]);
+            fs::write(&image, sif).unwrap();
+        }
         fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
         self.give(&image);
         fs::remove_dir_all(&root).unwrap();
@@ -627,6 +682,61 @@ echo "srun-rc: $?""#
         );
     }
     assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
+}
+
+/// `sbatch --container=image.sif` and `--container=image.img` (ext3): the batch script
+/// and its `srun -n 2` step run in the image, as with a SquashFS file.
+#[test]
+fn batch_script_and_its_steps_run_in_sif_and_ext_images() {
+    let Some(lab) = Lab::new("formats") else {
+        return;
+    };
+    for (rel, marker, packaging) in [
+        ("image.sif", "SIF", Packaging::Sif),
+        ("image.img", "EXT", Packaging::Ext3),
+    ] {
+        let image = lab.image_as(rel, marker, packaging);
+        let job = lab.sbatch(
+            &["-n", "2", &format!("--container={image}")],
+            &format!(
+                r#"echo "batch-file: $(cat {ONLY_FILE})"
+echo "batch-cmd: $({ONLY_CMD} one)"
+echo "batch-user: $(id -un)"
+echo "batch-ns: $(readlink /proc/self/ns/mnt)"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(cat {ONLY_FILE}) / $({ONLY_CMD}) / $(id -un)"'
+echo "srun-rc: $?""#
+            ),
+        );
+        job.expect_ok();
+        let log = &job.log;
+        let file = format!("only-in-image {marker}");
+        assert_eq!(
+            value_of(log, "batch-file: "),
+            Some(file.as_str()),
+            "{rel}: {job}"
+        );
+        assert_eq!(
+            value_of(log, "batch-cmd: "),
+            Some(format!("image-cmd {marker} one").as_str()),
+            "{rel}: {job}"
+        );
+        assert_eq!(
+            value_of(log, "batch-user: "),
+            Some(TEST_USER),
+            "{rel}: {job}"
+        );
+        let batch_ns = value_of(log, "batch-ns: ").unwrap_or_default();
+        assert!(batch_ns.starts_with("mnt:["), "{rel}: {job}");
+        assert_ne!(batch_ns, host_mount_ns(), "{rel}: on the host: {job}");
+        for task in 0..2 {
+            assert_eq!(
+                value_of(log, &format!("task-{task}: ")),
+                Some(format!("{file} / image-cmd {marker} / {TEST_USER}").as_str()),
+                "{rel}: task {task}: {job}"
+            );
+        }
+        assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{rel}: {job}");
+    }
 }
 
 /// `srun -n 4 --container=IMG`: all four tasks see the image, in one mount namespace

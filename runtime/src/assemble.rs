@@ -202,19 +202,40 @@ fn mount_image(image: &OpenedImage, target: &Path) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match image.format {
         Format::Squashfs => {
-            let device = match sys::find_shared_loop(image.fd.as_fd()) {
-                Some(shared) => shared,
-                None => sys::attach_loop(image.fd.as_fd(), 0, 0)
-                    .map_err(|e| image_err(image, "attaching a loop device", e))?,
-            };
+            let device = loop_device(image, 0, 0)?;
             // The mount holds the device; with autoclear it frees itself when the
             // namespace and so the mount go away, so our handle can close now.
             sys::mount_fs(&device.path, target, "squashfs", ro, None)
                 .map_err(|e| image_err(image, "mounting the SquashFS", e))
         }
+        Format::Sif { offset, size } => {
+            // The root partition straight from the file: the loop device shows only it.
+            let device = loop_device(image, offset, size)?;
+            sys::mount_fs(&device.path, target, "squashfs", ro, None)
+                .map_err(|e| image_err(image, "mounting the SIF's SquashFS partition", e))
+        }
+        Format::Ext => {
+            // The ext4 driver reads ext2 and ext3 too. `noload`: never replay the
+            // journal of an image that was not unmounted cleanly (the device is
+            // read-only: replaying would fail the mount, and root must not write into
+            // a user's file).
+            let device = loop_device(image, 0, 0)?;
+            sys::mount_fs(&device.path, target, "ext4", ro, Some("noload"))
+                .map_err(|e| image_err(image, "mounting the ext image", e))
+        }
         Format::Directory => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
             .and_then(|_| sys::remount_bind(target, ro))
             .map_err(|e| image_err(image, "binding the root folder", e)),
+    }
+}
+
+/// A read-only loop device over `image` from `offset`, `size` bytes long (0: to the
+/// end): one another step already made for the same file and range, or a new one.
+fn loop_device(image: &OpenedImage, offset: u64, size: u64) -> Result<sys::LoopDevice> {
+    match sys::find_shared_loop(image.fd.as_fd(), offset, size) {
+        Some(shared) => Ok(shared),
+        None => sys::attach_loop(image.fd.as_fd(), offset, size)
+            .map_err(|e| image_err(image, "attaching a loop device", e)),
     }
 }
 
@@ -407,10 +428,7 @@ fn verify_image(
         .metadata()
         .map_err(|e| Error::system(format!("stat of {}", req.image.display()), e))?;
     let mut facts = ImageFacts {
-        format: match image.format {
-            Format::Squashfs => "squashfs".into(),
-            Format::Directory => "directory".into(),
-        },
+        format: image.format.name().into(),
         size: meta.size(),
         mtime_unix: meta.mtime(),
         ..Default::default()

@@ -11,6 +11,8 @@ pub mod image;
 pub mod plan;
 pub mod request;
 pub mod resolve;
+pub mod sif;
+pub mod superblock;
 mod sys;
 pub mod users;
 

@@ -368,10 +368,14 @@ pub struct LoopDevice {
 }
 
 /// Finds a loop device that another step already bound read-only to the same file
-/// (same device and inode, whole file), and holds it open so it cannot be released
+/// (same device and inode, same offset and size limit), and holds it open so it cannot be released
 /// before we mount it. Mounting the same device again reuses the mounted SquashFS and
 /// its page cache: a step of a job whose batch step runs in the same image starts warm.
-pub fn find_shared_loop(backing: BorrowedFd<'_>) -> Option<LoopDevice> {
+pub fn find_shared_loop(
+    backing: BorrowedFd<'_>,
+    offset: u64,
+    size_limit: u64,
+) -> Option<LoopDevice> {
     let st = fstat(backing).ok()?;
     for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
         let name = entry.file_name();
@@ -391,10 +395,10 @@ pub fn find_shared_loop(backing: BorrowedFd<'_>) -> Option<LoopDevice> {
         // SAFETY: the ioctl succeeded and filled the struct (it was zeroed before).
         let info = unsafe { info.assume_init() };
         let same_file = info.lo_device == st.st_dev && info.lo_inode == st.st_ino;
-        let whole_and_read_only = info.lo_offset == 0
-            && info.lo_sizelimit == 0
+        let same_range_read_only = info.lo_offset == offset
+            && info.lo_sizelimit == size_limit
             && info.lo_flags & LO_FLAGS_READ_ONLY != 0;
-        if same_file && whole_and_read_only {
+        if same_file && same_range_read_only {
             return Some(LoopDevice {
                 _device: File::from(device),
                 path,

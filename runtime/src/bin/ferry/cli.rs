@@ -8,8 +8,8 @@ use std::path::PathBuf;
 #[command(
     name = "ferry",
     version,
-    about = "Run a command inside a container image (SquashFS file or root folder)",
-    long_about = "Run a command inside a container image (SquashFS file or root folder). \
+    about = "Run a command inside a container image (SquashFS, SIF or ext image file, or root folder)",
+    long_about = "Run a command inside a container image (SquashFS, SIF or ext image file, or root folder). \
                   On a Slurm cluster, jobs use images through the ferry SPANK plugin with \
                   `srun --container=IMAGE` and `sbatch --container=IMAGE` (see ferry-spank(8)); \
                   this command runs images outside Slurm, prints image digests and checks a node."
@@ -45,6 +45,14 @@ pub enum Command {
         #[arg(long, value_name = "sha256:HEX")]
         check: Option<String>,
         /// Image file
+        image: PathBuf,
+    },
+    /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
+    Inspect {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        /// Image file or root folder
         image: PathBuf,
     },
     /// Print ferry's version and the Slurm version its plugin is built for

@@ -4,6 +4,7 @@
 mod cli;
 mod digest;
 mod doctor;
+mod inspect;
 mod progress;
 mod run;
 mod version;
@@ -42,5 +43,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Doctor { root, plugstack } => doctor::doctor(&root, &plugstack),
+        Command::Inspect { json, image } => match inspect::inspect(&image, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("ferry: {message}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
