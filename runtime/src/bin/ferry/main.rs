@@ -1,8 +1,11 @@
 //! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses.
 
+mod build;
 mod digest;
+mod import;
 mod progress;
 mod run;
+mod unpack;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,8 +37,8 @@ enum Command {
         user: Option<String>,
         /// Image file or root folder
         image: PathBuf,
-        /// The command and its arguments
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
     /// Print the SHA-256 digest of an image file, to pin it as IMAGE@sha256:HEX
@@ -46,6 +49,29 @@ enum Command {
         check: Option<String>,
         /// Image file
         image: PathBuf,
+    },
+    /// Make a reproducible SquashFS image of a root folder (same folder, same bytes)
+    Build {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// Store every file as owned by root (default: the owners on disk)
+        #[arg(long)]
+        all_root: bool,
+        /// Root folder (the image's /)
+        rootfs: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
+    },
+    /// Make a SquashFS image from a docker/podman save archive or an OCI image layout
+    Import {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// docker-archive tar, OCI archive tar, or OCI layout folder
+        archive: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
     },
 }
 
@@ -65,6 +91,17 @@ fn main() -> ExitCode {
                 ExitCode::from(125)
             }
         },
+        Command::Build {
+            force,
+            all_root,
+            rootfs,
+            out,
+        } => report(build::build_command(&rootfs, &out, force, all_root)),
+        Command::Import {
+            force,
+            archive,
+            out,
+        } => report(import::import_command(&archive, &out, force)),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
                 Ok(code) => code,
@@ -73,6 +110,17 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// Exit 0, or one line on stderr and exit 1.
+fn report(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ferry: {message}");
+            ExitCode::from(1)
         }
     }
 }
