@@ -83,10 +83,10 @@ impl ImageConfig {
             .env
             .iter()
             .flatten()
-            .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+            .find(|e| e.contains('\0') || e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
         {
             return Err(format!(
-                "image {}: {CONFIG_PATH}: Env entry {:?} is not NAME=VALUE; fix or remove that file",
+                "image {}: {CONFIG_PATH}: Env entry {:?} is not NAME=VALUE without NUL bytes; fix or remove that file",
                 image.display(),
                 entry.chars().take(60).collect::<String>()
             ));
@@ -193,6 +193,7 @@ mod tests {
             b"{\"Env\": 3}",
             b"{\"Env\": [\"NOEQUALS\"]}",
             b"{\"Env\": [\"=x\"]}",
+            b"{\"Env\": [\"A=\\u0000\"]}",
             b"{\"Env\": [\"A=",
             b"\xff\xfe",
         ] {
