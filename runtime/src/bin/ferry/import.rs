@@ -228,7 +228,9 @@ impl Source {
                         None => break,
                     }
                 }
-                Err(format!("{name}: missing from the archive"))
+                Err(format!(
+                    "{name}: missing from the archive; the archive is truncated or incomplete"
+                ))
             }
         }
     }
@@ -259,7 +261,7 @@ impl Source {
         } else if self.exists("manifest.json") {
             self.docker_image()
         } else {
-            Err("neither index.json (OCI layout) nor manifest.json (docker archive) found; ferry imports docker-archive/podman save tars and OCI image layouts".into())
+            Err("neither index.json (OCI layout) nor manifest.json (docker archive) found (a truncated or incomplete archive?); ferry imports docker-archive/podman save tars and OCI image layouts".into())
         }
     }
 
@@ -353,52 +355,46 @@ impl Source {
     }
 
     /// Streams one layer blob through the digests and the decompressor into `unpacker`,
-    /// then checks the digests.
+    /// then checks the digests. A mismatch is reported before any unpacking error, as
+    /// the likelier cause (a corrupt blob makes a broken stream).
     fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), String> {
         let mut blob = Hashing::new(self.open_file(&layer.name)?);
-        {
+        let (unpacked, diff_found) = {
             let mut buffered = BufReader::with_capacity(1 << 20, &mut blob);
             let head = buffered
                 .fill_buf()
                 .map_err(|e| format!("cannot read it ({e})"))?;
-            let compression = match head {
-                [0x1f, 0x8b, ..] => Compression::Gzip,
+            let tar_stream: Box<dyn Read> = match head {
+                [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
                 [0x28, 0xb5, 0x2f, 0xfd, ..] => {
                     return Err("zstd-compressed layers are not supported yet; save the image with gzip or uncompressed layers".into())
                 }
-                _ => Compression::None,
-            };
-            let tar_stream: Box<dyn Read> = match compression {
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                Compression::None => Box::new(buffered),
+                _ => Box::new(buffered),
             };
             let mut diff = Hashing::new(tar_stream);
-            let applied = unpacker.apply_layer(&mut diff);
-            // A digest mismatch explains a broken stream better than the tar error.
-            let drained = io::copy(&mut diff, &mut io::sink()).map(|_| ());
-            let found = hex(&diff.hasher.finalize_reset());
-            if let Some(expected) = &layer.diff_id {
-                if drained.is_ok() && *expected != found {
-                    return Err(format!("content digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt"));
-                }
-            }
-            applied?;
-            drained.map_err(|e| format!("the layer is corrupt or truncated ({e})"))?;
-        }
-        io::copy(&mut blob, &mut io::sink()).map_err(|e| format!("cannot read it ({e})"))?;
-        let found = hex(&blob.hasher.finalize_reset());
+            let unpacked = unpacker.apply_layer(&mut diff).and_then(|()| {
+                io::copy(&mut diff, &mut io::sink())
+                    .map(|_| ())
+                    .map_err(|e| format!("the layer is corrupt or truncated ({e})"))
+            });
+            (unpacked, hex(&diff.hasher.finalize_reset()))
+        };
+        let drained = io::copy(&mut blob, &mut io::sink());
+        let blob_found = hex(&blob.hasher.finalize_reset());
         if let Some(expected) = &layer.blob_digest {
-            if *expected != found {
-                return Err(format!("blob digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt"));
+            if drained.is_ok() && *expected != blob_found {
+                return Err(format!("blob digest mismatch (expected sha256:{expected}, found sha256:{blob_found}); the archive is corrupt"));
+            }
+        }
+        unpacked?;
+        drained.map_err(|e| format!("the layer is corrupt or truncated ({e})"))?;
+        if let Some(expected) = &layer.diff_id {
+            if *expected != diff_found {
+                return Err(format!("content digest mismatch (expected sha256:{expected}, found sha256:{diff_found}); the archive is corrupt"));
             }
         }
         Ok(())
     }
-}
-
-enum Compression {
-    None,
-    Gzip,
 }
 
 /// A reader that hashes what passes through it.
