@@ -164,7 +164,7 @@ impl Source {
         let mut entries = HashMap::new();
         let mut archive = tar::Archive::new(&mut file);
         let bad = |e: io::Error| format!("the archive is corrupt or truncated ({e})");
-        for entry in archive.entries().map_err(bad)? {
+        for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
             let name = clean_name(&entry.path().map_err(bad)?.to_string_lossy());
             let item = match entry.header().entry_type() {

@@ -109,7 +109,7 @@ impl Unpacker {
         }
         let dir = self
             .resolve_dir(parent, true)?
-            .expect("created when missing");
+            .ok_or_else(|| io::Error::other("its folder could not be made"))?;
         let rel = dir.join(file_name);
         let target = self.root.join(&rel);
         let header = entry.header();
