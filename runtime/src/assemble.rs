@@ -418,7 +418,10 @@ fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfi
     };
     let fd = match in_root.open(Path::new(CONFIG_PATH), Create::Nothing) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        // No such file, or no /.ferry folder at all: an image without a configuration.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(None)
+        }
         Err(e) => return Err(bad(format!("cannot be opened ({e})"))),
     };
     let st = sys::fstat(fd.as_fd()).map_err(|e| bad(format!("cannot be read ({e})")))?;
