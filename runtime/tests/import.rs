@@ -464,3 +464,80 @@ fn an_image_without_a_shell_runs_a_command() {
     run.expect_success("command");
     assert_eq!(run.stdout, "direct\n");
 }
+
+#[test]
+fn an_interrupted_import_leaves_nothing() {
+    if !require_podman() {
+        return;
+    }
+    let _g = shared();
+    let a = archives();
+    // An OCI layout whose first layer blob is a pipe: the test decides when bytes come.
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "interrupt");
+    let layout = dir.join("layout");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&a.oci_layout)
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&index["manifests"][0]["digest"])).unwrap()).unwrap();
+    let layer = blob(&manifest["layers"][0]["digest"]);
+    let bytes = fs::read(&layer).unwrap();
+    fs::remove_file(&layer).unwrap();
+    nix::unistd::mkfifo(&layer, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+    let out = dir.join("out.sqfs");
+    let mut child = Command::new(ferry_bin())
+        .arg("import")
+        .arg(&layout)
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opening the pipe waits for ferry to open the layer: staging has begun by then.
+    let mut writer = fs::OpenOptions::new().write(true).open(&layer).unwrap();
+    std::io::Write::write_all(&mut writer, &bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !leftovers(dir.path()).is_empty(),
+        "precondition: the staging folder exists while the import runs"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(writer); // the read ferry is blocked in returns
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(waited.elapsed() < RUN_TIMEOUT, "ferry import did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("ferry: interrupted; "), "{stderr}");
+    assert!(!out.exists(), "an image was written");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}

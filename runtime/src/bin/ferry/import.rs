@@ -20,6 +20,17 @@ pub fn import_command(archive: &Path, out: &Path, force: bool) -> Result<(), Str
     build::check_output(out, force)?;
     ferry_runtime::interrupt::catch_interrupts()
         .map_err(|e| format!("cannot set up interrupt handling: {e}"))?;
+    // Whatever failed after an interrupt failed because of it; by now all is removed.
+    import(archive, out, force).map_err(|e| {
+        if ferry_runtime::interrupt::interrupted() {
+            format!("interrupted; {} was not written", out.display())
+        } else {
+            e
+        }
+    })
+}
+
+fn import(archive: &Path, out: &Path, force: bool) -> Result<(), String> {
     let what = |e: String| format!("archive {}: {e}", archive.display());
     let source = Source::open(archive).map_err(what)?;
     let image = source.image().map_err(what)?;
