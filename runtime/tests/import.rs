@@ -58,6 +58,7 @@ $P commit -q --change 'CMD ["greet"]' "$c" ferry-test/layers >/dev/null
 $P rm -f "$c" >/dev/null
 $P save -q --format docker-archive -o "$WORK/docker.tar" ferry-test/layers
 $P save -q --format oci-archive -o "$WORK/oci.tar" ferry-test/layers
+$P push -q --compression-format zstd ferry-test/layers "oci-archive:$WORK/oci-zstd.tar"
 $P rmi -a -f >/dev/null
 rm -rf "$WORK/store" "$WORK/run" "$base" "$WORK/base.tar"
 mkdir "$WORK/oci-layout"
@@ -68,6 +69,8 @@ struct Archives {
     dir: PathBuf,
     docker: PathBuf,
     oci: PathBuf,
+    /// The same image with zstd-compressed layers.
+    oci_zstd: PathBuf,
     oci_layout: PathBuf,
 }
 
@@ -109,6 +112,7 @@ fn archives() -> &'static Archives {
         Archives {
             docker: path.join("docker.tar"),
             oci: path.join("oci.tar"),
+            oci_zstd: path.join("oci-zstd.tar"),
             oci_layout: path.join("oci-layout"),
             dir: path,
         }
@@ -191,6 +195,7 @@ fn layers_whiteouts_opaque_folders_links_and_replacements() {
     for (tag, archive) in [
         ("docker", &a.docker),
         ("oci", &a.oci),
+        ("zstd", &a.oci_zstd),
         ("layout", &a.oci_layout),
     ] {
         let image = out_dir.join(format!("{tag}.sqfs"));

@@ -345,11 +345,11 @@ impl Source {
             .iter()
             .zip(diff_ids)
             .map(|(layer, diff_id)| {
-                if layer.media_type.contains("zstd") {
-                    return Err(format!("layer {}: zstd-compressed layers are not supported yet; save the image with gzip or uncompressed layers", layer.digest));
-                }
                 if !layer.media_type.contains("tar") {
-                    return Err(format!("layer {}: media type {} is not a filesystem layer", layer.digest, layer.media_type));
+                    return Err(format!(
+                        "layer {}: media type {} is not a filesystem layer",
+                        layer.digest, layer.media_type
+                    ));
                 }
                 let hex = sha256_hex(&layer.digest)?;
                 Ok(Layer {
@@ -365,7 +365,8 @@ impl Source {
         })
     }
 
-    /// Streams one layer blob through the digests and the decompressor into `unpacker`,
+    /// Streams one layer blob through the digests and the decompressor (gzip or zstd, told
+    /// by the first bytes) into `unpacker`,
     /// then checks the digests. A mismatch is reported before any unpacking error, as
     /// the likelier cause (a corrupt blob makes a broken stream).
     fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), String> {
@@ -377,9 +378,10 @@ impl Source {
                 .map_err(|e| format!("cannot read it ({e})"))?;
             let tar_stream: Box<dyn Read> = match head {
                 [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-                    return Err("zstd-compressed layers are not supported yet; save the image with gzip or uncompressed layers".into())
-                }
+                [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+                    zstd::stream::read::Decoder::with_buffer(buffered)
+                        .map_err(|e| format!("cannot start zstd decompression ({e})"))?,
+                ),
                 _ => Box::new(buffered),
             };
             let mut diff = Hashing::new(tar_stream);
