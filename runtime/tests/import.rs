@@ -217,16 +217,14 @@ fn layers_whiteouts_opaque_folders_links_and_replacements() {
         );
         assert!(leftovers(out_dir.path()).is_empty(), "{tag}: staging left");
     }
-    // The same image in three containers: the same bytes.
+    // The same image in four containers: the same bytes.
     let docker = fs::read(out_dir.join("docker.sqfs")).unwrap();
-    assert!(
-        docker == fs::read(out_dir.join("oci.sqfs")).unwrap(),
-        "docker vs oci archive"
-    );
-    assert!(
-        docker == fs::read(out_dir.join("layout.sqfs")).unwrap(),
-        "docker vs oci layout"
-    );
+    for other in ["oci", "zstd", "layout"] {
+        assert!(
+            docker == fs::read(out_dir.join(format!("{other}.sqfs"))).unwrap(),
+            "docker archive vs {other}"
+        );
+    }
 }
 
 #[test]
