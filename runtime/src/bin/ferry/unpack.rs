@@ -331,6 +331,134 @@ pub fn make_writable(path: &Path) {
 mod tests {
     use super::*;
 
+    /// One tar entry: name (written raw, so `..` gets through), type, content or link.
+    fn entry(name: &str, kind: tar::EntryType, data: &str) -> (tar::Header, Vec<u8>) {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        if kind == tar::EntryType::Symlink || kind == tar::EntryType::Link {
+            h.set_link_name(data).unwrap();
+            h.set_size(0);
+        } else {
+            h.set_size(data.len() as u64);
+        }
+        h.set_cksum();
+        let body = if kind.is_file() {
+            data.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        (h, body)
+    }
+
+    fn layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let (h, body) = entry(name, *kind, data);
+            b.append(&h, body.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = remove_any(&self.0);
+        }
+    }
+
+    fn scratch(tag: &str) -> (Scratch, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ferry-unpack-{tag}-{}", std::process::id()));
+        let _ = remove_any(&dir);
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        (Scratch(dir), root)
+    }
+
+    use tar::EntryType as T;
+
+    #[test]
+    fn symlinked_parents_resolve_inside_the_root() {
+        let (scratch, root) = scratch("escape");
+        let mut u = Unpacker::new(root.clone(), false);
+        u.apply_layer(
+            layer(&[
+                ("top", T::Symlink, "/"),
+                ("up", T::Symlink, "../../../../.."),
+                ("top/etc/", T::Directory, ""),
+                ("top/etc/written", T::Regular, "a"),
+                ("up/beside", T::Regular, "b"),
+            ])
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/written")).unwrap(), "a");
+        assert_eq!(fs::read_to_string(root.join("beside")).unwrap(), "b");
+        assert!(!scratch.0.join("beside").exists());
+        // `..` in a name and hard links out of the image are refused.
+        let e = u
+            .apply_layer(layer(&[("../out", T::Regular, "x")]).as_slice())
+            .unwrap_err();
+        assert!(e.contains("leaves the image"), "{e}");
+        let e = u
+            .apply_layer(layer(&[("hl", T::Link, "../../etc/passwd")]).as_slice())
+            .unwrap_err();
+        assert!(e.contains("leaves the image"), "{e}");
+        assert!(!scratch.0.join("out").exists());
+    }
+
+    #[test]
+    fn whiteouts_opaque_folders_and_replacements() {
+        let (_scratch, root) = scratch("layers");
+        let mut u = Unpacker::new(root.clone(), false);
+        u.apply_layer(
+            layer(&[
+                ("a/", T::Directory, ""),
+                ("a/gone", T::Regular, "1"),
+                ("a/kept", T::Regular, "1"),
+                ("o/", T::Directory, ""),
+                ("o/lower", T::Regular, "1"),
+                ("f", T::Regular, "file"),
+                ("d/", T::Directory, ""),
+                ("d/inner", T::Regular, "1"),
+                ("link", T::Symlink, "a/kept"),
+            ])
+            .as_slice(),
+        )
+        .unwrap();
+        u.apply_layer(
+            layer(&[
+                ("a/.wh.gone", T::Regular, ""),
+                ("o/upper", T::Regular, "2"),
+                ("o/.wh..wh..opq", T::Regular, ""),
+                ("f/", T::Directory, ""),
+                ("f/x", T::Regular, "2"),
+                ("d", T::Regular, "now a file"),
+                ("link", T::Regular, "not a link"),
+            ])
+            .as_slice(),
+        )
+        .unwrap();
+        u.finish().unwrap();
+        assert!(!root.join("a/gone").exists());
+        assert!(root.join("a/kept").exists());
+        let mut o: Vec<String> = fs::read_dir(root.join("o"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        o.sort();
+        assert_eq!(o, vec!["upper"]);
+        assert_eq!(fs::read_to_string(root.join("f/x")).unwrap(), "2");
+        assert_eq!(fs::read_to_string(root.join("d")).unwrap(), "now a file");
+        // Writing over a symlink replaces it; the file it pointed to is untouched.
+        assert_eq!(fs::read_to_string(root.join("a/kept")).unwrap(), "1");
+        assert_eq!(fs::read_to_string(root.join("link")).unwrap(), "not a link");
+    }
+
     #[test]
     fn names_are_cleaned_and_dotdot_refused() {
         assert_eq!(normalize(Path::new("./a/b")), Some(PathBuf::from("a/b")));
