@@ -61,9 +61,12 @@ fn import(archive: &Path, out: &Path, force: bool) -> Result<(), String> {
             eprint!("\rferry import: layer {}/{count}  ", i + 1);
             let _ = io::stderr().flush();
         }
-        source
-            .apply_layer(layer, &mut unpacker)
-            .map_err(|e| what(format!("layer {} of {count} ({}): {e}", i + 1, layer.name)))?;
+        source.apply_layer(layer, &mut unpacker).map_err(|e| {
+            if progress {
+                eprintln!(); // the error goes on a line of its own
+            }
+            what(format!("layer {} of {count} ({}): {e}", i + 1, layer.name))
+        })?;
     }
     if progress {
         eprintln!(

@@ -31,10 +31,12 @@ pub struct Unpacker {
 
 impl Unpacker {
     pub fn new(root: PathBuf, keep_owners: bool) -> Unpacker {
+        // The image's root is 0755 unless a layer says otherwise ("./"): the staging
+        // folder's own 0700 must not become the image's.
         Unpacker {
             root,
             keep_owners,
-            dir_modes: BTreeMap::new(),
+            dir_modes: BTreeMap::from([(PathBuf::new(), 0o755)]),
             skipped_devices: 0,
         }
     }
@@ -376,6 +378,8 @@ mod tests {
         let _ = remove_any(&dir);
         let root = dir.join("root");
         fs::create_dir_all(&root).unwrap();
+        // As `ferry import` makes it: private.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
         (Scratch(dir), root)
     }
 
@@ -444,6 +448,9 @@ mod tests {
         )
         .unwrap();
         u.finish().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&root), 0o755, "the root without a ./ entry");
+        assert_eq!(mode(&root.join("f")), 0o755);
         assert!(!root.join("a/gone").exists());
         assert!(root.join("a/kept").exists());
         let mut o: Vec<String> = fs::read_dir(root.join("o"))
