@@ -373,7 +373,7 @@ impl Source {
     /// then checks the digests. A mismatch is reported before any unpacking error, as
     /// the likelier cause (a corrupt blob makes a broken stream).
     fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), String> {
-        let mut blob = Hashing::new(self.open_file(&layer.name)?);
+        let mut blob = Hashing::new(self.open_file(&layer.name)?, layer.blob_digest.is_some());
         let (unpacked, diff_found) = {
             let mut buffered = BufReader::with_capacity(1 << 20, &mut blob);
             let head = buffered
@@ -387,16 +387,16 @@ impl Source {
                 ),
                 _ => Box::new(buffered),
             };
-            let mut diff = Hashing::new(tar_stream);
+            let mut diff = Hashing::new(tar_stream, layer.diff_id.is_some());
             let unpacked = unpacker.apply_layer(&mut diff).and_then(|()| {
                 io::copy(&mut diff, &mut io::sink())
                     .map(|_| ())
                     .map_err(|e| format!("the layer is corrupt or truncated ({e})"))
             });
-            (unpacked, hex(&diff.hasher.finalize_reset()))
+            (unpacked, diff.finish())
         };
         let drained = io::copy(&mut blob, &mut io::sink());
-        let blob_found = hex(&blob.hasher.finalize_reset());
+        let blob_found = blob.finish();
         if let Some(expected) = &layer.blob_digest {
             if drained.is_ok() && *expected != blob_found {
                 return Err(format!("blob digest mismatch (expected sha256:{expected}, found sha256:{blob_found}); the archive is corrupt"));
@@ -413,25 +413,36 @@ impl Source {
     }
 }
 
-/// A reader that hashes what passes through it.
+/// A reader that hashes what passes through it, when asked to.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    /// None when nothing is to be checked (a docker archive names no blob digests).
+    hasher: Option<Sha256>,
 }
 
 impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, wanted: bool) -> Self {
         Hashing {
             inner,
-            hasher: Sha256::new(),
+            hasher: wanted.then(Sha256::new),
         }
+    }
+
+    /// The hex digest of what was read (empty when not hashed).
+    fn finish(&mut self) -> String {
+        self.hasher
+            .take()
+            .map(|h| hex(&h.finalize()))
+            .unwrap_or_default()
     }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
