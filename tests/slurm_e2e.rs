@@ -73,6 +73,7 @@ fn missing_prerequisites() -> Vec<String> {
         "timeout",
         "losetup",
         "mkfs.ext3",
+        "podman",
     ] {
         if find_tool(tool).is_none() {
             missing.push(format!("{tool} not found on PATH"));
@@ -2165,5 +2166,84 @@ srun --container={folder} sh -c 'echo "folder: [$FERRY_IMAGE] [$FERRY_IMAGE_DIGE
         value_of(&job.log, "folder: "),
         Some(format!("[{folder}] []").as_str()),
         "the folder step claims the job image's digest:\n{job}"
+    );
+}
+
+/// An image made by podman (`podman import` with ENV, WORKDIR), saved as a docker
+/// archive, imported by the user with `ferry import`: its Env and WorkingDir reach the
+/// batch script and every task of its steps, with the job's variables winning.
+#[test]
+fn imported_image_env_and_workdir_reach_the_batch_script_and_every_task() {
+    let Some(lab) = Lab::new("import") else {
+        return;
+    };
+    let root = lab.path("imp.rootfs");
+    for dir in ["bin", "etc", "tmp", "opt/app/bin"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in busybox_applets() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let greet = root.join("opt/app/bin/greet");
+    fs::write(
+        &greet,
+        "#!/bin/sh\necho \"greeting=$APP_GREETING job=$SLURM_JOB_NAME pwd=$(pwd) path=$PATH\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&greet, fs::Permissions::from_mode(0o755)).unwrap();
+    let recipe = r#"set -euo pipefail
+P="podman --root $LAB/podman-store --runroot $LAB/podman-run --storage-driver overlay"
+tar -C "$LAB/imp.rootfs" -cf "$LAB/imp-root.tar" .
+$P import -q --change 'ENV APP_GREETING=hello' --change 'ENV SLURM_JOB_NAME=from-image' \
+  --change 'ENV PATH=/opt/app/bin:/bin' --change 'WORKDIR /opt/app' \
+  "$LAB/imp-root.tar" ferry-e2e/imp >/dev/null
+$P save -q --format docker-archive -o "$LAB/imp.tar" ferry-e2e/imp
+$P rmi -a -f >/dev/null
+rm -rf "$LAB/podman-store" "$LAB/podman-run" "$LAB/imp-root.tar" "$LAB/imp.rootfs"
+chmod 644 "$LAB/imp.tar""#;
+    let made = Command::new("bash")
+        .args(["-c", recipe])
+        .env("LAB", &lab.dir)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "podman: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The user imports it themselves (no root: the files are stored as root's).
+    lab.run(&["ferry", "import", "imp.tar", "imp.sqfs"])
+        .expect_ok();
+    let name = lab.job_name();
+    let image_path =
+        "/opt/app/bin:/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/.ferry/bin";
+
+    let job = lab.sbatch(
+        &["-n", "2", "--container=imp.sqfs"],
+        r#"echo "batch: $(greet)"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(greet)"'
+srun -n 1 --container-workdir=/tmp sh -c 'echo "override: pwd=$(pwd)"'
+APP_GREETING=from-job srun -n 1 sh -c 'echo "job-env: $(greet)"'"#,
+    );
+    job.expect_ok();
+    let expected = format!("greeting=hello job={name} pwd=/opt/app path={image_path}");
+    assert_eq!(
+        value_of(&job.log, "batch: "),
+        Some(expected.as_str()),
+        "{job}"
+    );
+    for task in 0..2 {
+        assert_eq!(
+            value_of(&job.log, &format!("task-{task}: ")),
+            Some(expected.as_str()),
+            "{job}"
+        );
+    }
+    assert_eq!(value_of(&job.log, "override: "), Some("pwd=/tmp"), "{job}");
+    assert_eq!(
+        value_of(&job.log, "job-env: "),
+        Some(format!("greeting=from-job job={name} pwd=/opt/app path={image_path}").as_str()),
+        "{job}"
     );
 }

@@ -6,6 +6,7 @@
 use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
 use crate::image::{self, Format, OpenedImage};
+use crate::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
 use crate::plan::{Bind, FileContent, Opener, Plan};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
@@ -43,21 +44,6 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
         .map_err(|e| Error::system("restoring root credentials", e))?;
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
     let (facts, verified) = verify_image(req, &image)?;
-    if let Some((_, err)) = skipped
-        .iter()
-        // Missing on the host is fine (the image may have that folder: check_workdir
-        // decides); present but refused to the user is the user's problem to hear about.
-        .find(|(b, e)| {
-            b.dest == plan.workdir
-                && b.opener == Opener::User
-                && e.kind() != std::io::ErrorKind::NotFound
-        })
-    {
-        return Err(Error::Workdir {
-            path: plan.workdir.clone(),
-            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
-        });
-    }
     let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
     // Back into plan order (parents first), which the split by opener disturbed.
     sources.sort_by_key(|s| plan.binds.iter().position(|b| std::ptr::eq(b, s.bind)));
@@ -112,6 +98,24 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
         root: &root,
         writable_dev: Some(writable_dev),
     };
+    // Read before any bind: only the image's own files can answer.
+    let config = read_image_config(&in_root, &req.image)?;
+    let workdir = effective_workdir(req, plan, config.as_ref());
+    if let Some((_, err)) = skipped
+        .iter()
+        // Missing on the host is fine (the image may have that folder: check_workdir
+        // decides); present but refused to the user is the user's problem to hear about.
+        .find(|(b, e)| {
+            b.dest == *workdir
+                && b.opener == Opener::User
+                && e.kind() != std::io::ErrorKind::NotFound
+        })
+    {
+        return Err(Error::Workdir {
+            path: workdir.clone(),
+            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
+        });
+    }
 
     for file in &plan.files {
         let content = match &file.content {
@@ -157,8 +161,8 @@ pub fn assemble(req: &Request, plan: &Plan) -> Result<ImageFacts> {
     sys::pivot_into(root.as_fd())
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
-    check_workdir(&plan.workdir, &req.image)?;
-    Ok(facts)
+    check_workdir(&workdir, &req.image)?;
+    Ok(ImageFacts { config, ..facts })
 }
 
 fn open_sources<'a>(
@@ -409,6 +413,52 @@ pub struct ImageFacts {
     pub mtime_unix: i64,
     pub digest: Option<Digest>,
     pub digest_source: Option<Source>,
+    /// The image's stored configuration (`/.ferry/image.json`), when it has one.
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+}
+
+/// Where the command starts: an explicit request, else the image's WorkingDir, else
+/// the plan's default (the caller's folder).
+pub fn effective_workdir(req: &Request, plan: &Plan, config: Option<&ImageConfig>) -> PathBuf {
+    match (&req.workdir, config.and_then(ImageConfig::workdir)) {
+        (None, Some(image_dir)) => image_dir,
+        _ => plan.workdir.clone(),
+    }
+}
+
+/// The image's `/.ferry/image.json`, resolved inside the image and read as a bounded
+/// regular file (the image is user input).
+fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfig>> {
+    use std::io::Read;
+    let bad = |what: String| {
+        Error::ImageConfig(format!(
+            "image {}: {CONFIG_PATH} {what}; rebuild the image with ferry import, or remove that file",
+            image.display()
+        ))
+    };
+    let fd = match in_root.open(Path::new(CONFIG_PATH), Create::Nothing) {
+        Ok(fd) => fd,
+        // No such file, or no /.ferry folder at all: an image without a configuration.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(bad(format!("cannot be opened ({e})"))),
+    };
+    let st = sys::fstat(fd.as_fd()).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    if !sys::is_regular(&st) {
+        return Err(bad("is not a regular file".into()));
+    }
+    if st.st_size as u64 > MAX_CONFIG_SIZE {
+        return Err(bad(format!("is larger than {MAX_CONFIG_SIZE} bytes")));
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(sys::fd_path(fd.as_fd()))
+        .and_then(|f| f.take(MAX_CONFIG_SIZE).read_to_end(&mut text))
+        .map_err(|e| bad(format!("cannot be read ({e})")))?;
+    ImageConfig::parse(&text, image)
+        .map(Some)
+        .map_err(Error::ImageConfig)
 }
 
 fn image_file(image: &OpenedImage) -> std::io::Result<std::fs::File> {

@@ -74,7 +74,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
             let (namespace, facts) = outcome?;
             Ok(Container {
                 namespace,
-                workdir: plan.workdir,
+                workdir: assemble::effective_workdir(req, &plan, facts.config.as_ref()),
                 user: req.user.clone(),
                 image: req.image.clone(),
                 facts,

@@ -65,6 +65,8 @@ pub enum Error {
     #[error("{what}: {source}")]
     System { what: String, source: io::Error },
     #[error("{0}")]
+    ImageConfig(String),
+    #[error("{0}")]
     Helper(String),
 }
 

@@ -8,6 +8,7 @@ pub mod container;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod image_config;
 pub mod plan;
 pub mod request;
 pub mod resolve;
@@ -35,6 +36,12 @@ pub fn hostname() -> String {
 /// True when running as root (the CLI's `run` needs it).
 pub fn is_root() -> bool {
     sys::euid() == 0
+}
+
+pub mod interrupt {
+    //! Ctrl-C and termination during long CLI operations: noted, not fatal, so the
+    //! operation can clean up before it exits.
+    pub use crate::sys::{catch_interrupts, interrupted};
 }
 
 pub mod exec {

@@ -546,3 +546,34 @@ pub fn execv(path: &CStr, argv: &[CString]) -> io::Error {
     unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
     io::Error::last_os_error()
 }
+
+// ---------------------------------------------------------------------------
+// Interrupts (CLI only).
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP only set a flag (see `interrupted`), so a long
+/// operation can stop at its next check and remove what it made. Child processes still
+/// get the signal (same process group on a terminal) and end as usual.
+pub fn catch_interrupts() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// True once SIGINT, SIGTERM or SIGHUP arrived after `catch_interrupts`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -34,8 +34,8 @@ pub enum Command {
         user: Option<String>,
         /// Image file or root folder
         image: PathBuf,
-        /// The command and its arguments
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
     /// Print the SHA-256 digest of an image file, to pin it as IMAGE@sha256:HEX
@@ -46,6 +46,29 @@ pub enum Command {
         check: Option<String>,
         /// Image file
         image: PathBuf,
+    },
+    /// Make a reproducible SquashFS image of a root folder (same folder, same bytes)
+    Build {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// Store every file as owned by root (default: the owners on disk)
+        #[arg(long)]
+        all_root: bool,
+        /// Root folder (the image's /)
+        rootfs: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
+    },
+    /// Make a SquashFS image from a docker/podman save archive or an OCI image layout
+    Import {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// docker-archive tar, OCI archive tar, or OCI layout folder
+        archive: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
     },
     /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
     Inspect {

@@ -1,12 +1,15 @@
 //! `ferry`: run a container image outside Slurm, on the same runtime the plugin uses,
 //! and the admin commands (version, doctor).
 
+mod build;
 mod cli;
 mod digest;
 mod doctor;
+mod import;
 mod inspect;
 mod progress;
 mod run;
+mod unpack;
 mod version;
 
 use clap::Parser;
@@ -29,6 +32,17 @@ fn main() -> ExitCode {
                 ExitCode::from(125)
             }
         },
+        Command::Build {
+            force,
+            all_root,
+            rootfs,
+            out,
+        } => report(build::build_command(&rootfs, &out, force, all_root)),
+        Command::Import {
+            force,
+            archive,
+            out,
+        } => report(import::import_command(&archive, &out, force)),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
                 Ok(code) => code,
@@ -50,5 +64,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// Exit 0, or one line on stderr and exit 1.
+fn report(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ferry: {message}");
+            ExitCode::from(1)
+        }
     }
 }
