@@ -153,22 +153,31 @@ impl Spank {
         })
     }
 
-    /// The job environment's value of `name` (remote context only).
+    /// The job environment's value of `name` (remote context only). The buffer grows
+    /// until the value fits: a long value must not read as "unset" (a 10,000-byte
+    /// `--container` would otherwise run the step on the host).
     pub fn getenv(&self, name: &str) -> Option<String> {
         let name = CString::new(name).ok()?;
-        let mut buf = vec![0u8; 8192];
-        // SAFETY: `buf` is writable for its length, which we pass; `name` is a C string.
-        let rc = unsafe {
-            bindings::spank_getenv(
-                self.0,
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len() as c_int,
-            )
-        };
-        ok(rc).ok()?;
-        let value = CStr::from_bytes_until_nul(&buf).ok()?;
-        Some(value.to_string_lossy().into_owned())
+        // An exec'd environment string is at most 128 KiB (MAX_ARG_STRLEN).
+        for size in [8 << 10, 256 << 10] {
+            let mut buf = vec![0u8; size];
+            // SAFETY: `buf` is writable for its length, which we pass; `name` is a C string.
+            let rc = unsafe {
+                bindings::spank_getenv(
+                    self.0,
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as c_int,
+                )
+            };
+            if rc == spank_err::ESPANK_NOSPACE {
+                continue;
+            }
+            ok(rc).ok()?;
+            let value = CStr::from_bytes_until_nul(&buf).ok()?;
+            return Some(value.to_string_lossy().into_owned());
+        }
+        None
     }
 
     pub fn unsetenv(&self, name: &str) -> Result<(), String> {
