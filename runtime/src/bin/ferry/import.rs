@@ -290,13 +290,7 @@ impl Source {
         let config_name = safe_name(&manifest.config)?;
         let config: ConfigBlob = self.read_json(&config_name, None)?;
         let diff_ids = config.diff_ids()?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(format!(
-                "manifest.json has {} layers but the configuration lists {}; the archive is corrupt",
-                manifest.layers.len(),
-                diff_ids.len()
-            ));
-        }
+        same_layer_count("manifest.json", manifest.layers.len(), diff_ids.len())?;
         let layers = manifest
             .layers
             .iter()
@@ -336,13 +330,7 @@ impl Source {
         let config_hex = sha256_hex(&manifest.config.digest)?;
         let config: ConfigBlob = self.read_json(&blob_name(&config_hex), Some(&config_hex))?;
         let diff_ids = config.diff_ids()?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(format!(
-                "the manifest has {} layers but the configuration lists {}; the archive is corrupt",
-                manifest.layers.len(),
-                diff_ids.len()
-            ));
-        }
+        same_layer_count("the manifest", manifest.layers.len(), diff_ids.len())?;
         let layers = manifest
             .layers
             .iter()
@@ -609,4 +597,14 @@ impl ConfigBlob {
             labels: c.labels.filter(|l| !l.is_empty()),
         }
     }
+}
+
+/// The manifest and the configuration must describe the same number of layers.
+fn same_layer_count(manifest: &str, layers: usize, diff_ids: usize) -> Result<(), String> {
+    if layers != diff_ids {
+        return Err(format!(
+            "{manifest} has {layers} layers but the configuration lists {diff_ids}; the archive is corrupt"
+        ));
+    }
+    Ok(())
 }
