@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-pub const DEFAULT_LAUNCHER: &str = "/usr/local/libexec/ferry/ferry-host-exec";
+pub const DEFAULT_LAUNCHER: &str = ferry_runtime::DEFAULT_LAUNCHER;
 
 /// Host folders that Slurm's clients and PMI need inside the container, bound at the
 /// same path when they exist: configuration, munge's socket, the slurmd spool (batch

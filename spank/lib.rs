@@ -22,6 +22,15 @@ pub static plugin_type: [u8; 6] = *b"spank\0";
 #[no_mangle]
 pub static plugin_version: u32 = parse_version(env!("FERRY_SLURM_VERSION_NUMBER"));
 
+/// What this build is, in words: logged at each step's start (debug level) and read
+/// back from the plugin file by `ferry doctor` (keep the "plugin built for Slurm " part).
+const BUILT_FOR: &str = concat!(
+    "ferry ",
+    env!("CARGO_PKG_VERSION"),
+    " plugin built for Slurm ",
+    env!("FERRY_SLURM_VERSION")
+);
+
 const fn parse_version(s: &str) -> u32 {
     let b = s.as_bytes();
     let mut i = 0;
@@ -42,6 +51,7 @@ pub extern "C" fn slurm_spank_init(sp: spank_t, argc: c_int, argv: *mut *mut c_c
             Ok(())
         }
         Context::S_CTX_REMOTE => {
+            ffi::debug(BUILT_FOR);
             options::register(spank)?;
             step::init(spank, args)
         }

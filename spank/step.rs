@@ -14,7 +14,7 @@ use crate::ffi::{self, Spank};
 use crate::options;
 use crate::provenance;
 use crate::syslog;
-use ferry_runtime::request::{container_path, BIN_DIR, SLURM_COMMANDS};
+use ferry_runtime::request::{BIN_DIR, SLURM_COMMANDS};
 use ferry_runtime::site::{LogLevel, Site};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
 use std::path::PathBuf;
@@ -253,23 +253,34 @@ pub fn task_join(spank: &Spank) -> Result<(), String> {
 }
 
 /// Task child, as the user, just before Slurm looks up the command on PATH: enter the
-/// working directory and put the image's standard folders and ours on PATH.
+/// working directory and set the image's environment (see `image_config` for the
+/// precedence: the job's variables win, the image fills in, PATH is the image's) with
+/// the image's standard folders and ours on PATH.
 pub fn task_enter(spank: &Spank) -> Result<(), String> {
     let plan = with_step(|s| {
-        s.container
-            .as_ref()
-            .map(|c| (c.image.clone(), s.task_cwd.clone()))
+        s.container.as_ref().map(|c| {
+            (
+                c.image.clone(),
+                s.task_cwd.clone(),
+                c.facts.config.clone().unwrap_or_default(),
+            )
+        })
     })?;
-    let Some((image, task_cwd)) = plan else {
+    let Some((image, task_cwd, config)) = plan else {
         return Ok(());
     };
+    let image_workdir = config.workdir();
     let workdir = options::workdir()
         .map(PathBuf::from)
+        .or(image_workdir.clone())
         .or(task_cwd)
         .unwrap_or_else(|| PathBuf::from("/"));
     std::env::set_current_dir(&workdir).map_err(|e| {
         let hint = if options::workdir().is_some() {
             "choose an existing folder with --container-workdir".to_string()
+        } else if image_workdir.is_some() {
+            "the image's WorkingDir must be usable; choose another with --container-workdir"
+                .to_string()
         } else {
             format!("bind it with --container-mounts={}", workdir.display())
         };
@@ -281,8 +292,10 @@ pub fn task_enter(spank: &Spank) -> Result<(), String> {
     })?;
     spank.setenv("PWD", &workdir.display().to_string())?;
     write_provenance_file(spank)?;
-    let path = container_path(spank.getenv("PATH").as_deref(), Some(BIN_DIR));
-    spank.setenv("PATH", &path)
+    for (name, value) in config.environment(|n| spank.getenv(n), Some(BIN_DIR)) {
+        spank.setenv(&name, &value)?;
+    }
+    Ok(())
 }
 
 pub fn release() {

@@ -15,7 +15,7 @@
 //! these, a test prints a loud SKIPPED line and returns; with `CI=true` it fails instead.
 //!
 //! The tests run one at a time (a lock): 64 ranks on a small node are enough load, and
-//! the loop-device check must see only its own jobs.
+//! the image-server check (loop devices, squashfuse) must see only its own jobs.
 //!
 //!     cargo test --test mpi_e2e
 
@@ -336,33 +336,51 @@ impl Drop for Lab {
     }
 }
 
-/// Counts the loop devices bound to `image` (`losetup -j`) every 100 ms from another
-/// thread until stopped; returns the largest count seen.
-struct LoopWatch {
+/// Counts what serves `image` (its loop devices and squashfuse servers, see
+/// `servers_of`) every 100 ms from another thread until stopped; returns the largest
+/// count seen.
+struct ServerWatch {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<(usize, usize)>,
 }
 
-fn loops_of(image: &str) -> Vec<String> {
+/// What serves `image` to containers: its loop devices (`losetup -j`; a trusted image,
+/// or a site with `untrusted_images: kernel`) and the squashfuse processes whose image
+/// descriptor (fd 4, see the runtime's FUSE server) is that file (the default for a
+/// user's image). One per node while steps use it, whatever their number of tasks.
+fn servers_of(image: &str) -> Vec<String> {
     let (_, out, _) = run_root(&["losetup", "-j", image]).unwrap_or_default();
-    out.lines().map(str::to_string).collect()
+    let mut found: Vec<String> = out.lines().map(str::to_string).collect();
+    let real = fs::canonicalize(image).unwrap_or_else(|_| PathBuf::from(image));
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let proc_dir = entry.path();
+        let is_fuse = fs::read_to_string(proc_dir.join("comm"))
+            .is_ok_and(|comm| comm.trim_end().starts_with("squashfuse"));
+        if is_fuse && fs::read_link(proc_dir.join("fd/4")).is_ok_and(|p| p == real) {
+            found.push(format!(
+                "squashfuse pid {}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
 }
 
-impl LoopWatch {
-    fn start(image: &str) -> LoopWatch {
+impl ServerWatch {
+    fn start(image: &str) -> ServerWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let image = image.to_string();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let (mut max, mut samples) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
-                max = max.max(loops_of(&image).len());
+                max = max.max(servers_of(&image).len());
                 samples += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
             (max, samples)
         });
-        LoopWatch { stop, thread }
+        ServerWatch { stop, thread }
     }
 
     /// (largest count, samples taken)
@@ -446,7 +464,8 @@ fn mpich_pmi2_four_ranks_are_one_job() {
     assert_one_job(&out, 4);
 }
 
-/// 64 ranks on one node: one job, one mount namespace, one loop device for the image.
+/// 64 ranks on one node: one job, one mount namespace, one server (loop device or
+/// squashfuse) for the image.
 #[test]
 fn mpich_pmi2_sixty_four_ranks_share_one_container() {
     let Some(lab) = Lab::new("mpich64") else {
@@ -454,9 +473,9 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
     };
     let path = lab.images.mpich.as_str();
     let image = format!("--container={path}");
-    let before = loops_of(path);
+    let before = servers_of(path);
 
-    let watch = LoopWatch::start(path);
+    let watch = ServerWatch::start(path);
     let ring = lab.srun(
         &[],
         &["--mpi=pmi2", "-n", "64", "--overcommit", &image, RING],
@@ -473,8 +492,8 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
             "echo \"ns $SLURM_PROCID $(readlink /proc/self/ns/mnt)\"",
         ],
     );
-    let (max_loops, samples) = watch.finish();
-    let after = loops_of(path);
+    let (max_servers, samples) = watch.finish();
+    let after = servers_of(path);
 
     assert_one_job(&ring, 64);
 
@@ -503,20 +522,20 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
 
     assert!(
         before.len() <= 1,
-        "loop devices of {path} before the steps: {before:?}"
+        "servers of {path} before the steps: {before:?}"
     );
-    assert!(
-        max_loops <= 1,
-        "{max_loops} loop devices of {path} at once during the steps ({samples} samples)"
+    assert_eq!(
+        max_servers, 1,
+        "{max_servers} servers (loop devices, squashfuse) of {path} at once during the steps ({samples} samples)"
     );
     assert!(
         after.len() <= 1,
-        "loop devices of {path} after the steps: {after:?}"
+        "servers of {path} after the steps: {after:?}"
     );
     let _ = std::io::stderr().write_all(
         format!(
-            "64 ranks: ring {:.1} s, ns step {:.1} s; loop devices of the image: \
-             before {}, at most {max_loops} during ({samples} samples), after {}\n",
+            "64 ranks: ring {:.1} s, ns step {:.1} s; servers of the image: \
+             before {}, at most {max_servers} during ({samples} samples), after {}\n",
             ring.secs,
             ns.secs,
             before.len(),

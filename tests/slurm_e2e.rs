@@ -20,6 +20,8 @@
 #[path = "slurm_e2e/adversarial.rs"]
 mod adversarial;
 mod common;
+#[path = "../runtime/tests/common/sif_builder.rs"]
+mod sif_builder;
 
 use common::{effective_uid, find_tool};
 use std::collections::BTreeSet;
@@ -77,6 +79,8 @@ fn missing_prerequisites() -> Vec<String> {
         "mknod",
         // Untrusted images go through FUSE by default (apt install squashfuse).
         "squashfuse_ll",
+        "mkfs.ext3",
+        "podman",
     ] {
         if find_tool(tool).is_none() {
             missing.push(format!("{tool} not found on PATH"));
@@ -299,6 +303,16 @@ enum Serial {
     Exclusive(RwLockWriteGuard<'static, ()>),
 }
 
+/// How `Lab::image_as` packages an image's root folder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Packaging {
+    Squashfs,
+    /// A signed SIF file around a SquashFS partition.
+    Sif,
+    /// An ext3 image made by mkfs.ext3 -d (Singularity 2's `.img`).
+    Ext3,
+}
+
 struct Lab {
     dir: PathBuf,
     seq: AtomicUsize,
@@ -377,6 +391,11 @@ impl Lab {
     /// Builds a busybox SquashFS image at `rel` (relative to the lab) whose image-only
     /// file and command say `marker`. Returns `rel`.
     fn image(&self, rel: &str, marker: &str) -> String {
+        self.image_as(rel, marker, Packaging::Squashfs)
+    }
+
+    /// Like `image`, packaged as `packaging` says.
+    fn image_as(&self, rel: &str, marker: &str, packaging: Packaging) -> String {
         assert!(
             !Path::new("/e2e").exists() && find_tool(ONLY_CMD).is_none(),
             "the host must not have the image-only /e2e or {ONLY_CMD}"
@@ -410,9 +429,32 @@ impl Lab {
             fs::create_dir_all(parent).unwrap();
             self.give(parent);
         }
+        let squashfs = match packaging {
+            Packaging::Squashfs => image.clone(),
+            Packaging::Sif => self.path(&format!("{rel}.partition")),
+            Packaging::Ext3 => {
+                let out = Command::new(find_tool("mkfs.ext3").unwrap())
+                    .args(["-q", "-F", "-d"])
+                    .arg(&root)
+                    .arg(&image)
+                    .arg("16M")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "mkfs.ext3 failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+                self.give(&image);
+                fs::remove_dir_all(&root).unwrap();
+                return rel.to_string();
+            }
+        };
         let out = Command::new(find_tool("mksquashfs").unwrap())
             .arg(&root)
-            .arg(&image)
+            .arg(&squashfs)
             .args([
                 "-no-xattrs",
                 "-quiet",
@@ -428,6 +470,20 @@ impl Lab {
             "mksquashfs failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if packaging == Packaging::Sif {
+            let partition = fs::read(&squashfs).unwrap();
+            fs::remove_file(&squashfs).unwrap();
+            let sif = sif_builder::build(&[
+                sif_builder::deffile("Bootstrap: scratch\n"),
+                sif_builder::partition(
+                    sif_builder::FS_SQUASHFS,
+                    sif_builder::PART_PRIMARY_SYSTEM,
+                    partition,
+                ),
+                sif_builder::signature(2),
+            ]);
+            fs::write(&image, sif).unwrap();
+        }
         fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
         self.give(&image);
         fs::remove_dir_all(&root).unwrap();
@@ -634,6 +690,72 @@ echo "srun-rc: $?""#
         );
     }
     assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
+}
+
+/// `sbatch --container=image.sif`: the batch script and its `srun -n 2` step run in the
+/// image, as with a SquashFS file; the user's own SIF is served by squashfuse (the
+/// default policy) straight from the root partition's offset. The user's own ext3 image
+/// (Singularity 2's `.img`) is refused with what to do: no reader for ext runs with the
+/// user's rights (a trusted one runs: see the site policy test).
+#[test]
+fn sif_runs_through_squashfuse_and_an_untrusted_ext_image_is_refused() {
+    let Some(lab) = Lab::new("formats") else {
+        return;
+    };
+    let image = lab.image_as("image.sif", "SIF", Packaging::Sif);
+    let job = lab.sbatch(
+        &[
+            "-n",
+            "2",
+            &format!("--container={image}"),
+            "--container-provenance=sif.jsonl",
+        ],
+        &format!(
+            r#"echo "batch-file: $(cat {ONLY_FILE})"
+echo "batch-cmd: $({ONLY_CMD} one)"
+echo "batch-user: $(id -un)"
+echo "batch-ns: $(readlink /proc/self/ns/mnt)"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(cat {ONLY_FILE}) / $({ONLY_CMD}) / $(id -un)"'
+echo "srun-rc: $?""#
+        ),
+    );
+    job.expect_ok();
+    let log = &job.log;
+    let file = "only-in-image SIF";
+    assert_eq!(value_of(log, "batch-file: "), Some(file), "{job}");
+    assert_eq!(
+        value_of(log, "batch-cmd: "),
+        Some("image-cmd SIF one"),
+        "{job}"
+    );
+    assert_eq!(value_of(log, "batch-user: "), Some(TEST_USER), "{job}");
+    let batch_ns = value_of(log, "batch-ns: ").unwrap_or_default();
+    assert!(batch_ns.starts_with("mnt:["), "{job}");
+    assert_ne!(batch_ns, host_mount_ns(), "on the host: {job}");
+    for task in 0..2 {
+        assert_eq!(
+            value_of(log, &format!("task-{task}: ")),
+            Some(format!("{file} / image-cmd SIF / {TEST_USER}").as_str()),
+            "task {task}: {job}"
+        );
+    }
+    assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
+    let records = provenance_lines(&lab.path("sif.jsonl"));
+    assert!(!records.is_empty(), "no provenance record: {job}");
+    for record in &records {
+        assert_eq!(record["mounted_by"], "fuse", "{record}");
+    }
+
+    let ext = lab.image_as("image.img", "EXT", Packaging::Ext3);
+    let out = lab.srun(&[&format!("--container={ext}"), "echo", "SHOULD-NOT-RUN"]);
+    let seen = format!("{}\n{}", out.stdout, out.stderr);
+    assert_one_ferry_error(
+        "the user's own ext image",
+        out.code,
+        &seen,
+        "ext images run only from this site's trusted image folders",
+    );
+    assert!(seen.contains("ferry build DIR OUT.sqfs"), "{out}");
 }
 
 /// `srun -n 4 --container=IMG`: all four tasks see the image, in one mount namespace
@@ -2086,5 +2208,84 @@ srun --container={folder} sh -c 'echo "folder: [$FERRY_IMAGE] [$FERRY_IMAGE_DIGE
         value_of(&job.log, "folder: "),
         Some(format!("[{folder}] []").as_str()),
         "the folder step claims the job image's digest:\n{job}"
+    );
+}
+
+/// An image made by podman (`podman import` with ENV, WORKDIR), saved as a docker
+/// archive, imported by the user with `ferry import`: its Env and WorkingDir reach the
+/// batch script and every task of its steps, with the job's variables winning.
+#[test]
+fn imported_image_env_and_workdir_reach_the_batch_script_and_every_task() {
+    let Some(lab) = Lab::new("import") else {
+        return;
+    };
+    let root = lab.path("imp.rootfs");
+    for dir in ["bin", "etc", "tmp", "opt/app/bin"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in busybox_applets() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let greet = root.join("opt/app/bin/greet");
+    fs::write(
+        &greet,
+        "#!/bin/sh\necho \"greeting=$APP_GREETING job=$SLURM_JOB_NAME pwd=$(pwd) path=$PATH\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&greet, fs::Permissions::from_mode(0o755)).unwrap();
+    let recipe = r#"set -euo pipefail
+P="podman --root $LAB/podman-store --runroot $LAB/podman-run --storage-driver overlay"
+tar -C "$LAB/imp.rootfs" -cf "$LAB/imp-root.tar" .
+$P import -q --change 'ENV APP_GREETING=hello' --change 'ENV SLURM_JOB_NAME=from-image' \
+  --change 'ENV PATH=/opt/app/bin:/bin' --change 'WORKDIR /opt/app' \
+  "$LAB/imp-root.tar" ferry-e2e/imp >/dev/null
+$P save -q --format docker-archive -o "$LAB/imp.tar" ferry-e2e/imp
+$P rmi -a -f >/dev/null
+rm -rf "$LAB/podman-store" "$LAB/podman-run" "$LAB/imp-root.tar" "$LAB/imp.rootfs"
+chmod 644 "$LAB/imp.tar""#;
+    let made = Command::new("bash")
+        .args(["-c", recipe])
+        .env("LAB", &lab.dir)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "podman: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The user imports it themselves (no root: the files are stored as root's).
+    lab.run(&["ferry", "import", "imp.tar", "imp.sqfs"])
+        .expect_ok();
+    let name = lab.job_name();
+    let image_path =
+        "/opt/app/bin:/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/.ferry/bin";
+
+    let job = lab.sbatch(
+        &["-n", "2", "--container=imp.sqfs"],
+        r#"echo "batch: $(greet)"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(greet)"'
+srun -n 1 --container-workdir=/tmp sh -c 'echo "override: pwd=$(pwd)"'
+APP_GREETING=from-job srun -n 1 sh -c 'echo "job-env: $(greet)"'"#,
+    );
+    job.expect_ok();
+    let expected = format!("greeting=hello job={name} pwd=/opt/app path={image_path}");
+    assert_eq!(
+        value_of(&job.log, "batch: "),
+        Some(expected.as_str()),
+        "{job}"
+    );
+    for task in 0..2 {
+        assert_eq!(
+            value_of(&job.log, &format!("task-{task}: ")),
+            Some(expected.as_str()),
+            "{job}"
+        );
+    }
+    assert_eq!(value_of(&job.log, "override: "), Some("pwd=/tmp"), "{job}");
+    assert_eq!(
+        value_of(&job.log, "job-env: "),
+        Some(format!("greeting=from-job job={name} pwd=/opt/app path={image_path}").as_str()),
+        "{job}"
     );
 }

@@ -6,6 +6,7 @@
 use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
 use crate::image::{self, Format, Method, OpenedImage};
+use crate::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
 use crate::plan::{Bind, FileContent, Opener, Plan};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
@@ -57,21 +58,6 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         Method::Bind => "bind",
     }
     .into();
-    if let Some((_, err)) = skipped
-        .iter()
-        // Missing on the host is fine (the image may have that folder: check_workdir
-        // decides); present but refused to the user is the user's problem to hear about.
-        .find(|(b, e)| {
-            b.dest == plan.workdir
-                && b.opener == Opener::User
-                && e.kind() != std::io::ErrorKind::NotFound
-        })
-    {
-        return Err(Error::Workdir {
-            path: plan.workdir.clone(),
-            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
-        });
-    }
     let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
     // Back into plan order (parents first), which the split by opener disturbed.
     sources.sort_by_key(|s| plan.binds.iter().position(|b| std::ptr::eq(b, s.bind)));
@@ -126,6 +112,24 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         root: &root,
         writable_dev: Some(writable_dev),
     };
+    // Read before any bind: only the image's own files can answer.
+    let config = read_image_config(&in_root, &req.image)?;
+    let workdir = effective_workdir(req, plan, config.as_ref());
+    if let Some((_, err)) = skipped
+        .iter()
+        // Missing on the host is fine (the image may have that folder: check_workdir
+        // decides); present but refused to the user is the user's problem to hear about.
+        .find(|(b, e)| {
+            b.dest == *workdir
+                && b.opener == Opener::User
+                && e.kind() != std::io::ErrorKind::NotFound
+        })
+    {
+        return Err(Error::Workdir {
+            path: workdir.clone(),
+            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
+        });
+    }
 
     for file in &plan.files {
         let content = match &file.content {
@@ -171,8 +175,8 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     sys::pivot_into(root.as_fd())
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
-    check_workdir(&plan.workdir, &req.image)?;
-    Ok(facts)
+    check_workdir(&workdir, &req.image)?;
+    Ok(ImageFacts { config, ..facts })
 }
 
 fn open_sources<'a>(
@@ -220,32 +224,59 @@ fn mount_image(
     target: &Path,
 ) -> Result<()> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    match method {
-        Method::Kernel => {
-            let device = match sys::find_shared_loop(image.fd.as_fd()) {
-                Some(shared) => shared,
-                None => sys::attach_loop(image.fd.as_fd(), 0, 0)
-                    .map_err(|e| image_err(image, "attaching a loop device", e))?,
-            };
+    match (method, image.format) {
+        (Method::Fuse, Format::Squashfs) => mount_with_fuse(req, image, 0, fuse, target),
+        // squashfuse reads the root partition straight from the file.
+        (Method::Fuse, Format::Sif { offset, .. }) => {
+            mount_with_fuse(req, image, offset, fuse, target)
+        }
+        (Method::Bind, Format::Directory) => {
+            sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
+                .and_then(|_| sys::remount_bind(target, ro))
+                .map_err(|e| image_err(image, "binding the root folder", e))
+        }
+        (Method::Kernel, Format::Squashfs) => {
+            let device = loop_device(image, 0, 0)?;
             // The mount holds the device; with autoclear it frees itself when the
             // namespace and so the mount go away, so our handle can close now.
             sys::mount_fs(&device.path, target, "squashfs", ro, None)
                 .map_err(|e| image_err(image, "mounting the SquashFS", e))
         }
-        Method::Fuse => mount_with_fuse(req, image, fuse, target),
-        Method::Bind => sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
-            .and_then(|_| sys::remount_bind(target, ro))
-            .map_err(|e| image_err(image, "binding the root folder", e)),
+        (Method::Kernel, Format::Sif { offset, size }) => {
+            // The root partition straight from the file: the loop device shows only it.
+            let device = loop_device(image, offset, size)?;
+            sys::mount_fs(&device.path, target, "squashfs", ro, None)
+                .map_err(|e| image_err(image, "mounting the SIF's SquashFS partition", e))
+        }
+        (Method::Kernel, Format::Ext) => {
+            // The ext4 driver reads ext2 and ext3 too. `noload`: never replay the
+            // journal of an image that was not unmounted cleanly (the device is
+            // read-only: replaying would fail the mount, and root must not write into
+            // a user's file).
+            let device = loop_device(image, 0, 0)?;
+            sys::mount_fs(&device.path, target, "ext4", ro, Some("noload"))
+                .map_err(|e| image_err(image, "mounting the ext image", e))
+        }
+        // `image::method_for` never pairs these.
+        (method, format) => Err(Error::system(
+            format!("image {}", image.path.display()),
+            std::io::Error::other(format!(
+                "no way to mount a {} image by {method:?}",
+                format.name()
+            )),
+        )),
     }
 }
 
 /// Mounts FUSE on `target` with the device the caller opened and hands the caller the
-/// image, which starts squashfuse as the user and closes its copy of the device. Ours
-/// closes here too, so the server holds the only one: if it cannot start (or dies),
-/// the connection aborts and every access fails at once instead of hanging.
+/// image (and where its SquashFS starts), which starts squashfuse as the user and
+/// closes its copy of the device. Ours closes here too, so the server holds the only
+/// one: if it cannot start (or dies), the connection aborts and every access fails at
+/// once instead of hanging.
 fn mount_with_fuse(
     req: &Request,
     image: &OpenedImage,
+    offset: u64,
     fuse: Option<FuseHandoff>,
     target: &Path,
 ) -> Result<()> {
@@ -261,12 +292,22 @@ fn mount_with_fuse(
     sys::mount_fuse(device.as_fd(), target, user.uid, user.gid)
         .map_err(|e| image_err(image, "mounting FUSE", e))?;
     drop(device);
-    sys::send_fd(channel.as_fd(), image.fd.as_fd())
+    sys::send_fd(channel.as_fd(), image.fd.as_fd(), offset)
         .map_err(|e| Error::system("handing the image to squashfuse", e))?;
     drop(channel);
     // The first look waits for the server's answer: a dead server reads ENOTCONN here.
     std::fs::metadata(target).map_err(|e| failed(e.to_string()))?;
     Ok(())
+}
+
+/// A read-only loop device over `image` from `offset`, `size` bytes long (0: to the
+/// end): one another step already made for the same file and range, or a new one.
+fn loop_device(image: &OpenedImage, offset: u64, size: u64) -> Result<sys::LoopDevice> {
+    match sys::find_shared_loop(image.fd.as_fd(), offset, size) {
+        Some(shared) => Ok(shared),
+        None => sys::attach_loop(image.fd.as_fd(), offset, size)
+            .map_err(|e| image_err(image, "attaching a loop device", e)),
+    }
 }
 
 fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) -> Error {
@@ -443,6 +484,52 @@ pub struct ImageFacts {
     pub mtime_unix: i64,
     pub digest: Option<Digest>,
     pub digest_source: Option<Source>,
+    /// The image's stored configuration (`/.ferry/image.json`), when it has one.
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+}
+
+/// Where the command starts: an explicit request, else the image's WorkingDir, else
+/// the plan's default (the caller's folder).
+pub fn effective_workdir(req: &Request, plan: &Plan, config: Option<&ImageConfig>) -> PathBuf {
+    match (&req.workdir, config.and_then(ImageConfig::workdir)) {
+        (None, Some(image_dir)) => image_dir,
+        _ => plan.workdir.clone(),
+    }
+}
+
+/// The image's `/.ferry/image.json`, resolved inside the image and read as a bounded
+/// regular file (the image is user input).
+fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfig>> {
+    use std::io::Read;
+    let bad = |what: String| {
+        Error::ImageConfig(format!(
+            "image {}: {CONFIG_PATH} {what}; rebuild the image with ferry import, or remove that file",
+            image.display()
+        ))
+    };
+    let fd = match in_root.open(Path::new(CONFIG_PATH), Create::Nothing) {
+        Ok(fd) => fd,
+        // No such file, or no /.ferry folder at all: an image without a configuration.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(bad(format!("cannot be opened ({e})"))),
+    };
+    let st = sys::fstat(fd.as_fd()).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    if !sys::is_regular(&st) {
+        return Err(bad("is not a regular file".into()));
+    }
+    if st.st_size as u64 > MAX_CONFIG_SIZE {
+        return Err(bad(format!("is larger than {MAX_CONFIG_SIZE} bytes")));
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(sys::fd_path(fd.as_fd()))
+        .and_then(|f| f.take(MAX_CONFIG_SIZE).read_to_end(&mut text))
+        .map_err(|e| bad(format!("cannot be read ({e})")))?;
+    ImageConfig::parse(&text, image)
+        .map(Some)
+        .map_err(Error::ImageConfig)
 }
 
 fn image_file(image: &OpenedImage) -> std::io::Result<std::fs::File> {
@@ -462,10 +549,7 @@ fn verify_image(
         .metadata()
         .map_err(|e| Error::system(format!("stat of {}", req.image.display()), e))?;
     let mut facts = ImageFacts {
-        format: match image.format {
-            Format::Squashfs => "squashfs".into(),
-            Format::Directory => "directory".into(),
-        },
+        format: image.format.name().into(),
         size: meta.size(),
         mtime_unix: meta.mtime(),
         ..Default::default()

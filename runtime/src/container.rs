@@ -108,7 +108,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
             };
             Ok(Container {
                 namespace,
-                workdir: plan.workdir,
+                workdir: assemble::effective_workdir(req, &plan, facts.config.as_ref()),
                 user: req.user.clone(),
                 image: req.image.clone(),
                 facts,
@@ -141,7 +141,7 @@ fn open_fuse(req: &Request) -> Result<Option<FuseParts>> {
 /// Waits for the image the helper sends once it has mounted FUSE (none: the image is
 /// mounted another way), then starts squashfuse on it as the user.
 fn start_fuse_server(req: &Request, device: OwnedFd, channel: UnixStream) -> Option<Pid> {
-    let image = sys::recv_fd(channel.as_fd()).ok()??;
+    let (image, offset) = sys::recv_fd(channel.as_fd()).ok()??;
     let helper = sys::cstring(&req.image_policy.fuse_helper).ok()?;
     let user = &req.user;
     // On failure our device copy closes on return and the helper's first look at the
@@ -149,6 +149,7 @@ fn start_fuse_server(req: &Request, device: OwnedFd, channel: UnixStream) -> Opt
     sys::spawn_fuse_server(&sys::FuseServer {
         fuse: device.as_fd(),
         image: image.as_fd(),
+        offset,
         helper: &helper,
         uid: user.uid,
         gid: user.gid,

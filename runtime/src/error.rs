@@ -14,12 +14,26 @@ pub enum Error {
         user: String,
         source: io::Error,
     },
-    #[error("image {path}: not a container image; ferry runs SquashFS image files and root-filesystem folders (make one with mksquashfs ROOTFS IMAGE.sqfs)")]
+    #[error("image {path}: not a container image; ferry accepts SquashFS files, Apptainer/Singularity SIF files, ext2/3/4 image files and root-filesystem folders (make one with mksquashfs ROOTFS IMAGE.sqfs)")]
     NotAnImage { path: PathBuf },
+    #[error("image {path}: broken SIF file ({reason}); copy or build it again (apptainer build)")]
+    SifBroken { path: PathBuf, reason: String },
+    #[error("image {path}: SIF file has no primary system partition (no root filesystem to run); build a runnable image (apptainer build) or use a SquashFS image")]
+    SifNoRoot { path: PathBuf },
+    #[error("image {path}: the SIF's root partition ends the file without padding to 4096 bytes, which the kernel needs to mount it; pad the file (truncate -s %4096 {path}) or build it again")]
+    SifPartitionTail { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is encrypted, which ferry does not support; build an unencrypted SIF (apptainer build without --encrypt)")]
+    SifEncrypted { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is ext3, which ferry does not run from a SIF; rebuild it as SquashFS (apptainer build new.sif {path})")]
+    SifExt3 { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is {fs}, which ferry does not run; rebuild it with a SquashFS root (apptainer build)")]
+    SifUnsupportedFs { path: PathBuf, fs: &'static str },
     #[error("image {path}: folder is not a root filesystem (no bin/ or usr/bin/ in it); point to the folder that holds bin, etc and usr")]
     NotARootfs { path: PathBuf },
     #[error("image {path}: not in a trusted image folder; {hint}")]
     ImageDenied { path: PathBuf, hint: String },
+    #[error("image {path}: ext images run only from this site's trusted image folders ({trusted}); no reader for ext runs with your rights here: convert it to SquashFS: mkdir DIR; /sbin/debugfs -R 'rdump / DIR' IMAGE; ferry build DIR OUT.sqfs")]
+    ExtNeedsTrust { path: PathBuf, trusted: String },
     #[error("image {path}: squashfuse could not serve it ({reason}); check that it is a complete SquashFS image (unsquashfs -s IMAGE) or ask the administrators whether {helper} is installed")]
     FuseFailed {
         path: PathBuf,
@@ -38,7 +52,7 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    #[error("image {path}: a root folder has no digest to pin; pin a SquashFS image instead (ferry digest IMAGE)")]
+    #[error("image {path}: a root folder has no digest to pin; pin an image file instead (ferry digest IMAGE)")]
     PinnedFolder { path: PathBuf },
     #[error("image {path}: the file changed while it was being verified; try again once nothing writes to it")]
     ImageChanged { path: PathBuf },
@@ -60,6 +74,8 @@ pub enum Error {
     UnknownUser(String),
     #[error("{what}: {source}")]
     System { what: String, source: io::Error },
+    #[error("{0}")]
+    ImageConfig(String),
     #[error("{0}")]
     Helper(String),
 }

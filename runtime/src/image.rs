@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::site::{ImagePolicy, Untrusted};
-use crate::sys;
+use crate::{sif, superblock, sys};
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,25 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Squashfs,
+    /// An Apptainer/Singularity SIF file: its root SquashFS lies at `offset`, `size` long.
+    Sif {
+        offset: u64,
+        size: u64,
+    },
+    /// An ext2/3/4 filesystem image (Singularity 2's `.img`).
+    Ext,
     Directory,
+}
+
+impl Format {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Squashfs => "squashfs",
+            Format::Sif { .. } => "sif",
+            Format::Ext => "ext",
+            Format::Directory => "directory",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -20,8 +39,6 @@ pub struct OpenedImage {
     pub fd: OwnedFd,
     pub format: Format,
 }
-
-const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
 
 /// Opens `path` with the credentials currently in force (the helper switches to the
 /// user's first) and detects its format from its first bytes.
@@ -48,8 +65,12 @@ pub fn open(path: &Path, user_name: &str) -> Result<OpenedImage> {
             });
         }
         Format::Directory
-    } else if sys::is_regular(&st) && magic_of(&fd) == Some(*SQUASHFS_MAGIC) {
-        Format::Squashfs
+    } else if sys::is_regular(&st) {
+        let file = std::fs::File::from(
+            fd.try_clone()
+                .map_err(|e| Error::system("duplicating the image descriptor", e))?,
+        );
+        probe(&file, path)?
     } else {
         return Err(Error::NotAnImage {
             path: path.to_path_buf(),
@@ -62,11 +83,112 @@ pub fn open(path: &Path, user_name: &str) -> Result<OpenedImage> {
     })
 }
 
-fn magic_of(fd: &OwnedFd) -> Option<[u8; 4]> {
-    let file = std::fs::File::from(fd.try_clone().ok()?);
-    let mut magic = [0u8; 4];
-    file.read_exact_at(&mut magic, 0).ok()?;
-    Some(magic)
+/// Tells an image file's format from its content (never its name).
+pub fn probe(file: &File, path: &Path) -> Result<Format> {
+    let file_size = file
+        .metadata()
+        .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?
+        .len();
+    let head = read_head(file, superblock::PROBE_LEN).map_err(|e| read_err(path, e))?;
+    if sif::is_sif(&head) {
+        let found = read_sif(file, file_size, &head).map_err(|e| sif_err(path, e))?;
+        return match found.root() {
+            sif::Root::Squashfs { offset, size } => {
+                // Inside the file (checked by the parser); the superblock is 96 bytes.
+                let magic = read_at(file, offset, 4).unwrap_or_default();
+                if size < 96 || !superblock::is_squashfs(&magic) {
+                    return Err(sif_err(
+                        path,
+                        sif::SifError::Corrupt(format!(
+                            "the root partition at byte {offset} holds no SquashFS"
+                        )),
+                    ));
+                }
+                // The kernel reads SquashFS in 4096-byte blocks (mksquashfs pads its
+                // output to that); a device that ends mid-block fails with EIO. Round
+                // up: SquashFS never uses bytes past its own end, so what follows
+                // (padding, the next object) is never read as data. The file must hold
+                // that last block.
+                let padded_size = size.div_ceil(4096).saturating_mul(4096);
+                if offset.saturating_add(padded_size) > file_size {
+                    return Err(Error::SifPartitionTail {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Ok(Format::Sif {
+                    offset,
+                    size: padded_size,
+                })
+            }
+            sif::Root::Encrypted => Err(Error::SifEncrypted {
+                path: path.to_path_buf(),
+            }),
+            sif::Root::Ext3 => Err(Error::SifExt3 {
+                path: path.to_path_buf(),
+            }),
+            sif::Root::OtherFs(fs) => Err(Error::SifUnsupportedFs {
+                path: path.to_path_buf(),
+                fs: sif::fs_name(fs),
+            }),
+            sif::Root::Missing => Err(Error::SifNoRoot {
+                path: path.to_path_buf(),
+            }),
+        };
+    }
+    if superblock::is_squashfs(&head) {
+        Ok(Format::Squashfs)
+    } else if superblock::is_ext(&head) {
+        Ok(Format::Ext)
+    } else {
+        Err(Error::NotAnImage {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Parses a SIF's header and descriptor table (`head`: the file's first bytes).
+pub fn read_sif(
+    file: &File,
+    size: u64,
+    head: &[u8],
+) -> std::result::Result<sif::Sif, sif::SifError> {
+    let end = sif::table_end(head, size)?;
+    let table =
+        read_at(file, 0, end as usize).map_err(|e| sif::SifError::Truncated(e.to_string()))?;
+    sif::parse(&table, size)
+}
+
+/// Up to `len` bytes from the start (fewer when the file is shorter).
+pub fn read_head(file: &File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+fn read_err(path: &Path, e: std::io::Error) -> Error {
+    Error::system(format!("image {}: reading it", path.display()), e)
+}
+
+fn sif_err(path: &Path, e: sif::SifError) -> Error {
+    Error::SifBroken {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn looks_like_rootfs(dir: &OwnedFd) -> bool {
@@ -93,18 +215,29 @@ pub enum Method {
 }
 
 /// Applies the site's image policy to an opened image: trusted images and root folders
-/// need no filesystem code of their own; other files follow `policy.untrusted`.
+/// need no filesystem code of their own; other files follow `policy.untrusted`. Under
+/// `fuse`, SquashFS (a SIF's too) goes to squashfuse; ext has no FUSE reader here, so
+/// an untrusted ext image is refused with what to do instead.
 pub fn method_for(image: &OpenedImage, policy: &ImagePolicy) -> Result<Method> {
     let trusted = || is_trusted(image, &policy.trusted_dirs);
     match (image.format, policy.untrusted) {
-        (_, Untrusted::Deny) if !trusted() => Err(Error::ImageDenied {
-            path: image.path.clone(),
-            hint: policy.where_trusted(),
-        }),
+        (Format::Directory, Untrusted::Deny) if !trusted() => Err(denied(image, policy)),
         (Format::Directory, _) => Ok(Method::Bind),
-        (Format::Squashfs, Untrusted::Kernel) => Ok(Method::Kernel),
-        (Format::Squashfs, _) if trusted() => Ok(Method::Kernel),
-        (Format::Squashfs, _) => Ok(Method::Fuse),
+        (_, Untrusted::Kernel) => Ok(Method::Kernel),
+        _ if trusted() => Ok(Method::Kernel),
+        (_, Untrusted::Deny) => Err(denied(image, policy)),
+        (Format::Squashfs | Format::Sif { .. }, Untrusted::Fuse) => Ok(Method::Fuse),
+        (Format::Ext, Untrusted::Fuse) => Err(Error::ExtNeedsTrust {
+            path: image.path.clone(),
+            trusted: policy.trusted_list(),
+        }),
+    }
+}
+
+fn denied(image: &OpenedImage, policy: &ImagePolicy) -> Error {
+    Error::ImageDenied {
+        path: image.path.clone(),
+        hint: policy.where_trusted(),
     }
 }
 

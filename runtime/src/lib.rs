@@ -8,10 +8,13 @@ pub mod container;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod image_config;
 pub mod plan;
 pub mod request;
 pub mod resolve;
+pub mod sif;
 pub mod site;
+pub mod superblock;
 mod sys;
 pub mod users;
 
@@ -19,6 +22,10 @@ pub use container::{prepare, Container};
 pub use error::{Error, Result};
 pub use request::{MountSpec, Request, SlurmClients};
 pub use users::User;
+
+/// Where the packages install the static launcher of Slurm's commands inside images
+/// (the plugin's `launcher=` default; `ferry doctor` checks it).
+pub const DEFAULT_LAUNCHER: &str = "/usr/libexec/ferry/ferry-host-exec";
 
 /// This node's host name (for records and logs).
 pub fn hostname() -> String {
@@ -30,6 +37,12 @@ pub fn hostname() -> String {
 /// True when running as root (the CLI's `run` needs it).
 pub fn is_root() -> bool {
     sys::euid() == 0
+}
+
+pub mod interrupt {
+    //! Ctrl-C and termination during long CLI operations: noted, not fatal, so the
+    //! operation can clean up before it exits.
+    pub use crate::sys::{catch_interrupts, interrupted};
 }
 
 pub mod exec {

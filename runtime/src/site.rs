@@ -84,6 +84,15 @@ impl ImagePolicy {
     }
 
     /// The line a refused user reads.
+    /// The trusted folders for a message, or that there are none.
+    pub fn trusted_list(&self) -> String {
+        if self.trusted_dirs.is_empty() {
+            "none configured".into()
+        } else {
+            join_paths(&self.trusted_dirs)
+        }
+    }
+
     pub fn where_trusted(&self) -> String {
         if self.trusted_dirs.is_empty() {
             "this site runs no images outside its trusted folders and has none configured; ask the administrators".into()

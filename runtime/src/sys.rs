@@ -368,10 +368,14 @@ pub struct LoopDevice {
 }
 
 /// Finds a loop device that another step already bound read-only to the same file
-/// (same device and inode, whole file), and holds it open so it cannot be released
+/// (same device and inode, same offset and size limit), and holds it open so it cannot be released
 /// before we mount it. Mounting the same device again reuses the mounted SquashFS and
 /// its page cache: a step of a job whose batch step runs in the same image starts warm.
-pub fn find_shared_loop(backing: BorrowedFd<'_>) -> Option<LoopDevice> {
+pub fn find_shared_loop(
+    backing: BorrowedFd<'_>,
+    offset: u64,
+    size_limit: u64,
+) -> Option<LoopDevice> {
     let st = fstat(backing).ok()?;
     for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
         let name = entry.file_name();
@@ -391,10 +395,10 @@ pub fn find_shared_loop(backing: BorrowedFd<'_>) -> Option<LoopDevice> {
         // SAFETY: the ioctl succeeded and filled the struct (it was zeroed before).
         let info = unsafe { info.assume_init() };
         let same_file = info.lo_device == st.st_dev && info.lo_inode == st.st_ino;
-        let whole_and_read_only = info.lo_offset == 0
-            && info.lo_sizelimit == 0
+        let same_range_read_only = info.lo_offset == offset
+            && info.lo_sizelimit == size_limit
             && info.lo_flags & LO_FLAGS_READ_ONLY != 0;
-        if same_file && whole_and_read_only {
+        if same_file && same_range_read_only {
             return Some(LoopDevice {
                 _device: File::from(device),
                 path,
@@ -568,6 +572,8 @@ pub fn mount_fuse(fuse: BorrowedFd<'_>, target: &Path, uid: u32, gid: u32) -> io
 pub struct FuseServer<'a> {
     pub fuse: BorrowedFd<'a>,
     pub image: BorrowedFd<'a>,
+    /// Where the SquashFS starts in the image file (a SIF's root partition), or 0.
+    pub offset: u64,
     pub helper: &'a CStr,
     pub uid: u32,
     pub gid: u32,
@@ -575,19 +581,19 @@ pub struct FuseServer<'a> {
 }
 
 /// Forks the server: the child keeps only the FUSE device (fd 3) and the image (fd 4),
-/// becomes the user for good with no_new_privs and runs `HELPER -f /dev/fd/4
-/// /dev/fd/3` (libfuse takes an already-mounted device as `/dev/fd/N`). Forked by the
+/// becomes the user for good with no_new_privs and runs `HELPER -f [-o offset=N]
+/// /dev/fd/4 /dev/fd/3` (libfuse takes an already-mounted device as `/dev/fd/N`). Forked by the
 /// caller of `prepare` (in the host's mount namespace, so it does not keep the
 /// container's alive), which can reap it. It exits when the mount goes away (the
 /// device then reads ENODEV), that is when the container's namespace is freed.
 pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
     // Everything the child needs is made before fork: it only makes system calls.
-    let argv = [
-        server.helper.to_owned(),
-        CString::from(c"-f"),
-        CString::from(c"/dev/fd/4"),
-        CString::from(c"/dev/fd/3"),
-    ];
+    let mut argv = vec![server.helper.to_owned(), CString::from(c"-f")];
+    if server.offset != 0 {
+        argv.push(CString::from(c"-o"));
+        argv.push(CString::new(format!("offset={}", server.offset)).map_err(io::Error::other)?);
+    }
+    argv.extend([CString::from(c"/dev/fd/4"), CString::from(c"/dev/fd/3")]);
     let groups: Vec<nix::unistd::Gid> = server
         .groups
         .iter()
@@ -645,12 +651,12 @@ fn become_fuse_server(
     set_no_new_privs()
 }
 
-/// Sends one descriptor over a Unix socket (SCM_RIGHTS).
-pub fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Sends one descriptor and a number over a Unix socket (SCM_RIGHTS).
+pub fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [fd.as_raw_fd()];
-    let byte = [1u8];
-    let iov = [std::io::IoSlice::new(&byte)];
+    let bytes = value.to_le_bytes();
+    let iov = [std::io::IoSlice::new(&bytes)];
     sendmsg::<()>(
         channel.as_raw_fd(),
         &iov,
@@ -661,11 +667,12 @@ pub fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives one descriptor sent by `send_fd`; None when the sender closed the socket.
-pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+/// Receives one descriptor and its number sent by `send_fd`; None when the sender
+/// closed the socket.
+pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u64)>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut byte = [0u8];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut bytes = [0u8; 8];
+    let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = recvmsg::<()>(
         channel.as_raw_fd(),
@@ -673,14 +680,50 @@ pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
+    let complete = msg.bytes == 8;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             let mut owned = fds.into_iter().map(|fd| {
                 // SAFETY: the kernel just installed this descriptor in our table for us.
                 unsafe { OwnedFd::from_raw_fd(fd) }
             });
-            return Ok(owned.next());
+            let fd = owned.next();
+            // A short message is not ours (the socket is private: never expected).
+            return Ok(fd
+                .filter(|_| complete)
+                .map(|fd| (fd, u64::from_le_bytes(bytes))));
         }
     }
     Ok(None)
+}
+
+// ---------------------------------------------------------------------------
+// Interrupts (CLI only).
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP only set a flag (see `interrupted`), so a long
+/// operation can stop at its next check and remove what it made. Child processes still
+/// get the signal (same process group on a terminal) and end as usual.
+pub fn catch_interrupts() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// True once SIGINT, SIGTERM or SIGHUP arrived after `catch_interrupts`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }

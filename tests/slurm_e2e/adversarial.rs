@@ -382,6 +382,12 @@ fn the_site_policy_decides_which_images_run_and_where() {
     fs::copy(lab.path(&vetted), &vetted_path).unwrap();
     std::os::unix::fs::chown(&vetted_path, Some(0), Some(0)).unwrap();
     fs::set_permissions(&vetted_path, fs::Permissions::from_mode(0o644)).unwrap();
+    // An ext image runs from a trusted folder only (the kernel's ext4 driver).
+    let vetted_ext = lab.image_as("vetted.img", "VETTED-EXT", Packaging::Ext3);
+    let vetted_ext_path = trusted.dir.join("vetted.img");
+    fs::copy(lab.path(&vetted_ext), &vetted_ext_path).unwrap();
+    std::os::unix::fs::chown(&vetted_ext_path, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&vetted_ext_path, fs::Permissions::from_mode(0o644)).unwrap();
     let site_file = trusted.dir.join("site.json");
     fs::write(
         &site_file,
@@ -398,7 +404,7 @@ fn the_site_policy_decides_which_images_run_and_where() {
         .to_string(),
     )
     .unwrap();
-    let check = Command::new("/usr/local/bin/ferry")
+    let check = Command::new("/usr/bin/ferry")
         .args(["check-config", site_file.to_str().unwrap()])
         .output()
         .unwrap();
@@ -417,6 +423,17 @@ fn the_site_policy_decides_which_images_run_and_where() {
     out.expect_ok();
     assert_eq!(out.stdout, "only-in-image VETTED\nSITE-MOUNT\n", "{out}");
     let record = provenance_lines(&lab.path("p.jsonl"));
+    assert_eq!(record[0]["mounted_by"], "kernel", "{record:?}");
+
+    let out = lab.srun(&[
+        &format!("--container={}", vetted_ext_path.display()),
+        "--container-provenance=ext.jsonl",
+        "cat",
+        ONLY_FILE,
+    ]);
+    out.expect_ok();
+    assert_eq!(out.stdout, "only-in-image VETTED-EXT\n", "{out}");
+    let record = provenance_lines(&lab.path("ext.jsonl"));
     assert_eq!(record[0]["mounted_by"], "kernel", "{record:?}");
 
     let out = lab.srun(&[&format!("--container={own}"), "echo", "SHOULD-NOT-RUN"]);

@@ -1,6 +1,7 @@
 //! `ferry run`: prepare, join and exec, as root, optionally as another user.
 
 use ferry_runtime::digest::{self, split_pinned};
+use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::site::Site;
 use ferry_runtime::{exec, prepare, MountSpec, Request, User};
 use std::ffi::CString;
@@ -56,9 +57,25 @@ pub fn run(
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
-    drop_to_env(&container.user);
+    let config = container.facts.config.clone().unwrap_or_default();
+    drop_to_env(&container.user, &config);
     container.enter_workdir().map_err(|e| e.to_string())?;
     drop(container); // the namespace lives on in this process
+    let command: Vec<std::ffi::OsString> = if command.is_empty() {
+        config
+            .default_command()
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    } else {
+        command
+    };
+    if command.is_empty() {
+        return Err(format!(
+            "no command given and image {} has no Entrypoint or Cmd; give one after --",
+            request.image.display()
+        ));
+    }
     let argv: Vec<CString> = command
         .iter()
         .map(|a| {
@@ -85,11 +102,13 @@ fn nix_groups() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The environment the caller's command sees: theirs, with who they are now.
-fn drop_to_env(user: &User) {
+/// The environment the caller's command sees: theirs, with who they are now, and the
+/// image's own variables where the caller sets none (see `image_config`).
+fn drop_to_env(user: &User, config: &ImageConfig) {
     std::env::set_var("HOME", &user.home);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
-    let path = ferry_runtime::request::container_path(std::env::var("PATH").ok().as_deref(), None);
-    std::env::set_var("PATH", path);
+    for (name, value) in config.environment(|n| std::env::var(n).ok(), None) {
+        std::env::set_var(name, value);
+    }
 }

@@ -1,0 +1,104 @@
+//! The command line definition, alone in this file so that `ferry-mangen` can build the
+//! man pages from it (it includes this file): clap and std only.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Run a command inside a container image (SquashFS, SIF or ext image file, or root folder)",
+    long_about = "Run a command inside a container image (SquashFS, SIF or ext image file, or root folder). \
+                  On a Slurm cluster, jobs use images through the ferry SPANK plugin with \
+                  `srun --container=IMAGE` and `sbatch --container=IMAGE` (see ferry-spank(8)); \
+                  this command runs images outside Slurm, prints image digests and checks a node."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run CMD inside IMAGE (needs root; --user runs it as that user, as a Slurm step would)
+    Run {
+        /// Bind SRC (a host path) at DST inside, read-only with :ro. Repeatable.
+        #[arg(long = "mount", short = 'm', value_name = "SRC[:DST[:ro]]")]
+        mounts: Vec<String>,
+        /// Folder inside the container to start in (default: the current folder, bound from the host)
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        /// Apply this site file's image policy, site mounts and limits, as the plugin does
+        /// (default: none; the kernel mounts the image)
+        #[arg(long, value_name = "FILE")]
+        site_config: Option<PathBuf>,
+        /// Run as this user (default: the caller)
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Image file or root folder
+        image: PathBuf,
+        /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Print the SHA-256 digest of an image file, to pin it as IMAGE@sha256:HEX
+    Digest {
+        /// Verify against this digest instead (uses the node's digest cache when root);
+        /// exit 1 on a mismatch
+        #[arg(long, value_name = "sha256:HEX")]
+        check: Option<String>,
+        /// Image file
+        image: PathBuf,
+    },
+    /// Make a reproducible SquashFS image of a root folder (same folder, same bytes)
+    Build {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// Store every file as owned by root (default: the owners on disk)
+        #[arg(long)]
+        all_root: bool,
+        /// Root folder (the image's /)
+        rootfs: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
+    },
+    /// Make a SquashFS image from a docker/podman save archive or an OCI image layout
+    Import {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// docker-archive tar, OCI archive tar, or OCI layout folder
+        archive: PathBuf,
+        /// SquashFS image to write
+        out: PathBuf,
+    },
+    /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
+    Inspect {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        /// Image file or root folder
+        image: PathBuf,
+    },
+    /// Validate a site file (default /etc/ferry/site.json) and print the effective policy;
+    /// exit 1 on errors or when this host cannot apply it
+    CheckConfig {
+        /// The site file
+        file: Option<PathBuf>,
+    },
+    /// Print ferry's version and the Slurm version its plugin is built for
+    Version,
+    /// Check that this node can run ferry jobs; one line per finding, with the fix.
+    /// Exit status 0: ready; 1: something must be fixed
+    Doctor {
+        /// Check the node installed under DIR instead of / (a chroot, a node image);
+        /// every file doctor reads is taken under DIR
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Slurm's plugstack.conf (under --root)
+        #[arg(long, value_name = "FILE", default_value = "/etc/slurm/plugstack.conf")]
+        plugstack: PathBuf,
+    },
+}

@@ -1,0 +1,214 @@
+//! The image's own configuration (from `ferry import`): stored inside the image as
+//! `/.ferry/image.json`, applied when a command starts.
+//!
+//! Precedence, the same for `ferry run` and for Slurm steps:
+//! - Environment: every variable the host (the job) sets wins; the image's `Env` only
+//!   fills in what the host does not set. Variables that belong to Slurm, the process
+//!   managers and the user's identity (`RESERVED_PREFIXES`, `RESERVED_NAMES`) are never
+//!   taken from the image, set or not. `PATH` is the exception: when the image's `Env`
+//!   has one, it replaces the host's (the image's commands live there), then the
+//!   standard folders and ferry's own are appended (see `request::container_path`).
+//! - Working directory: an explicit option (`--container-workdir`, `ferry run
+//!   --workdir`) wins over the image's `WorkingDir`, which wins over the default (the
+//!   folder the job was submitted from, or the current folder).
+//! - `User` and `Labels` are kept for inspection only: a command always runs as the
+//!   job's user.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the configuration lives inside an image.
+pub const CONFIG_PATH: &str = "/.ferry/image.json";
+/// Larger files are refused: a configuration is a few kilobytes.
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// The parts of an OCI/Docker image configuration that ferry keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageConfig {
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub working_dir: Option<String>,
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Variable name prefixes that always come from the host: Slurm, SPANK, ferry, and the
+/// process managers MPI libraries talk to (PMI-1/2, PMIx, Open MPI's launcher, Hydra).
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "SLURM_", "SPANK_", "FERRY_", "PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_", "I_MPI_",
+];
+/// Open MPI tunables (`OMPI_MCA_*`) are settings images commonly carry: not reserved.
+const UNRESERVED_PREFIXES: &[&str] = &["OMPI_MCA_"];
+/// Single names that always come from the host: who the user is and where.
+pub const RESERVED_NAMES: &[&str] = &["HOME", "USER", "LOGNAME", "PWD", "TERM"];
+
+fn reserved(name: &str) -> bool {
+    RESERVED_NAMES.contains(&name)
+        || (RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+            && !UNRESERVED_PREFIXES.iter().any(|p| name.starts_with(p)))
+}
+
+impl ImageConfig {
+    /// Parses the stored configuration; `image` names the image in the error.
+    pub fn parse(text: &[u8], image: &Path) -> Result<ImageConfig, String> {
+        let config: ImageConfig = serde_json::from_slice(text).map_err(|e| {
+            format!(
+                "image {}: {CONFIG_PATH} is not a valid image configuration (line {}, column {}: {}); rebuild the image with ferry import, or remove that file",
+                image.display(),
+                e.line(),
+                e.column(),
+                match e.classify() {
+                    serde_json::error::Category::Data => "unexpected value",
+                    serde_json::error::Category::Eof => "truncated",
+                    _ => "not JSON",
+                }
+            )
+        })?;
+        if let Some(entry) = config
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.contains('\0') || e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+        {
+            return Err(format!(
+                "image {}: {CONFIG_PATH}: Env entry {:?} is not NAME=VALUE without NUL bytes; fix or remove that file",
+                image.display(),
+                entry.chars().take(60).collect::<String>()
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The image's working directory, when it names an absolute folder.
+    pub fn workdir(&self) -> Option<PathBuf> {
+        self.working_dir
+            .as_deref()
+            .filter(|w| w.starts_with('/'))
+            .map(PathBuf::from)
+    }
+
+    /// The command to run when none is given: Entrypoint then Cmd.
+    pub fn default_command(&self) -> Vec<String> {
+        self.entrypoint
+            .iter()
+            .flatten()
+            .chain(self.cmd.iter().flatten())
+            .cloned()
+            .collect()
+    }
+
+    /// The variables to set for a command, given the host's environment (`host` looks
+    /// one up) and ferry's extra PATH folder: see the module's precedence rules.
+    pub fn environment(
+        &self,
+        host: impl Fn(&str) -> Option<String>,
+        extra_path: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut image_path = None;
+        for (name, value) in self.env.iter().flatten().filter_map(|e| e.split_once('=')) {
+            if name == "PATH" {
+                image_path = Some(value.to_string());
+            } else if !name.is_empty() && !reserved(name) && host(name).is_none() {
+                out.retain(|(n, _)| n != name);
+                out.push((name.to_string(), value.to_string()));
+            }
+        }
+        let path = image_path.or_else(|| host("PATH"));
+        out.push((
+            "PATH".into(),
+            crate::request::container_path(path.as_deref(), extra_path),
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> ImageConfig {
+        ImageConfig::parse(json.as_bytes(), Path::new("/img.sqfs")).unwrap()
+    }
+
+    #[test]
+    fn host_wins_image_fills_in_path_from_image() {
+        let c = config(
+            r#"{"Env":["PATH=/opt/app/bin:/usr/bin","LANG=C.UTF-8","APP_HOME=/opt/app",
+                "SLURM_JOB_ID=1","PMIX_RANK=3","OMPI_COMM_WORLD_RANK=2","OMPI_MCA_btl=self",
+                "HOME=/root","A=1","A=2"]}"#,
+        );
+        let host = |name: &str| match name {
+            "LANG" => Some("en_US.UTF-8".to_string()),
+            "PATH" => Some("/host/bin".to_string()),
+            _ => None,
+        };
+        let env = c.environment(host, Some("/.ferry/bin"));
+        assert_eq!(
+            env,
+            vec![
+                ("APP_HOME".to_string(), "/opt/app".to_string()),
+                ("OMPI_MCA_btl".to_string(), "self".to_string()),
+                ("A".to_string(), "2".to_string()),
+                (
+                    "PATH".to_string(),
+                    "/opt/app/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin:/.ferry/bin"
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_image_path_the_hosts_is_kept() {
+        let env = ImageConfig::default().environment(|_| Some("/host/bin".into()), None);
+        assert_eq!(
+            env,
+            vec![(
+                "PATH".to_string(),
+                format!("/host/bin:{}", crate::request::STANDARD_PATH.join(":"))
+            )]
+        );
+    }
+
+    #[test]
+    fn garbage_is_one_clear_line_naming_the_image() {
+        for bad in [
+            &b"not json"[..],
+            b"{\"Env\": 3}",
+            b"{\"Env\": [\"NOEQUALS\"]}",
+            b"{\"Env\": [\"=x\"]}",
+            b"{\"Env\": [\"A=\\u0000\"]}",
+            b"{\"Env\": [\"A=",
+            b"\xff\xfe",
+        ] {
+            let e = ImageConfig::parse(bad, Path::new("/img.sqfs")).unwrap_err();
+            assert!(e.starts_with("image /img.sqfs: /.ferry/image.json"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn workdir_and_default_command() {
+        let c = config(r#"{"WorkingDir":"/srv","Entrypoint":["/app"],"Cmd":["--x"],"Unknown":1}"#);
+        assert_eq!(c.workdir(), Some(PathBuf::from("/srv")));
+        assert_eq!(c.default_command(), vec!["/app", "--x"]);
+        assert_eq!(config(r#"{"WorkingDir":"rel"}"#).workdir(), None);
+        assert_eq!(config(r#"{"WorkingDir":null}"#).workdir(), None);
+    }
+}

@@ -1,0 +1,321 @@
+//! `ferry doctor --root DIR` on nodes broken on purpose: each is a small root folder
+//! laid out like a node's files, so the shared test cluster is never touched. The
+//! healthy real node is checked after the package install by tests/package.rs.
+//! Root is needed: doctor asks the node's own Slurm for its version through chroot,
+//! and here that Slurm is a shell script run by the static busybox.
+
+mod common;
+
+use common::{ferry, require_root_and_tools, write_mode, TempDir};
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+const PLUGIN_DIR: &str = "usr/lib/x86_64-linux-gnu/slurm-wlm";
+
+/// A node root with everything doctor wants: kernel support, the plugstack include
+/// and an enabled ferry line, a plugin stating `plugin_slurm`, the launcher, a listening
+/// munge socket, libpmix, and a Slurm that reports `node_slurm` (slurmd -V).
+struct FakeNode {
+    dir: TempDir,
+    _munge: UnixListener,
+}
+
+impl FakeNode {
+    fn new(tag: &str, plugin_slurm: &str, node_slurm: &str) -> FakeNode {
+        let dir = TempDir::new(tag);
+        let at = |p: &str| dir.join(p);
+        for d in [
+            "proc",
+            "dev",
+            "bin",
+            "usr/sbin",
+            "run/munge",
+            "etc/slurm/plugstack.conf.d",
+            "usr/libexec/ferry",
+            "usr/bin",
+            PLUGIN_DIR,
+        ] {
+            fs::create_dir_all(at(d)).unwrap();
+        }
+        write_mode(
+            &at("proc/filesystems"),
+            "nodev\tsysfs\n\tsquashfs\nnodev\toverlay\nnodev\tfuse\n",
+            0o644,
+        );
+        write_mode(&at("dev/loop-control"), "", 0o600);
+        write_mode(&at("dev/fuse"), "", 0o666);
+        write_mode(
+            &at("etc/slurm/plugstack.conf"),
+            "include /etc/slurm/plugstack.conf.d/*.conf\n",
+            0o644,
+        );
+        write_mode(
+            &at("etc/slurm/plugstack.conf.d/ferry.conf"),
+            &format!("# ferry\nrequired /{PLUGIN_DIR}/ferry.so\n"),
+            0o644,
+        );
+        write_mode(
+            &at(&format!("{PLUGIN_DIR}/ferry.so")),
+            &format!("\x7fELF...ferry 0.1.0 plugin built for Slurm {plugin_slurm}\0..."),
+            0o755,
+        );
+        write_mode(&at("usr/libexec/ferry/ferry-host-exec"), "", 0o755);
+        write_mode(&at("usr/bin/squashfuse_ll"), "", 0o755);
+        write_mode(&at("usr/lib/x86_64-linux-gnu/libpmix.so"), "", 0o644);
+        fs::copy(common::BUSYBOX, at("bin/busybox")).unwrap();
+        symlink("busybox", at("bin/sh")).unwrap();
+        write_mode(
+            &at("usr/sbin/slurmd"),
+            &format!("#!/bin/sh\necho slurm {node_slurm}\n"),
+            0o755,
+        );
+        let munge = UnixListener::bind(at("run/munge/munge.socket.2")).unwrap();
+        FakeNode { dir, _munge: munge }
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        self.dir.join(p)
+    }
+
+    fn doctor(&self) -> (Option<i32>, String) {
+        let out = ferry(
+            Path::new("/"),
+            &[
+                "doctor".as_ref(),
+                "--root".as_ref(),
+                self.dir.path().as_os_str(),
+            ],
+        );
+        (out.code, out.stdout)
+    }
+}
+
+fn fail_lines(report: &str) -> Vec<&str> {
+    report.lines().filter(|l| l.starts_with("FAIL")).collect()
+}
+
+#[test]
+fn a_complete_node_is_ready() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-ok", "24.11", "24.11.5");
+    let (code, report) = node.doctor();
+    assert!(fail_lines(&report).is_empty(), "{report}");
+    assert!(
+        report.contains("ok    slurm: installed 24.11.5, plugin built for Slurm 24.11"),
+        "{report}"
+    );
+    assert!(report.contains("node is ready"), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+}
+
+#[test]
+fn a_plugin_built_for_another_slurm_is_reported_with_the_package_to_install() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-version", "22.05", "24.11.5");
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 1, "{report}");
+    assert!(
+        fails[0].contains("installed 24.11.5, but the plugin is built for Slurm 22.05")
+            && fails[0]
+                .contains("fix: install ferry built for Slurm 24.11 (package ferry-slurm24.11"),
+        "{report}"
+    );
+    assert!(report.contains("NOT ready: 1 problem(s)"), "{report}");
+}
+
+#[test]
+fn missing_kernel_support_is_reported_with_the_module_to_load() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-kernel", "24.11", "24.11.5");
+    write_mode(&node.path("proc/filesystems"), "\tsquashfs\n", 0o644);
+    fs::remove_file(node.path("dev/loop-control")).unwrap();
+    fs::remove_file(node.path("dev/fuse")).unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 3, "{report}");
+    assert!(fails[0].contains("no overlay file system") && fails[0].contains("modprobe overlay"));
+    assert!(fails[1].contains("/dev/loop-control") && fails[1].contains("modprobe loop"));
+    // FUSE: the kernel check only warns; the site policy (default: users' images
+    // through squashfuse) makes it a failure.
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("warn  kernel: no FUSE")),
+        "{report}"
+    );
+    assert!(
+        fails[2].contains("fuse: no /dev/fuse") && fails[2].contains("modprobe fuse"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_disabled_plugstack_line_an_oci_conf_and_a_dead_munge_fail() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-conf", "24.11", "24.11.5");
+    write_mode(
+        &node.path("etc/slurm/plugstack.conf.d/ferry.conf"),
+        &format!("# shipped disabled\n#required /{PLUGIN_DIR}/ferry.so\n"),
+        0o644,
+    );
+    write_mode(&node.path("etc/slurm/oci.conf"), "RunTimeRun=x\n", 0o644);
+    fs::remove_file(node.path("run/munge/munge.socket.2")).unwrap();
+    fs::remove_file(node.path("usr/lib/x86_64-linux-gnu/libpmix.so")).unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 3, "{report}");
+    assert!(
+        fails[0].contains("no enabled line loads ferry.so")
+            && fails[0]
+                .contains("uncomment the ferry.so line of /etc/slurm/plugstack.conf.d/ferry.conf"),
+        "{report}"
+    );
+    assert!(
+        fails[1].contains("oci.conf exists") && fails[1].contains("remove /etc/slurm/oci.conf")
+    );
+    assert!(fails[2].contains("munge") && fails[2].contains("start munged"));
+    assert!(report.contains("warn  pmix: no libpmix.so"), "{report}");
+}
+
+#[test]
+fn a_plugin_loaded_twice_or_missing_its_file_fails() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-twice", "24.11", "24.11.5");
+    write_mode(
+        &node.path("etc/slurm/plugstack.conf"),
+        "include /etc/slurm/plugstack.conf.d/*.conf\noptional ferry.so launcher=/opt/none\n",
+        0o644,
+    );
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  plugstack: ferry.so is loaded 2 times"),
+        "{report}"
+    );
+
+    // One line again, but its plugin file is gone and its launcher is elsewhere.
+    write_mode(
+        &node.path("etc/slurm/plugstack.conf.d/ferry.conf"),
+        &format!("required /{PLUGIN_DIR}/ferry.so launcher=/opt/none\n"),
+        0o644,
+    );
+    write_mode(
+        &node.path("etc/slurm/plugstack.conf"),
+        "include plugstack.conf.d/*.conf\n",
+        0o644,
+    );
+    fs::remove_file(node.path(&format!("{PLUGIN_DIR}/ferry.so"))).unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 2, "{report}");
+    assert!(fails[0].starts_with(&format!(
+        "FAIL  plugin: /{PLUGIN_DIR}/ferry.so: No such file"
+    )));
+    assert!(fails[1].starts_with("FAIL  launcher: /opt/none: No such file"));
+}
+
+#[test]
+fn a_node_without_plugstack_conf_fails_with_the_line_to_write() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-noconf", "24.11", "24.11.5");
+    fs::remove_file(node.path("etc/slurm/plugstack.conf")).unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  plugstack: cannot read /etc/slurm/plugstack.conf")
+            && report.contains("include /etc/slurm/plugstack.conf.d/*.conf"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_site_file_and_what_its_policy_needs_are_checked() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-site", "24.11", "24.11.5");
+    // No site file: the defaults need squashfuse.
+    fs::remove_file(node.path("usr/bin/squashfuse_ll")).unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("ok    site: no /etc/ferry/site.json"),
+        "{report}"
+    );
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 1, "{report}");
+    assert!(
+        fails[0].contains("fuse: /usr/bin/squashfuse_ll is missing")
+            && fails[0].contains("apt install squashfuse"),
+        "{report}"
+    );
+
+    // A named site file with deny (no squashfuse needed), a trusted folder others can
+    // write and a required site mount that is missing.
+    fs::create_dir_all(node.path("etc/ferry")).unwrap();
+    fs::create_dir_all(node.path("srv/images")).unwrap();
+    fs::set_permissions(node.path("srv/images"), fs::Permissions::from_mode(0o777)).unwrap();
+    write_mode(
+        &node.path("etc/ferry/policy.json"),
+        r#"{"trusted_image_dirs": ["/srv/images"], "untrusted_images": "deny",
+            "site_mounts": [{"source": "/scratch"}]}"#,
+        0o644,
+    );
+    write_mode(
+        &node.path("etc/slurm/plugstack.conf.d/ferry.conf"),
+        &format!("required /{PLUGIN_DIR}/ferry.so site_config=/etc/ferry/policy.json\n"),
+        0o644,
+    );
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("ok    site: /etc/ferry/policy.json: untrusted images: deny"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "warn  site: trusted folder /srv/images is not root's or is writable by others"
+        ),
+        "{report}"
+    );
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 1, "{report}");
+    assert!(
+        fails[0].contains("site mount /scratch is missing"),
+        "{report}"
+    );
+
+    // A site file a user could edit is not believed: every step would fail.
+    fs::set_permissions(
+        node.path("etc/ferry/policy.json"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let (code, report) = node.doctor();
+    assert_eq!(code, Some(1), "{report}");
+    let fails = fail_lines(&report);
+    assert_eq!(fails.len(), 1, "{report}");
+    assert!(
+        fails[0].contains("must be owned by root") && fails[0].contains("ferry check-config"),
+        "{report}"
+    );
+}
