@@ -65,6 +65,8 @@ fn policies_choose_kernel_fuse_or_refusal_per_image() {
     if find_tool("squashfuse_ll").is_none() {
         panic!("squashfuse_ll missing (apt install squashfuse; tests/prepare-host installs it)");
     }
+    // Counts squashfuse servers: no other test of this binary may run one meanwhile.
+    let _only_us = exclusive();
     let fx = fixture();
     let sites = TempDir::new("sites");
     // Under /var/lib: every folder above a trusted one must be root's and not
@@ -177,4 +179,139 @@ fn check_config_prints_the_policy_or_names_the_bad_key() {
     let out = ferry(dir.path(), &["check-config", good.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{out:#?}");
     assert!(out.stderr.contains("must be owned by root"), "{out:#?}");
+}
+
+fn tool(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every compression `ferry build --compression` offers, and a SIF (served from its
+/// partition's offset), run under both `kernel` and `fuse`; an ext image runs only
+/// where the kernel may mount it (policy `kernel`, or a trusted folder), and under
+/// `fuse` the user reads how to convert it.
+#[test]
+fn compressions_sif_and_ext_under_kernel_and_fuse() {
+    if !require_root_and_tools() {
+        return;
+    }
+    for t in ["squashfuse_ll", "siftool", "mkfs.ext3"] {
+        if find_tool(t).is_none() {
+            panic!("{t} missing (tests/prepare-host installs it)");
+        }
+    }
+    // Counts squashfuse servers: no other test of this binary may run one meanwhile.
+    let _only_us = exclusive();
+    let fx = fixture();
+    let sites = TempDir::new("sites-formats");
+    let trusted = TempDir::new_in(Path::new("/var/lib"), "trusted-formats");
+    fs::set_permissions(
+        trusted.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    site_files(sites.path(), trusted.path());
+    let images = TempDir::new_in(Path::new("/var/tmp"), "formats-images");
+    fs::set_permissions(
+        images.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cwd = TempDir::new_in(Path::new("/var/tmp"), "formats-cwd");
+    cwd.give_to_test_user();
+    let user = test_user();
+    let read_it = ["sh", "-c", FIND_SERVERS];
+
+    let mut runnable = Vec::new();
+    for compression in ["gzip", "lzo", "lz4", "zstd", "xz"] {
+        let image = images.join(format!("{compression}.sqfs"));
+        ferry(
+            images.path(),
+            &[
+                "build".as_ref(),
+                "--all-root".as_ref(),
+                "--compression".as_ref(),
+                compression.as_ref(),
+                fx.rootfs.as_os_str(),
+                image.as_os_str(),
+            ],
+        )
+        .expect_success("ferry build --compression");
+        let inspect = ferry(
+            images.path(),
+            &["inspect".as_ref(), "--json".as_ref(), image.as_os_str()],
+        );
+        inspect.expect_success("inspect");
+        let facts: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+        assert_eq!(
+            facts["squashfs"]["compression"], compression,
+            "{inspect:#?}"
+        );
+        runnable.push(image);
+    }
+    let sif = images.join("image.sif");
+    let siftool = find_tool("siftool").unwrap();
+    tool(std::process::Command::new(&siftool).arg("new").arg(&sif));
+    tool(
+        std::process::Command::new(&siftool)
+            .arg("add")
+            .arg(&sif)
+            .arg(&fx.image)
+            .args(["--datatype", "4", "--parttype", "2", "--partfs", "1"])
+            .args(["--partarch", "2"]),
+    );
+    fs::set_permissions(&sif, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    runnable.push(sif);
+
+    for image in &runnable {
+        let out = run_as_user(cwd.path(), &sites.join("fuse.json"), image, &read_it);
+        out.expect_success(&format!("{} under fuse", image.display()));
+        assert!(
+            out.stdout.contains(&format!("server {}", user.uid))
+                && out.stdout.ends_with(ONLY_IN_IMAGE),
+            "{}: {out:#?}",
+            image.display()
+        );
+        let out = run_as_user(cwd.path(), &sites.join("kernel.json"), image, &read_it);
+        out.expect_success(&format!("{} under kernel", image.display()));
+        assert!(
+            !out.stdout.contains("server ") && out.stdout.ends_with(ONLY_IN_IMAGE),
+            "{}: {out:#?}",
+            image.display()
+        );
+    }
+
+    let ext = images.join("image.img");
+    tool(
+        std::process::Command::new(find_tool("mkfs.ext3").unwrap())
+            .args(["-q", "-F", "-d"])
+            .arg(&fx.rootfs)
+            .arg(&ext)
+            .arg("8M"),
+    );
+    fs::set_permissions(&ext, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = run_as_user(cwd.path(), &sites.join("fuse.json"), &ext, &["true"]);
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("ext images run only from this site's trusted image folders")
+            && out.stderr.contains("ferry build DIR OUT.sqfs"),
+        "{out:#?}"
+    );
+    let out = run_as_user(cwd.path(), &sites.join("kernel.json"), &ext, &read_it);
+    out.expect_success("ext under kernel");
+    assert!(out.stdout.ends_with(ONLY_IN_IMAGE), "{out:#?}");
+    let vetted_ext = trusted.join("vetted.img");
+    fs::copy(&ext, &vetted_ext).unwrap();
+    let out = run_as_user(cwd.path(), &sites.join("fuse.json"), &vetted_ext, &read_it);
+    out.expect_success("trusted ext under fuse");
+    assert!(
+        !out.stdout.contains("server ") && out.stdout.ends_with(ONLY_IN_IMAGE),
+        "{out:#?}"
+    );
 }

@@ -2,12 +2,19 @@
 //! by Debian's mksquashfs. The same folder gives the same bytes: every timestamp is
 //! fixed, mksquashfs sorts directory entries itself, and no xattrs are stored.
 
+use crate::cli::Compression;
 use ferry_runtime::image_config::{ImageConfig, CONFIG_PATH};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub fn build_command(rootfs: &Path, out: &Path, force: bool, all_root: bool) -> Result<(), String> {
+pub fn build_command(
+    rootfs: &Path,
+    out: &Path,
+    force: bool,
+    all_root: bool,
+    compression: Compression,
+) -> Result<(), String> {
     let meta = std::fs::metadata(rootfs).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             format!("{}: not found; give a root folder", rootfs.display())
@@ -46,7 +53,7 @@ pub fn build_command(rootfs: &Path, out: &Path, force: bool, all_root: bool) -> 
     }
     ferry_runtime::interrupt::catch_interrupts()
         .map_err(|e| format!("cannot set up interrupt handling: {e}"))?;
-    squash(rootfs, out, force, all_root)
+    squash(rootfs, out, force, all_root, compression)
 }
 
 /// Refuses to replace an existing file unless `force`.
@@ -75,7 +82,13 @@ fn timestamp() -> u64 {
 
 /// Packs `rootfs` into `out` through a temporary file next to it, renamed into place
 /// only on success: an interrupted or failed build leaves nothing.
-pub fn squash(rootfs: &Path, out: &Path, force: bool, all_root: bool) -> Result<(), String> {
+pub fn squash(
+    rootfs: &Path,
+    out: &Path,
+    force: bool,
+    all_root: bool,
+    compression: Compression,
+) -> Result<(), String> {
     let partial = sibling(out, "partial");
     let _ = std::fs::remove_file(&partial);
     let guard = RemoveOnDrop(partial.clone());
@@ -91,6 +104,8 @@ pub fn squash(rootfs: &Path, out: &Path, force: bool, all_root: bool) -> Result<
             &time,
             "-mkfs-time",
             &time,
+            "-comp",
+            compression.mksquashfs_name(),
         ])
         // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
         .env_remove("SOURCE_DATE_EPOCH")

@@ -1,7 +1,7 @@
 //! The command line definition, alone in this file so that `ferry-mangen` can build the
 //! man pages from it (it includes this file): clap and std only.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -59,6 +59,11 @@ pub enum Command {
         /// Store every file as owned by root (default: the owners on disk)
         #[arg(long)]
         all_root: bool,
+        /// SquashFS compression: gzip (default) mounts on every kernel; lz4 and zstd
+        /// start programs faster (less to decompress) but need Linux 3.19/4.14 on the
+        /// nodes (or their squashfuse built with them); xz is smallest and slowest
+        #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+        compression: Compression,
         /// Root folder (the image's /)
         rootfs: PathBuf,
         /// SquashFS image to write
@@ -69,6 +74,11 @@ pub enum Command {
         /// Replace OUT if it exists
         #[arg(long)]
         force: bool,
+        /// SquashFS compression: gzip (default) mounts on every kernel; lz4 and zstd
+        /// start programs faster (less to decompress) but need Linux 3.19/4.14 on the
+        /// nodes (or their squashfuse built with them); xz is smallest and slowest
+        #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+        compression: Compression,
         /// docker-archive tar, OCI archive tar, or OCI layout folder
         archive: PathBuf,
         /// SquashFS image to write
@@ -101,4 +111,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = "/etc/slurm/plugstack.conf")]
         plugstack: PathBuf,
     },
+}
+
+/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    Gzip,
+    Lzo,
+    Lz4,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    /// The name mksquashfs's `-comp` takes.
+    pub fn mksquashfs_name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Lzo => "lzo",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+        }
+    }
 }

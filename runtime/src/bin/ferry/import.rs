@@ -7,6 +7,7 @@
 //! The staging folder goes away in every case: success, error, or Ctrl-C.
 
 use crate::build;
+use crate::cli::Compression;
 use crate::unpack::{self, Unpacker};
 use ferry_runtime::image_config::{ImageConfig, CONFIG_PATH};
 use sha2::{Digest as _, Sha256};
@@ -16,12 +17,17 @@ use std::io::{self, BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write}
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-pub fn import_command(archive: &Path, out: &Path, force: bool) -> Result<(), String> {
+pub fn import_command(
+    archive: &Path,
+    out: &Path,
+    force: bool,
+    compression: Compression,
+) -> Result<(), String> {
     build::check_output(out, force)?;
     ferry_runtime::interrupt::catch_interrupts()
         .map_err(|e| format!("cannot set up interrupt handling: {e}"))?;
     // Whatever failed after an interrupt failed because of it; by now all is removed.
-    import(archive, out, force).map_err(|e| {
+    import(archive, out, force, compression).map_err(|e| {
         if ferry_runtime::interrupt::interrupted() {
             format!("interrupted; {} was not written", out.display())
         } else {
@@ -30,7 +36,7 @@ pub fn import_command(archive: &Path, out: &Path, force: bool) -> Result<(), Str
     })
 }
 
-fn import(archive: &Path, out: &Path, force: bool) -> Result<(), String> {
+fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> Result<(), String> {
     let what = |e: String| format!("archive {}: {e}", archive.display());
     let source = Source::open(archive).map_err(what)?;
     let image = source.image().map_err(what)?;
@@ -85,7 +91,7 @@ fn import(archive: &Path, out: &Path, force: bool) -> Result<(), String> {
         );
     }
     // Without root the files are ours, not the image's owners: store them as root's.
-    build::squash(&rootfs, out, force, !keep_owners)
+    build::squash(&rootfs, out, force, !keep_owners, compression)
 }
 
 fn write_config(rootfs: &Path, config: &ImageConfig) -> io::Result<()> {

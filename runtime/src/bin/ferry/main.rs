@@ -37,14 +37,22 @@ fn main() -> ExitCode {
         Command::Build {
             force,
             all_root,
+            compression,
             rootfs,
             out,
-        } => report(build::build_command(&rootfs, &out, force, all_root)),
+        } => report(build::build_command(
+            &rootfs,
+            &out,
+            force,
+            all_root,
+            compression,
+        )),
         Command::Import {
             force,
+            compression,
             archive,
             out,
-        } => report(import::import_command(&archive, &out, force)),
+        } => report(import::import_command(&archive, &out, force, compression)),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
