@@ -82,7 +82,7 @@ impl Config {
                 "digest_cache" => return Err(bad("give an absolute path")),
                 "hash_unpinned_max" => {
                     config.hash_unpinned_up_to =
-                        parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
+                        ferry_runtime::site::parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
                 }
                 "site_config" if value.starts_with('/') => {
                     config.site_config = value.into();
@@ -107,24 +107,6 @@ fn yes_no(value: &str) -> Option<bool> {
         "no" | "false" | "0" => Some(false),
         _ => None,
     }
-}
-
-/// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
-fn parse_size(value: &str) -> Option<u64> {
-    let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => value.split_at(i),
-        None => (value, ""),
-    };
-    let n: u64 = digits.parse().ok()?;
-    let shift = match unit {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        _ => return None,
-    };
-    n.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]

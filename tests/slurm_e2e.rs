@@ -1256,8 +1256,13 @@ fn bad_inputs_fail_srun_with_one_message() {
         ],
         "absolute",
     ));
+    srun_each_is_refused(&lab, &cases);
+}
+
+/// Runs `srun OPTS echo SHOULD-NOT-RUN` for every case at once: each must fail with one
+/// `ferry:` line holding its fragment (in what the user sees, not our command line).
+fn srun_each_is_refused(lab: &Lab, cases: &[(&str, Vec<String>, &str)]) {
     std::thread::scope(|s| {
-        let lab = &lab;
         let handles: Vec<_> = cases
             .iter()
             .map(|(case, opts, fragment)| {
@@ -1265,7 +1270,6 @@ fn bad_inputs_fail_srun_with_one_message() {
                     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
                     args.extend(["echo", "SHOULD-NOT-RUN"]);
                     let out = lab.srun(&args);
-                    // Only what the user sees, not our command line.
                     let seen = format!("{}\n{}", out.stdout, out.stderr);
                     assert_one_ferry_error(case, out.code, &seen, fragment);
                 })
@@ -1273,7 +1277,7 @@ fn bad_inputs_fail_srun_with_one_message() {
             .collect();
         let failures: Vec<_> = handles
             .into_iter()
-            .zip(&cases)
+            .zip(cases)
             .filter_map(|(h, (case, _, _))| h.join().err().map(|_| *case))
             .collect();
         assert!(failures.is_empty(), "failed cases: {failures:?}");

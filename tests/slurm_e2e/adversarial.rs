@@ -253,27 +253,7 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
             "absolute",
         ),
     ];
-    std::thread::scope(|s| {
-        let lab = &lab;
-        let handles: Vec<_> = cases
-            .iter()
-            .map(|(case, opts, fragment)| {
-                s.spawn(move || {
-                    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
-                    args.extend(["echo", "SHOULD-NOT-RUN"]);
-                    let out = lab.srun(&args);
-                    let seen = format!("{}\n{}", out.stdout, out.stderr);
-                    assert_one_ferry_error(case, out.code, &seen, fragment);
-                })
-            })
-            .collect();
-        let failures: Vec<_> = handles
-            .into_iter()
-            .zip(&cases)
-            .filter_map(|(h, (case, _, _))| h.join().err().map(|_| *case))
-            .collect();
-        assert!(failures.is_empty(), "failed cases: {failures:?}");
-    });
+    srun_each_is_refused(&lab, &cases);
 }
 
 /// The image file is replaced (renamed over) again and again while steps start:
