@@ -22,7 +22,7 @@ pub const PROVENANCE_FILE_VAR: &str = "FERRY_PROVENANCE_FILE";
 /// `--container=none` runs a step of a containerized job on the host.
 pub const NO_CONTAINER: &str = "none";
 
-static INHERITED: Mutex<Option<String>> = Mutex::new(None);
+static INHERITED: Mutex<Option<std::ffi::OsString>> = Mutex::new(None);
 
 /// Slurm's clients never overwrite an inherited SLURM_CONTAINER, so inside
 /// `sbatch --container=A` a `srun --container=B` would still carry A. Move the
@@ -31,15 +31,34 @@ static INHERITED: Mutex<Option<String>> = Mutex::new(None);
 pub fn init() {
     if let Some(value) = std::env::var_os(CONTAINER_VAR) {
         if let Ok(mut slot) = INHERITED.lock() {
-            *slot = Some(value.to_string_lossy().into_owned());
+            *slot = Some(value);
         }
         std::env::remove_var(CONTAINER_VAR);
     }
 }
 
+/// Image paths travel through the job's environment and logs as text: a path that is not
+/// UTF-8 is refused here, where the user reads it, not misread on the node.
+fn utf8_image(value: std::ffi::OsString) -> Result<String, String> {
+    value.into_string().map_err(|raw| {
+        format!(
+            "ferry: --container={}: the path is not valid UTF-8; rename the file (or a folder above it) to a UTF-8 name",
+            raw.to_string_lossy()
+        )
+    })
+}
+
 pub fn init_post_opt(config: &Config) -> Result<(), String> {
-    let from_command_line = std::env::var(CONTAINER_VAR).ok().filter(|v| !v.is_empty());
-    let inherited = INHERITED.lock().ok().and_then(|mut s| s.take());
+    let from_command_line = std::env::var_os(CONTAINER_VAR)
+        .filter(|v| !v.is_empty())
+        .map(utf8_image)
+        .transpose()?;
+    let inherited = INHERITED
+        .lock()
+        .ok()
+        .and_then(|mut s| s.take())
+        .map(utf8_image)
+        .transpose()?;
     let cwd = std::env::current_dir()
         .map_err(|e| format!("ferry: cannot read the current folder: {e}"))?;
     if let Some(image) = from_command_line.or(inherited) {

@@ -226,15 +226,18 @@ pub unsafe fn plugin_args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
 
 /// # Safety
 /// `optarg` must be null or a valid C string (Slurm's option callback argument).
-pub unsafe fn optarg(optarg: *const c_char) -> String {
+pub unsafe fn optarg(optarg: *const c_char) -> Result<String, String> {
     if optarg.is_null() {
-        String::new()
-    } else {
-        // SAFETY: per the caller's contract.
-        unsafe { CStr::from_ptr(optarg) }
-            .to_string_lossy()
-            .into_owned()
+        return Ok(String::new());
     }
+    // SAFETY: per the caller's contract.
+    let value = unsafe { CStr::from_ptr(optarg) };
+    value.to_str().map(str::to_string).map_err(|_| {
+        format!(
+            "ferry: option value {:?} is not valid UTF-8; ferry takes paths and names in UTF-8 only",
+            value.to_string_lossy()
+        )
+    })
 }
 
 /// Prints through Slurm's log: on the user's terminal from srun/sbatch, in the step's
@@ -286,7 +289,13 @@ pub fn option_hook(
     body: fn(i32, String, bool) -> Result<(), String>,
 ) -> c_int {
     // SAFETY: Slurm passes null or a valid C string as the option's argument.
-    let arg = unsafe { optarg(arg) };
+    let arg = match unsafe { optarg(arg) } {
+        Ok(arg) => arg,
+        Err(message) => {
+            error(&message);
+            return -1;
+        }
+    };
     match std::panic::catch_unwind(|| body(val, arg, remote != 0)) {
         Ok(Ok(())) => 0,
         Ok(Err(message)) => {

@@ -473,6 +473,11 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
     };
     let path = lab.images.mpich.as_str();
     let image = format!("--container={path}");
+    // What served earlier tests' steps goes away a moment after them.
+    let start = std::time::Instant::now();
+    while !servers_of(path).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = servers_of(path);
 
     let watch = ServerWatch::start(path);

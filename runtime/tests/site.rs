@@ -40,7 +40,17 @@ fn run_as_user(cwd: &Path, site: &Path, image: &Path, cmd: &[&str]) -> Outcome {
 
 /// Lines `server UID` for each live squashfuse_ll process on the host (exited ones
 /// can linger as zombies where init does not reap), then the image-only file.
-const FIND_SERVERS: &str = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ] && [ \"$(cut -d' ' -f3 $p/stat)\" != Z ] && echo \"server $(awk '/^Uid:/ {print $3}' $p/status)\"; done; cat /data/only-in-image";
+/// One read of each status file: a server that exits meanwhile is skipped, not half-read.
+const FIND_SERVERS: &str = "for p in /proc/[0-9]*; do awk '/^Name:/ {n=$2} /^State:/ {s=$2} /^Uid:/ {u=$3} END {if (n == \"squashfuse_ll\" && s != \"Z\" && u != \"\") print \"server \" u}' $p/status 2>/dev/null; done; cat /data/only-in-image";
+
+/// Waits (up to 10 s) until no squashfuse is left: the server of a container that just
+/// ended exits a moment after its command, and must not be counted by the next check.
+fn wait_for_no_servers() {
+    let start = Instant::now();
+    while !squashfuse_pids().is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 fn squashfuse_pids() -> Vec<String> {
     fs::read_dir("/proc")
@@ -103,6 +113,7 @@ fn policies_choose_kernel_fuse_or_refusal_per_image() {
         "{out:#?}"
     );
     // The trusted image is mounted by the kernel: no server.
+    wait_for_no_servers();
     let out = run_as_user(
         cwd.path(),
         &sites.join("fuse.json"),
@@ -125,6 +136,7 @@ fn policies_choose_kernel_fuse_or_refusal_per_image() {
         .expect_success("trusted image under deny");
 
     // kernel: no server either.
+    wait_for_no_servers();
     let out = run_as_user(
         cwd.path(),
         &sites.join("kernel.json"),
@@ -134,12 +146,8 @@ fn policies_choose_kernel_fuse_or_refusal_per_image() {
     out.expect_success("kernel policy");
     assert!(!out.stdout.contains("server "), "{out:#?}");
 
-    // No squashfuse outlives its container (others' tests may run their own: wait
-    // until none is left rather than compare counts).
-    let start = Instant::now();
-    while !squashfuse_pids().is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // No squashfuse outlives its container.
+    wait_for_no_servers();
     assert!(
         squashfuse_pids().is_empty(),
         "squashfuse still running: {:?}",
@@ -276,6 +284,7 @@ fn compressions_sif_and_ext_under_kernel_and_fuse() {
             "{}: {out:#?}",
             image.display()
         );
+        wait_for_no_servers();
         let out = run_as_user(cwd.path(), &sites.join("kernel.json"), image, &read_it);
         out.expect_success(&format!("{} under kernel", image.display()));
         assert!(
@@ -303,11 +312,13 @@ fn compressions_sif_and_ext_under_kernel_and_fuse() {
             && out.stderr.contains("ferry build DIR OUT.sqfs"),
         "{out:#?}"
     );
+    wait_for_no_servers();
     let out = run_as_user(cwd.path(), &sites.join("kernel.json"), &ext, &read_it);
     out.expect_success("ext under kernel");
     assert!(out.stdout.ends_with(ONLY_IN_IMAGE), "{out:#?}");
     let vetted_ext = trusted.join("vetted.img");
     fs::copy(&ext, &vetted_ext).unwrap();
+    wait_for_no_servers();
     let out = run_as_user(cwd.path(), &sites.join("fuse.json"), &vetted_ext, &read_it);
     out.expect_success("trusted ext under fuse");
     assert!(

@@ -254,6 +254,30 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
         ),
     ];
     srun_each_is_refused(&lab, &cases);
+
+    // Bytes that are not UTF-8 (made by the shell: our argument lists are text).
+    for (case, option, fragment) in [
+        (
+            "non-UTF-8 image",
+            "--container=$(printf 'good\\377.sqfs')",
+            "--container=",
+        ),
+        (
+            "non-UTF-8 mount",
+            "--container=good.sqfs --container-mounts=$(printf 'd\\377'):/x",
+            "option value",
+        ),
+        (
+            "non-UTF-8 workdir",
+            "--container=good.sqfs --container-workdir=$(printf '/w\\377')",
+            "option value",
+        ),
+    ] {
+        let out = lab.run(&["sh", "-c", &format!("srun {option} echo SHOULD-NOT-RUN")]);
+        let seen = format!("{}\n{}", out.stdout, out.stderr);
+        assert_one_ferry_error(case, out.code, &seen, fragment);
+        assert!(seen.contains("not valid UTF-8"), "{case}: {seen}");
+    }
 }
 
 /// The image file is replaced (renamed over) again and again while steps start:
