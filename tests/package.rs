@@ -234,3 +234,28 @@ fn the_rpm_has_the_el_layout_and_requires_its_slurm_release() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_package_ships_a_valid_example_site_file() {
+    let Some(slurm) = installed_slurm() else {
+        return;
+    };
+    let example = "/usr/share/doc/ferry/examples/site.json";
+    let (ok, owner) = run("dpkg-query", &["-S", example]);
+    assert!(
+        ok && owner.starts_with(&format!("ferry-slurm{slurm}: ")),
+        "{owner}"
+    );
+    // Valid; warnings about this node (its folders do not exist here) may follow.
+    let out = std::process::Command::new("ferry")
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{example}: valid; effective policy:")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("fuse"), "{stdout}");
+}
