@@ -26,6 +26,7 @@ const DIGEST_VAR: &str = "FERRY_IMAGE_DIGEST";
 
 /// Slurm's id of the extern step, which holds no user processes: left alone.
 const EXTERN_STEP: u32 = 0xffff_fffc;
+const BATCH_STEP: u32 = 0xffff_fffb;
 
 #[derive(Default)]
 struct Step {
@@ -199,12 +200,17 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
         image_policy: site.images,
         site_mounts: site.site_mounts,
         writable_layer_size: site.writable_layer_size,
+        // The batch step outlives the job's other steps: they may share its FUSE mount.
+        share_with_batch_step_of: match spank.step_id() {
+            Some(BATCH_STEP) | None => None,
+            Some(_) => spank.job_id(),
+        },
     })
 }
 
 fn step_name(id: u32) -> String {
     match id {
-        0xffff_fffb => "batch".into(),
+        BATCH_STEP => "batch".into(),
         0xffff_fffa => "interactive".into(),
         EXTERN_STEP => "extern".into(),
         n => n.to_string(),

@@ -740,10 +740,16 @@ echo "srun-rc: $?""#
         );
     }
     assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
+    // The batch step's squashfuse serves the job's other steps too.
     let records = provenance_lines(&lab.path("sif.jsonl"));
-    assert!(!records.is_empty(), "no provenance record: {job}");
+    assert_eq!(records.len(), 2, "{records:?}: {job}");
     for record in &records {
-        assert_eq!(record["mounted_by"], "fuse", "{record}");
+        let expected = if record["step"] == "batch" {
+            "fuse"
+        } else {
+            "fuse-shared"
+        };
+        assert_eq!(record["mounted_by"], expected, "{record}");
     }
 
     let ext = lab.image_as("image.img", "EXT", Packaging::Ext3);
@@ -756,6 +762,111 @@ echo "srun-rc: $?""#
         "ext images run only from this site's trusted image folders",
     );
     assert!(seen.contains("ferry build DIR OUT.sqfs"), "{out}");
+}
+
+/// The user's own image in a batch job: one squashfuse (the batch step's) serves the
+/// batch script and every `srun` step of the job on the node, so steps start with the
+/// image's cache warm; a step naming another image gets its own server; nothing is left
+/// after the job.
+#[test]
+fn steps_of_a_batch_job_share_its_squashfuse() {
+    let Some(lab) = Lab::exclusive("fuse-share") else {
+        return;
+    };
+    let image = lab.image("job.sqfs", "JOB");
+    let other = lab.image("other.sqfs", "OTHER");
+    // Counts live squashfuse processes (inside the container: the host's PID space).
+    lab.write(
+        "count-servers",
+        "n=0; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ] && [ \"$(cut -d' ' -f3 $p/stat 2>/dev/null)\" != Z ] && n=$((n+1)); done; echo $n\n",
+        0o644,
+    );
+    let count = "sh count-servers";
+    let job = lab.sbatch(
+        &[
+            "-n",
+            "2",
+            &format!("--container={image}"),
+            "--container-provenance=share.jsonl",
+        ],
+        &format!(
+            r#"echo "batch: $({count}) $(cat {ONLY_FILE})"
+srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $({count}) $(cat {ONLY_FILE})"'
+srun -n 1 --container={other} sh -c 'echo "other: $({count}) $(cat {ONLY_FILE})"'
+srun -n 1 sh -c 'echo "again: $(cat {ONLY_FILE})"'"#
+        ),
+    );
+    job.expect_ok();
+    let log = &job.log;
+    assert_eq!(
+        value_of(log, "batch: "),
+        Some("1 only-in-image JOB"),
+        "{job}"
+    );
+    for task in 0..2 {
+        assert_eq!(
+            value_of(log, &format!("task-{task}: ")),
+            Some("1 only-in-image JOB"),
+            "{job}"
+        );
+    }
+    // Another image: a server of its own, next to the batch step's.
+    assert_eq!(
+        value_of(log, "other: "),
+        Some("2 only-in-image OTHER"),
+        "{job}"
+    );
+    // (Not counted: the other step's server may still be on its way out.)
+    assert_eq!(value_of(log, "again: "), Some("only-in-image JOB"), "{job}");
+    let records = provenance_lines(&lab.path("share.jsonl"));
+    let mounted: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_str().unwrap_or_default().to_string(),
+                r["mounted_by"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    // Sorted: steps "0", "1", "2", then "batch".
+    let expected: Vec<(String, String)> = [
+        ("0", "fuse-shared"),
+        ("1", "fuse"),
+        ("2", "fuse-shared"),
+        ("batch", "fuse"),
+    ]
+    .iter()
+    .map(|(s, m)| (s.to_string(), m.to_string()))
+    .collect();
+    let mut sorted = mounted.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "{records:?}");
+    // The batch step reaps its server when the job ends.
+    let start = std::time::Instant::now();
+    while !live_fuse_servers_of_test_user().is_empty() && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(live_fuse_servers_of_test_user(), Vec::<u32>::new());
+}
+
+/// Live (not zombie) squashfuse processes of the test user.
+fn live_fuse_servers_of_test_user() -> Vec<u32> {
+    let uid = host_user().uid;
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().any(|l| l == "Name:\tsquashfuse_ll")
+                && !status.lines().any(|l| l.starts_with("State:\tZ"))
+                && status.lines().any(|l| {
+                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+                })
+        })
+        .collect()
 }
 
 /// `srun -n 4 --container=IMG`: all four tasks see the image, in one mount namespace

@@ -10,6 +10,7 @@ use crate::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
 use crate::plan::{Bind, FileContent, Opener, Plan};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
+use crate::share;
 use crate::sys;
 use crate::users;
 use nix::mount::MsFlags;
@@ -52,12 +53,6 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
     let method = image::method_for(&image, &req.image_policy)?;
     let (mut facts, verified) = verify_image(req, &image)?;
-    facts.mounted_by = match method {
-        Method::Kernel => "kernel",
-        Method::Fuse => "fuse",
-        Method::Bind => "bind",
-    }
-    .into();
     let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
     // Back into plan order (parents first), which the split by opener disturbed.
     sources.sort_by_key(|s| plan.binds.iter().position(|b| std::ptr::eq(b, s.bind)));
@@ -75,7 +70,8 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         std::fs::create_dir(staging.join(dir))
             .map_err(|e| Error::system("creating the staging folders", e))?;
     }
-    mount_image(req, &image, method, fuse, &staging.join("image"))?;
+    let mounted = mount_image(req, &image, method, fuse, &staging.join("image"))?;
+    facts.mounted_by = mounted.name().into();
     if let Some(version) = verified {
         // What was hashed is what the loop device reads, unless the file changed since.
         let now = image_file(&image).and_then(|f| digest::FileVersion::of(&f));
@@ -114,6 +110,10 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     };
     // Read before any bind: only the image's own files can answer.
     let config = read_image_config(&in_root, &req.image)?;
+    if mounted == Mounted::OwnFuse {
+        // Other steps of the job may take this mount from here (`share`).
+        keep_image_mount(&in_root, &staging.join("image"))?;
+    }
     let workdir = effective_workdir(req, plan, config.as_ref());
     if let Some((_, err)) = skipped
         .iter()
@@ -216,37 +216,77 @@ fn open_sources<'a>(
     Ok(out)
 }
 
+/// How the image came to be mounted (the provenance record's `mounted_by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mounted {
+    Kernel,
+    /// By a squashfuse started for this container.
+    OwnFuse,
+    /// A copy of the batch step's FUSE mount (`share`).
+    SharedFuse,
+    Bind,
+}
+
+impl Mounted {
+    fn name(self) -> &'static str {
+        match self {
+            Mounted::Kernel => "kernel",
+            Mounted::OwnFuse => "fuse",
+            Mounted::SharedFuse => "fuse-shared",
+            Mounted::Bind => "bind",
+        }
+    }
+}
+
 fn mount_image(
     req: &Request,
     image: &OpenedImage,
     method: Method,
     fuse: Option<FuseHandoff>,
     target: &Path,
-) -> Result<()> {
+) -> Result<Mounted> {
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let kernel = |result: std::io::Result<()>, what| {
+        result
+            .map(|_| Mounted::Kernel)
+            .map_err(|e| image_err(image, what, e))
+    };
     match (method, image.format) {
-        (Method::Fuse, Format::Squashfs) => mount_with_fuse(req, image, 0, fuse, target),
-        // squashfuse reads the root partition straight from the file.
-        (Method::Fuse, Format::Sif { offset, .. }) => {
-            mount_with_fuse(req, image, offset, fuse, target)
+        (Method::Fuse, Format::Squashfs | Format::Sif { .. }) => {
+            if borrow_batch_mount(req, image, target)? {
+                // The caller learns from the closed channel that no server is needed.
+                drop(fuse);
+                return Ok(Mounted::SharedFuse);
+            }
+            let offset = match image.format {
+                // squashfuse reads the root partition straight from the file.
+                Format::Sif { offset, .. } => offset,
+                _ => 0,
+            };
+            mount_with_fuse(req, image, offset, fuse, target).map(|_| Mounted::OwnFuse)
         }
         (Method::Bind, Format::Directory) => {
             sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
                 .and_then(|_| sys::remount_bind(target, ro))
+                .map(|_| Mounted::Bind)
                 .map_err(|e| image_err(image, "binding the root folder", e))
         }
         (Method::Kernel, Format::Squashfs) => {
             let device = loop_device(image, 0, 0)?;
             // The mount holds the device; with autoclear it frees itself when the
             // namespace and so the mount go away, so our handle can close now.
-            sys::mount_fs(&device.path, target, "squashfs", ro, None)
-                .map_err(|e| image_err(image, "mounting the SquashFS", e))
+            kernel(
+                sys::mount_fs(&device.path, target, "squashfs", ro, None),
+                "mounting the SquashFS",
+            )
         }
         (Method::Kernel, Format::Sif { offset, size }) => {
             // The root partition straight from the file: the loop device shows only it.
             let device = loop_device(image, offset, size)?;
-            sys::mount_fs(&device.path, target, "squashfs", ro, None)
-                .map_err(|e| image_err(image, "mounting the SIF's SquashFS partition", e))
+            kernel(
+                sys::mount_fs(&device.path, target, "squashfs", ro, None),
+                "mounting the SIF's SquashFS partition",
+            )
         }
         (Method::Kernel, Format::Ext) => {
             // The ext4 driver reads ext2 and ext3 too. `noload`: never replay the
@@ -254,8 +294,10 @@ fn mount_image(
             // read-only: replaying would fail the mount, and root must not write into
             // a user's file).
             let device = loop_device(image, 0, 0)?;
-            sys::mount_fs(&device.path, target, "ext4", ro, Some("noload"))
-                .map_err(|e| image_err(image, "mounting the ext image", e))
+            kernel(
+                sys::mount_fs(&device.path, target, "ext4", ro, Some("noload")),
+                "mounting the ext image",
+            )
         }
         // `image::method_for` never pairs these.
         (method, format) => Err(Error::system(
@@ -266,6 +308,41 @@ fn mount_image(
             )),
         )),
     }
+}
+
+/// For a step of a batch job: mounts a copy of the batch step's FUSE mount of this very
+/// image at `target` when there is one on this node (see `share`). False: start a
+/// server of our own.
+fn borrow_batch_mount(req: &Request, image: &OpenedImage, target: &Path) -> Result<bool> {
+    let Some(job) = req.share_with_batch_step_of else {
+        return Ok(false);
+    };
+    let Some(peer) = share::batch_step_namespace(
+        job,
+        req.user.uid,
+        image.fd.as_fd(),
+        &req.image_policy.fuse_helper,
+    ) else {
+        return Ok(false);
+    };
+    share::borrow_image_mount(peer, target)
+        .map_err(|e| Error::system("returning from the batch step's mount namespace", e))
+}
+
+/// Binds the image mount read-only at `share::SHARED_IMAGE` inside the new root (the
+/// folder resolved and made inside the root: the image's own symlinks cannot move it).
+fn keep_image_mount(in_root: &InRoot, image: &Path) -> Result<()> {
+    let failed = |e| Error::system(format!("binding the image at {}", share::SHARED_IMAGE), e);
+    let at = Path::new(share::SHARED_IMAGE.trim_start_matches('/'));
+    let dest = in_root.open(at, Create::Dir).map_err(failed)?;
+    sys::mount_bind(image, &sys::fd_path(dest.as_fd()), false).map_err(failed)?;
+    // Reopen: the name now leads to the new mount's root, which is what we remount.
+    let mounted = in_root.open(at, Create::Nothing).map_err(failed)?;
+    sys::remount_bind(
+        &sys::fd_path(mounted.as_fd()),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )
+    .map_err(failed)
 }
 
 /// Mounts FUSE on `target` with the device the caller opened and hands the caller the

@@ -12,6 +12,7 @@ pub mod image_config;
 pub mod plan;
 pub mod request;
 pub mod resolve;
+pub mod share;
 pub mod sif;
 pub mod site;
 pub mod superblock;

@@ -35,6 +35,9 @@ pub struct Request {
     pub site_mounts: Vec<SiteMount>,
     /// Size of the tmpfs under the writable layer, in bytes.
     pub writable_layer_size: u64,
+    /// A step of this Slurm job other than its batch step: under `fuse`, take the
+    /// batch step's mount of the same image on this node when there is one (`share`).
+    pub share_with_batch_step_of: Option<u32>,
 }
 
 impl Request {
@@ -56,6 +59,7 @@ impl Request {
             image_policy: ImagePolicy::kernel(),
             site_mounts: Vec::new(),
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
+            share_with_batch_step_of: None,
         }
     }
 }

@@ -698,6 +698,54 @@ pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u64)>> {
 }
 
 // ---------------------------------------------------------------------------
+// A mount taken from another mount namespace (open_tree/move_mount, Linux 5.2+).
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+
+/// A detached copy of the mount at `path` (in the caller's current mount namespace).
+pub fn clone_mount(path: &Path) -> io::Result<OwnedFd> {
+    let path = cstring(path)?;
+    // Not through a symlink: the mount's root is a folder.
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
+    // SAFETY: a valid C string and flags; open_tree has no libc wrapper.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    check(fd as libc::c_int)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// Attaches a detached mount (from `clone_mount`) at `target`.
+pub fn attach_mount(mount: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let target = cstring(target)?;
+    let empty = c"";
+    // SAFETY: valid descriptor and C strings; move_mount has no libc wrapper.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) as libc::c_int
+    })?;
+    Ok(())
+}
+
+/// Whether `fd` lies on a FUSE filesystem.
+pub fn is_fuse(fd: BorrowedFd<'_>) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is writable for one statfs struct; read only when the call succeeds.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    // SAFETY: fstatfs filled it in.
+    rc == 0 && unsafe { st.assume_init() }.f_type as libc::c_long == FUSE_SUPER_MAGIC
+}
+
+// ---------------------------------------------------------------------------
 // Interrupts (CLI only).
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
