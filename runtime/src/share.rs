@@ -33,20 +33,30 @@ pub fn batch_step_namespace(
 ) -> Option<OwnedFd> {
     let want = sys::fstat(image).ok()?;
     let helper = fs::canonicalize(helper).ok()?;
+    // One pass over the processes, reading only their short name until one looks like
+    // the helper (the kernel keeps the first 15 bytes of the program's name).
+    let comm: Vec<u8> = helper
+        .file_name()?
+        .as_encoded_bytes()
+        .iter()
+        .take(15)
+        .copied()
+        .collect();
     let title = format!("slurmstepd: [{job}.batch]");
-    let stepd = pids().find(|pid| {
-        let dir = proc_dir(*pid);
+    let is_batch_stepd = |pid: u32| {
+        let dir = proc_dir(pid);
         fs::metadata(&dir).is_ok_and(|m| m.uid() == 0)
             && fs::read(dir.join("cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).next() == Some(title.as_bytes()))
-    })?;
-    let server = pids().find(|pid| {
-        let dir = proc_dir(*pid);
-        let Ok(status) = fs::read_to_string(dir.join("status")) else {
-            return false;
-        };
-        field(&status, "PPid:") == Some(vec![stepd])
-            && field(&status, "Uid:") == Some(vec![uid; 4])
+    };
+    let (server, stepd) = pids().find_map(|pid| {
+        let dir = proc_dir(pid);
+        if fs::read(dir.join("comm")).ok()?.strip_suffix(b"\n")? != comm.as_slice() {
+            return None;
+        }
+        let status = fs::read_to_string(dir.join("status")).ok()?;
+        let parent = field(&status, "PPid:")?.first().copied()?;
+        let serves_our_image = field(&status, "Uid:") == Some(vec![uid; 4])
             && fs::read_link(dir.join("exe")).is_ok_and(|exe| exe == helper)
             && fs::metadata(dir.join("fd/4")).is_ok_and(|m| {
                 m.dev() == want.st_dev
@@ -54,15 +64,17 @@ pub fn batch_step_namespace(
                     && m.size() as i64 == want.st_size
                     && (m.mtime(), m.mtime_nsec()) == (want.st_mtime, want.st_mtime_nsec)
                     && (m.ctime(), m.ctime_nsec()) == (want.st_ctime, want.st_ctime_nsec)
-            })
+            });
+        (serves_our_image && is_batch_stepd(parent)).then_some((pid, parent))
     })?;
-    let host = fs::read_link("/proc/self/ns/mnt").ok()?;
+    // The batch slurmstepd holds one mount namespace open: its container's.
+    let ours = fs::read_link("/proc/self/ns/mnt").ok()?;
     let namespace = fs::read_dir(proc_dir(stepd).join("fd"))
         .ok()?
         .flatten()
         .map(|e| e.path())
         .find(|fd| {
-            fs::read_link(fd).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:[") && l != host)
+            fs::read_link(fd).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:[") && l != ours)
         })?;
     let namespace = sys::open_path(&namespace, libc::O_RDONLY).ok()?;
     // Still the same server of the same slurmstepd: neither pid was reused meanwhile.
