@@ -43,9 +43,12 @@ pub fn batch_step_namespace(
         .copied()
         .collect();
     let title = format!("slurmstepd: [{job}.batch]");
+    // Root by its status (a /proc folder's owner is not proof: a process that made
+    // itself non-dumpable shows as root's there).
     let is_batch_stepd = |pid: u32| {
         let dir = proc_dir(pid);
-        fs::metadata(&dir).is_ok_and(|m| m.uid() == 0)
+        fs::read_to_string(dir.join("status"))
+            .is_ok_and(|status| field(&status, "Uid:") == Some(vec![0; 4]))
             && fs::read(dir.join("cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).next() == Some(title.as_bytes()))
     };
