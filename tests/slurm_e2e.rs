@@ -195,6 +195,15 @@ impl Out {
         assert!(self.ok(), "expected success:\n{self}");
         self
     }
+
+    /// The command failed with one `ferry:` line saying `fragment` (see
+    /// `assert_one_ferry_error`); returns what the user saw, stdout then stderr.
+    #[track_caller]
+    fn expect_one_ferry_error(&self, case: &str, fragment: &str) -> String {
+        let seen = format!("{}\n{}", self.stdout, self.stderr);
+        assert_one_ferry_error(case, self.code, &seen, fragment);
+        seen
+    }
 }
 
 impl fmt::Display for Out {
@@ -754,11 +763,8 @@ echo "srun-rc: $?""#
 
     let ext = lab.image_as("image.img", "EXT", Packaging::Ext3);
     let out = lab.srun(&[&format!("--container={ext}"), "echo", "SHOULD-NOT-RUN"]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
+    let seen = out.expect_one_ferry_error(
         "the user's own ext image",
-        out.code,
-        &seen,
         "ext images run only from this site's trusted image folders",
     );
     assert!(seen.contains("ferry build DIR OUT.sqfs"), "{out}");
@@ -1381,8 +1387,7 @@ fn srun_each_is_refused(lab: &Lab, cases: &[(&str, Vec<String>, &str)]) {
                     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
                     args.extend(["echo", "SHOULD-NOT-RUN"]);
                     let out = lab.srun(&args);
-                    let seen = format!("{}\n{}", out.stdout, out.stderr);
-                    assert_one_ferry_error(case, out.code, &seen, fragment);
+                    out.expect_one_ferry_error(case, fragment);
                 })
             })
             .collect();
@@ -1874,8 +1879,7 @@ fn pinned_images_run_only_when_the_digest_matches() {
                     "echo",
                     "SHOULD-NOT-RUN",
                 ]);
-                let seen = format!("{}\n{}", out.stdout, out.stderr);
-                assert_one_ferry_error("srun, wrong digest", out.code, &seen, mismatch);
+                out.expect_one_ferry_error("srun, wrong digest", mismatch);
             }),
         ));
         cases.push((
@@ -1886,8 +1890,7 @@ fn pinned_images_run_only_when_the_digest_matches() {
                     "echo",
                     "SHOULD-NOT-RUN",
                 ]);
-                let seen = format!("{}\n{}", out.stdout, out.stderr);
-                assert_one_ferry_error("srun, malformed", out.code, &seen, "64 hex digits");
+                let seen = out.expect_one_ferry_error("srun, malformed", "64 hex digits");
                 assert_has(&seen, &format!("{abs}@sha256:abc"), &out);
             }),
         ));
@@ -1899,11 +1902,8 @@ fn pinned_images_run_only_when_the_digest_matches() {
                     "echo",
                     "SHOULD-NOT-RUN",
                 ]);
-                let seen = format!("{}\n{}", out.stdout, out.stderr);
-                assert_one_ferry_error(
+                out.expect_one_ferry_error(
                     "srun, pinned folder",
-                    out.code,
-                    &seen,
                     &format!("image {folder}: a root folder has no digest to pin"),
                 );
             }),
@@ -1985,11 +1985,8 @@ fn pinned_images_run_only_when_the_digest_matches() {
     let digest2 = sha256sum(&lab.path(&image));
     assert_ne!(digest, digest2);
     let out = lab.srun(&[&pinned, "echo", "SHOULD-NOT-RUN"]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
+    out.expect_one_ferry_error(
         "old pin after the rebuild",
-        out.code,
-        &seen,
         &format!("image {abs}: digest mismatch: expected {digest}, found {digest2}"),
     );
     let out = lab.srun(&[
@@ -2250,8 +2247,7 @@ fn the_site_can_require_pinned_images() {
         let _setting = PlugstackArgs::add("require_digest=yes");
 
         let out = lab.srun(&[&format!("--container={image}"), "echo", "SHOULD-NOT-RUN"]);
-        let seen = format!("{}\n{}", out.stdout, out.stderr);
-        assert_one_ferry_error("srun, unpinned", out.code, &seen, &refusal);
+        out.expect_one_ferry_error("srun, unpinned", &refusal);
 
         let out = lab.srun(&[&format!("--container={image}@{digest}"), "cat", ONLY_FILE]);
         out.expect_ok();

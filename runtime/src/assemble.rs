@@ -553,8 +553,8 @@ fn check_workdir(workdir: &PathBuf, image: &Path) -> Result<()> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageFacts {
     pub format: String,
-    /// Who reads the image: `kernel` (SquashFS driver), `fuse` (squashfuse as the
-    /// user) or `bind` (a root folder).
+    /// Who reads the image (`Mounted::name`): `kernel`, `fuse` (squashfuse as the user),
+    /// `fuse-shared` (the batch step's squashfuse) or `bind` (a root folder).
     #[serde(default)]
     pub mounted_by: String,
     pub size: u64,

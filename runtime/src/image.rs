@@ -256,15 +256,20 @@ pub fn is_trusted(image: &OpenedImage, trusted_dirs: &[PathBuf]) -> bool {
     let inside = trusted_dirs
         .iter()
         .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(&d) && real != d));
-    if !inside {
-        return false;
-    }
-    let root_only = |m: &std::fs::Metadata| m.uid() == 0 && m.mode() & 0o022 == 0;
-    match std::fs::symlink_metadata(&real) {
-        Ok(m) if root_only(&m) && m.dev() == opened.st_dev && m.ino() == opened.st_ino => {}
-        _ => return false,
-    }
-    real.ancestors()
-        .skip(1)
-        .all(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && root_only(&m)))
+    inside
+        && std::fs::symlink_metadata(&real)
+            .is_ok_and(|m| m.dev() == opened.st_dev && m.ino() == opened.st_ino)
+        && not_root_only(Path::new("/"), &real).is_none()
+}
+
+/// The first of `path` and the folders above it (as seen under `root`, the node's `/`)
+/// that someone other than root could change: not owned by root, or writable by group
+/// or others (a symlink's own mode means nothing: its owner counts). None: all root's.
+pub fn not_root_only(root: &Path, path: &Path) -> Option<PathBuf> {
+    path.ancestors().find_map(|p| {
+        let at = root.join(p.strip_prefix("/").unwrap_or(p));
+        let safe = std::fs::symlink_metadata(at)
+            .is_ok_and(|m| m.uid() == 0 && (m.file_type().is_symlink() || m.mode() & 0o022 == 0));
+        (!safe).then(|| p.to_path_buf())
+    })
 }

@@ -4,7 +4,7 @@
 //!
 //! Parsing and validation are pure (no file system access) so that the plugin, the
 //! `ferry check-config` command and the fuzz targets share them. Checking that a
-//! trusted folder really is root-owned happens on use (`trusted_location`), because
+//! trusted folder really is root-owned happens on use (`image::is_trusted`), because
 //! the host can change after the file was read.
 
 use crate::request::MountSpec;
@@ -83,7 +83,6 @@ impl ImagePolicy {
         }
     }
 
-    /// The line a refused user reads.
     /// The trusted folders for a message, or that there are none.
     pub fn trusted_list(&self) -> String {
         if self.trusted_dirs.is_empty() {
@@ -93,6 +92,7 @@ impl ImagePolicy {
         }
     }
 
+    /// What a user refused under `deny` reads after the image's path.
     pub fn where_trusted(&self) -> String {
         if self.trusted_dirs.is_empty() {
             "this site runs no images outside its trusted folders and has none configured; ask the administrators".into()
@@ -284,15 +284,7 @@ impl Site {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:24} {v}\n"));
-        line(
-            &mut out,
-            "trusted_image_dirs",
-            if self.images.trusted_dirs.is_empty() {
-                "(none)".into()
-            } else {
-                join_paths(&self.images.trusted_dirs)
-            },
-        );
+        line(&mut out, "trusted_image_dirs", self.images.trusted_list());
         line(
             &mut out,
             "untrusted_images",

@@ -160,12 +160,17 @@ pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> 
 /// Drops to the user for good: groups, gid, then uid (order matters: after setuid we
 /// could no longer change groups).
 pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
-    nix::unistd::setgroups(
-        &groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect::<Vec<_>>(),
-    )?;
+    let groups: Vec<nix::unistd::Gid> = groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    become_ids(uid, gid, &groups)
+}
+
+/// Groups, gid, uid, for good. Allocates nothing: usable in a child forked from a
+/// multi-threaded process.
+fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io::Result<()> {
+    nix::unistd::setgroups(groups)?;
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
     Ok(())
@@ -645,9 +650,7 @@ fn become_fuse_server(
             unsafe { libc::close(fd) };
         }
     }
-    nix::unistd::setgroups(groups)?;
-    nix::unistd::setresgid(server.gid.into(), server.gid.into(), server.gid.into())?;
-    nix::unistd::setresuid(server.uid.into(), server.uid.into(), server.uid.into())?;
+    become_ids(server.uid, server.gid, groups)?;
     set_no_new_privs()
 }
 

@@ -11,7 +11,26 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A root-owned folder with one site file per policy.
+/// A folder of site files, one per policy (`kernel.json`, `fuse.json`, `deny.json`),
+/// each trusting the second folder returned: under /var/lib, because every folder
+/// above a trusted one must be root's and not writable by others (/tmp is).
+fn sites_and_trusted_folder(tag: &str) -> (TempDir, TempDir) {
+    let sites = TempDir::new(&format!("sites-{tag}"));
+    let trusted = TempDir::new_in(Path::new("/var/lib"), &format!("trusted-{tag}"));
+    open_to_all(&trusted);
+    site_files(sites.path(), trusted.path());
+    (sites, trusted)
+}
+
+/// Mode 0755: readable by the test user, writable by root only.
+fn open_to_all(dir: &TempDir) {
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
+
 fn site_files(dir: &Path, trusted: &Path) {
     for policy in ["kernel", "fuse", "deny"] {
         let text = format!(
@@ -78,18 +97,9 @@ fn policies_choose_kernel_fuse_or_refusal_per_image() {
     // Counts squashfuse servers: no other test of this binary may run one meanwhile.
     let _only_us = exclusive();
     let fx = fixture();
-    let sites = TempDir::new("sites");
-    // Under /var/lib: every folder above a trusted one must be root's and not
-    // writable by others (/tmp is).
-    let trusted = TempDir::new_in(Path::new("/var/lib"), "trusted");
-    fs::set_permissions(
-        trusted.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (sites, trusted) = sites_and_trusted_folder("policies");
     let vetted = trusted.join("vetted.sqfs");
     fs::copy(&fx.image, &vetted).unwrap();
-    site_files(sites.path(), trusted.path());
     let cwd = TempDir::new_in(Path::new("/var/tmp"), "site-cwd");
     cwd.give_to_test_user();
     let user = test_user();
@@ -215,20 +225,9 @@ fn compressions_sif_and_ext_under_kernel_and_fuse() {
     // Counts squashfuse servers: no other test of this binary may run one meanwhile.
     let _only_us = exclusive();
     let fx = fixture();
-    let sites = TempDir::new("sites-formats");
-    let trusted = TempDir::new_in(Path::new("/var/lib"), "trusted-formats");
-    fs::set_permissions(
-        trusted.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    site_files(sites.path(), trusted.path());
+    let (sites, trusted) = sites_and_trusted_folder("formats");
     let images = TempDir::new_in(Path::new("/var/tmp"), "formats-images");
-    fs::set_permissions(
-        images.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    open_to_all(&images);
     let cwd = TempDir::new_in(Path::new("/var/tmp"), "formats-cwd");
     cwd.give_to_test_user();
     let user = test_user();

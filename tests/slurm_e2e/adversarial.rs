@@ -274,8 +274,7 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
         ),
     ] {
         let out = lab.run(&["sh", "-c", &format!("srun {option} echo SHOULD-NOT-RUN")]);
-        let seen = format!("{}\n{}", out.stdout, out.stderr);
-        assert_one_ferry_error(case, out.code, &seen, fragment);
+        let seen = out.expect_one_ferry_error(case, fragment);
         assert!(seen.contains("not valid UTF-8"), "{case}: {seen}");
     }
 }
@@ -441,11 +440,8 @@ fn the_site_policy_decides_which_images_run_and_where() {
     assert_eq!(record[0]["mounted_by"], "kernel", "{record:?}");
 
     let out = lab.srun(&[&format!("--container={own}"), "echo", "SHOULD-NOT-RUN"]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
+    out.expect_one_ferry_error(
         "untrusted image under deny",
-        out.code,
-        &seen,
         &format!(
         "not in a trusted image folder; this site runs only images from its trusted folders: {}",
         trusted.dir.display()
@@ -461,22 +457,16 @@ fn the_site_policy_decides_which_images_run_and_where() {
         "echo",
         "SHOULD-NOT-RUN",
     ]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
+    out.expect_one_ferry_error(
         "mount outside the allowed destinations",
-        out.code,
-        &seen,
         "allows user mounts only under /data",
     );
 
     // A group-writable trusted folder is no longer trusted.
     fs::set_permissions(&trusted.dir, fs::Permissions::from_mode(0o775)).unwrap();
     let out = lab.srun(&[&vetted_arg, "echo", "SHOULD-NOT-RUN"]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
+    out.expect_one_ferry_error(
         "group-writable trusted folder",
-        out.code,
-        &seen,
         "not in a trusted image folder",
     );
     fs::set_permissions(&trusted.dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -484,13 +474,7 @@ fn the_site_policy_decides_which_images_run_and_where() {
     // A site file the user owns is not believed: every step stops.
     std::os::unix::fs::chown(&site_file, Some(host_user().uid), None).unwrap();
     let out = lab.srun(&[&vetted_arg, "echo", "SHOULD-NOT-RUN"]);
-    let seen = format!("{}\n{}", out.stdout, out.stderr);
-    assert_one_ferry_error(
-        "user-owned site file",
-        out.code,
-        &seen,
-        "must be owned by root",
-    );
+    out.expect_one_ferry_error("user-owned site file", "must be owned by root");
 }
 
 /// A job cancelled while its steps are being set up, and a slurmstepd killed with

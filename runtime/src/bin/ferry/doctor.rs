@@ -41,7 +41,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
+pub(crate) enum Level {
     Ok,
     /// Works, but something some jobs need is missing.
     Warn,
@@ -49,10 +49,10 @@ enum Level {
     Fail,
 }
 
-struct Finding {
-    level: Level,
-    what: String,
-    fix: String,
+pub(crate) struct Finding {
+    pub(crate) level: Level,
+    pub(crate) what: String,
+    pub(crate) fix: String,
 }
 
 fn ok(what: impl Into<String>) -> Finding {
@@ -98,8 +98,7 @@ struct PluginLine {
 impl Node {
     /// `abs` (an absolute path on the node) as seen from here.
     fn path(&self, abs: impl AsRef<Path>) -> PathBuf {
-        let abs = abs.as_ref();
-        self.root.join(abs.strip_prefix("/").unwrap_or(abs))
+        under(&self.root, abs.as_ref())
     }
 
     fn exists(&self, abs: impl AsRef<Path>) -> bool {
@@ -480,51 +479,72 @@ fn pmix(node: &Node) -> Vec<Finding> {
     }
 }
 
+/// `abs`, a path on the node whose `/` is `root`, as seen from here.
+fn under(root: &Path, abs: &Path) -> PathBuf {
+    root.join(abs.strip_prefix("/").unwrap_or(abs))
+}
+
 /// The site file the plugin will read (named by `site_config=`, else the default when
-/// present) and what its image policy needs on this node: squashfuse and /dev/fuse
-/// under `fuse`, root-owned trusted folders.
+/// present) and what its policy needs on this node (`site_needs`).
 fn site_policy(node: &Node) -> Vec<Finding> {
-    use ferry_runtime::site::{Site, Untrusted, DEFAULT_SITE_CONFIG};
+    use ferry_runtime::site::{Site, DEFAULT_SITE_CONFIG};
     if node.lines.is_empty() {
         return Vec::new();
     }
     let named = node.arg("site_config");
     let file = named.unwrap_or(DEFAULT_SITE_CONFIG);
-    if named.is_none() && !node.exists(file) {
-        let mut found = vec![ok(format!(
+    let (site, found) = if named.is_none() && !node.exists(file) {
+        let found = ok(format!(
             "site: no {file}; defaults: users' images through squashfuse, no trusted folders"
-        ))];
-        found.extend(fuse_ready(node, &Site::default()));
-        return found;
-    }
-    let site = match Site::load(&node.path(file)) {
-        Ok(site) => site,
-        Err(why) => {
-            return vec![fail(
-                format!("site: {why} (every step fails)"),
-                format!("fix the file (ferry check-config {file} says what is wrong)"),
-            )]
+        ));
+        (Site::default(), found)
+    } else {
+        match Site::load(&node.path(file)) {
+            Ok(site) => {
+                let found = ok(format!(
+                    "site: {file}: untrusted images: {}",
+                    site.images.untrusted.name()
+                ));
+                (site, found)
+            }
+            Err(why) => {
+                return vec![fail(
+                    format!("site: {why} (every step fails)"),
+                    format!("fix the file (ferry check-config {file} says what is wrong)"),
+                )]
+            }
         }
     };
-    let mut found = vec![ok(format!(
-        "site: {file}: untrusted images: {}",
-        site.images.untrusted.name()
-    ))];
+    std::iter::once(found)
+        .chain(site_needs(&node.root, &site))
+        .collect()
+}
+
+/// What `site`'s policy needs on the node whose `/` is `root`: root-only trusted
+/// folders, the required site mounts, and under `fuse` squashfuse and /dev/fuse.
+/// Also `ferry check-config`'s checks of this host.
+pub(crate) fn site_needs(root: &Path, site: &ferry_runtime::site::Site) -> Vec<Finding> {
+    use ferry_runtime::site::Untrusted;
+    let mut found = Vec::new();
     for dir in &site.images.trusted_dirs {
-        match fs::metadata(node.path(dir)) {
-            Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
-            Ok(_) => found.push(warn(
+        match ferry_runtime::image::not_root_only(root, dir) {
+            None => {}
+            Some(bad) if !under(root, &bad).exists() => found.push(warn(
+                format!("site: trusted folder {}: {} does not exist", dir.display(), bad.display()),
+                "create it on this node or remove it from trusted_image_dirs",
+            )),
+            Some(bad) if &bad == dir => found.push(warn(
                 format!("site: trusted folder {} is not root's or is writable by others: its images count as untrusted", dir.display()),
                 format!("chown root: {0} and chmod go-w {0}", dir.display()),
             )),
-            Err(e) => found.push(warn(
-                format!("site: trusted folder {}: {e}", dir.display()),
-                "create it on this node or remove it from trusted_image_dirs",
+            Some(bad) => found.push(warn(
+                format!("site: trusted folder {}: {} above it is not root's or is writable by others: its images count as untrusted", dir.display(), bad.display()),
+                format!("chown root: {0} and chmod go-w {0}", bad.display()),
             )),
         }
     }
     for m in site.site_mounts.iter().filter(|m| !m.optional) {
-        if !node.exists(&m.source) {
+        if !under(root, &m.source).exists() {
             found.push(fail(
                 format!(
                     "site: site mount {} is missing and not optional (every step fails)",
@@ -534,16 +554,11 @@ fn site_policy(node: &Node) -> Vec<Finding> {
             ));
         }
     }
-    if site.images.untrusted == Untrusted::Fuse {
-        found.extend(fuse_ready(node, &site));
+    if site.images.untrusted != Untrusted::Fuse {
+        return found;
     }
-    found
-}
-
-fn fuse_ready(node: &Node, site: &ferry_runtime::site::Site) -> Vec<Finding> {
     let helper = &site.images.fuse_helper;
-    let mut found = Vec::new();
-    match fs::metadata(node.path(helper)) {
+    match fs::metadata(under(root, helper)) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
             found.push(ok(format!("fuse: {} (users' own images)", helper.display())))
         }
@@ -552,7 +567,7 @@ fn fuse_ready(node: &Node, site: &ferry_runtime::site::Site) -> Vec<Finding> {
             "apt install squashfuse (EL: dnf install squashfuse), or set untrusted_images in the site file",
         )),
     }
-    if !node.exists("/dev/fuse") {
+    if !under(root, Path::new("/dev/fuse")).exists() {
         found.push(fail(
             "fuse: no /dev/fuse: users' own images cannot run",
             "modprobe fuse (and load it at boot), or set untrusted_images in the site file",

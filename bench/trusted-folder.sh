@@ -1,0 +1,39 @@
+# Sourced by the benches that compare a trusted image (kernel) with the user's own
+# (squashfuse): a root-only folder the node's plugin trusts for the run.
+#
+#   trusted_folder_start     sets $trusted (a new folder under /var/lib) and makes the
+#                            plugstack line name a site file that trusts it
+#   trusted_folder_stop      restores the plugstack line and removes the folder
+#   plugin_line_restore      the plugstack line as before, the folder kept
+#   plugin_line_trusting     the line naming the site file again
+# Needs die() from the caller. New steps read plugstack.conf: no restart.
+
+PLUGIN_CONF=/etc/slurm/plugstack.conf.d/ferry.conf
+
+trusted_folder_start() {
+    [ -f "$PLUGIN_CONF" ] || die "the ferry plugin is not installed (deploy/install)"
+    grep -q 'site_config=' "$PLUGIN_CONF" &&
+        die "$PLUGIN_CONF already names a site_config; the bench sets its own (remove it for the run)"
+    trusted=$(mktemp -d /var/lib/ferry-bench-trusted.XXXXXX)
+    chmod 0755 "$trusted"
+    cp -p "$PLUGIN_CONF" "$trusted/ferry.conf.orig"
+    printf '{"trusted_image_dirs": ["%s"], "untrusted_images": "fuse"}\n' "$trusted" >"$trusted/site.json"
+    plugin_line_trusting
+}
+
+plugin_line_trusting() {
+    sed "s#^\([[:space:]]*\(required\|optional\)[[:space:]].*ferry\.so.*\)\$#\1 site_config=$trusted/site.json#" \
+        "$trusted/ferry.conf.orig" >"$PLUGIN_CONF.bench"
+    mv "$PLUGIN_CONF.bench" "$PLUGIN_CONF"
+    grep -q "site_config=$trusted/site.json" "$PLUGIN_CONF" || die "could not add site_config= to $PLUGIN_CONF"
+}
+
+plugin_line_restore() {
+    [ -n "${trusted:-}" ] && [ -f "$trusted/ferry.conf.orig" ] || return 0
+    cp -p "$trusted/ferry.conf.orig" "$PLUGIN_CONF.bench" && mv "$PLUGIN_CONF.bench" "$PLUGIN_CONF"
+}
+
+trusted_folder_stop() {
+    plugin_line_restore
+    [ -z "${trusted:-}" ] || rm -rf "$trusted"
+}
