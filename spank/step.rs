@@ -17,6 +17,7 @@ use crate::syslog;
 use ferry_runtime::request::{BIN_DIR, SLURM_COMMANDS};
 use ferry_runtime::site::{LogLevel, Site};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -121,7 +122,7 @@ fn load_site(config: &Config) -> Result<Site, String> {
     if !config.site_config_required && !config.site_config.exists() {
         return Ok(Site::default());
     }
-    let site = Site::load(&config.site_config)?;
+    let site = Site::load_trusted(&config.site_config)?;
     syslog::set_max_severity(match site.log_level {
         LogLevel::Error => syslog::ERR,
         LogLevel::Warning => syslog::WARNING,
@@ -199,6 +200,8 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
         hash_unpinned_up_to: config.hash_unpinned_up_to,
         image_policy: site.images,
         site_mounts: site.site_mounts,
+        user_mount_destinations: site.user_mount_destinations,
+        setup_timeout: site.setup_timeout,
         writable_layer_size: site.writable_layer_size,
         // The batch step outlives the job's other steps: they may share its FUSE mount.
         share_with_batch_step_of: match spank.step_id() {
@@ -217,21 +220,6 @@ fn step_name(id: u32) -> String {
     }
 }
 
-/// Where the task should start. Normally where slurmstepd put it; but srun run from a
-/// folder that exists only in the image (a shell inside the container did `cd /opt/app`)
-/// made slurmstepd fall back to /tmp on the host: then the folder srun ran in.
-fn intended_cwd(spank: &Spank) -> Option<PathBuf> {
-    let here = std::env::current_dir().ok()?;
-    if here == std::path::Path::new("/tmp") {
-        if let Some(origin) = spank.getenv(CWD_VAR).map(PathBuf::from) {
-            if origin.is_absolute() && !origin.exists() {
-                return Some(origin);
-            }
-        }
-    }
-    Some(here)
-}
-
 /// Task child, as root: remember where slurmstepd put us, then join the container.
 pub fn task_join(spank: &Spank) -> Result<(), String> {
     let (joined, failure) = with_step(|s| {
@@ -241,11 +229,12 @@ pub fn task_join(spank: &Spank) -> Result<(), String> {
         let Some(container) = &s.container else {
             return (None, None);
         };
-        s.task_cwd = intended_cwd(spank);
-        (
-            Some(container.join().map_err(|e| format!("ferry: {e}"))),
-            None,
-        )
+        s.task_cwd = std::env::current_dir().ok();
+        let joined = container
+            .join()
+            .and_then(|_| container.start_task_deadline())
+            .map_err(|e| format!("ferry: {e}"));
+        (Some(joined), None)
     })?;
     if let Some(message) = failure {
         // Every task fails; only the node's first task says why, so the user reads one line.
@@ -261,8 +250,15 @@ pub fn task_join(spank: &Spank) -> Result<(), String> {
 /// Task child, as the user, just before Slurm looks up the command on PATH: enter the
 /// working directory and set the image's environment (see `image_config` for the
 /// precedence: the job's variables win, the image fills in, PATH is the image's) with
-/// the image's standard folders and ours on PATH.
+/// the image's standard folders and ours on PATH. The deadline armed when the task
+/// joined ends here, whatever happens.
 pub fn task_enter(spank: &Spank) -> Result<(), String> {
+    let entered = enter(spank);
+    Container::end_task_deadline();
+    entered
+}
+
+fn enter(spank: &Spank) -> Result<(), String> {
     let plan = with_step(|s| {
         s.container.as_ref().map(|c| {
             (
@@ -279,7 +275,7 @@ pub fn task_enter(spank: &Spank) -> Result<(), String> {
     let workdir = options::workdir()
         .map(PathBuf::from)
         .or(image_workdir.clone())
-        .or(task_cwd)
+        .or_else(|| task_cwd.map(|here| folder_srun_ran_in(spank, here)))
         .unwrap_or_else(|| PathBuf::from("/"));
     std::env::set_current_dir(&workdir).map_err(|e| {
         let hint = if options::workdir().is_some() {
@@ -302,6 +298,26 @@ pub fn task_enter(spank: &Spank) -> Result<(), String> {
         spank.setenv(&name, &value)?;
     }
     Ok(())
+}
+
+/// Where the task starts without an explicit choice: where slurmstepd put it. But srun
+/// run from a folder that exists only in the image (a shell inside the container did
+/// `cd /opt/app`) made slurmstepd fall back to /tmp on the host: then the folder srun
+/// ran in, when the user can enter it in the container (we are the user here).
+fn folder_srun_ran_in(spank: &Spank, here: PathBuf) -> PathBuf {
+    if here != std::path::Path::new("/tmp") {
+        return here;
+    }
+    match spank.getenv(CWD_VAR).map(PathBuf::from) {
+        Some(origin)
+            if origin.is_absolute()
+                && origin != here
+                && std::env::set_current_dir(&origin).is_ok() =>
+        {
+            origin
+        }
+        _ => here,
+    }
 }
 
 pub fn release() {
@@ -328,16 +344,29 @@ fn write_provenance_file(spank: &Spank) -> Result<(), String> {
     let Some(record) = with_step(|s| s.record.clone())? else {
         return Ok(());
     };
+    // Never waiting: a FIFO (or a device) would block the task before it execs, where
+    // Slurm cannot kill it. O_NONBLOCK makes such an open fail or return at once.
+    let not_regular = || {
+        format!(
+            "ferry: --container-provenance={spec}: {} is not a regular file; name a regular file (it is created if missing)",
+            file.display()
+        )
+    };
     let mut out = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&file)
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => not_regular(),
+            _ => format!(
                 "ferry: --container-provenance={spec}: cannot write {} ({e})",
                 file.display()
-            )
+            ),
         })?;
+    if !out.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(not_regular());
+    }
     std::io::Write::write_all(&mut out, format!("{record}\n").as_bytes()).map_err(|e| {
         format!(
             "ferry: --container-provenance={spec}: cannot write {} ({e})",

@@ -3,6 +3,7 @@
 //! under a small writable layer, binds and writes what the plan says, and pivots into
 //! the result. Runs in a single-threaded process that exits when the step ends.
 
+use crate::as_user;
 use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
 use crate::image::{self, Format, Method, OpenedImage};
@@ -11,6 +12,7 @@ use crate::plan::{Bind, FileContent, Opener, Plan};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
 use crate::share;
+use crate::site;
 use crate::sys;
 use crate::users;
 use nix::mount::MsFlags;
@@ -39,18 +41,21 @@ pub struct FuseHandoff {
 pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result<ImageFacts> {
     let user = &req.user;
     // First the namespace: bind sources must be opened in the namespace they are
-    // mounted in (a mount of another namespace cannot be bound: EINVAL).
+    // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
+    // opener is forked after this, so it opens them here too.
     sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
     sys::make_tree_slave(Path::new("/"))
         .map_err(|e| Error::system("making the mount namespace private", e))?;
-    sys::set_fs_credentials(user.uid, user.gid, &user.gids())
-        .map_err(|e| Error::system(format!("taking the credentials of {}", user.name), e))?;
-    let image = image::open(&req.image, &user.name)?;
     let mut skipped = Vec::new();
-    let user_sources = open_sources(plan, Opener::User, &user.name, &mut skipped)?;
-    sys::set_fs_credentials(0, 0, &[0])
-        .map_err(|e| Error::system("restoring root credentials", e))?;
-    let host_sources = open_sources(plan, Opener::Host, "root", &mut skipped)?;
+    let (image, user_sources) = open_user_inputs(req, plan, &mut skipped)?;
+    let host_sources = open_sources(
+        plan.binds
+            .iter()
+            .filter(|b| b.opener == Opener::Host)
+            .map(|b| (b, sys::open_path(&b.source, libc::O_PATH))),
+        "root",
+        &mut skipped,
+    )?;
     let method = image::method_for(&image, &req.image_policy)?;
     let (mut facts, verified) = verify_image(req, &image)?;
     let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
@@ -165,7 +170,7 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
             .map_err(|e| Error::system(format!("linking {}", link.dest.display()), e))?;
     }
     for opened in &sources {
-        bind_one(&in_root, opened)?;
+        bind_one(&in_root, &root_path, req, opened)?;
     }
     sys::remount_bind(
         &root_path,
@@ -175,25 +180,63 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     sys::pivot_into(root.as_fd())
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
-    check_workdir(&workdir, &req.image)?;
+    check_workdir(user, &workdir, &req.image)?;
     Ok(ImageFacts { config, ..facts })
 }
 
-fn open_sources<'a>(
+/// How the user's bind sources are opened: for reading, which checks read permission
+/// on the object itself (O_PATH would only check the folders above it), never waiting
+/// (a FIFO opens at once) and never becoming a controlling terminal.
+const USER_SOURCE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// Opens the image and the user's bind sources in a process that is the user (see
+/// `as_user`): whatever the paths name (symlinks, `/proc/PID/cwd` of someone else's
+/// process), only what the user could open themselves comes back.
+fn open_user_inputs<'a>(
+    req: &Request,
     plan: &'a Plan,
-    opener: Opener,
+    skipped: &mut Vec<(&'a Bind, std::io::Error)>,
+) -> Result<(OpenedImage, Vec<OpenedBind<'a>>)> {
+    let user = &req.user;
+    let binds: Vec<&Bind> = plan
+        .binds
+        .iter()
+        .filter(|b| b.opener == Opener::User)
+        .collect();
+    let paths: Vec<(&Path, libc::c_int)> =
+        std::iter::once((req.image.as_path(), image::OPEN_FLAGS))
+            .chain(
+                binds
+                    .iter()
+                    .map(|b| (b.source.as_path(), USER_SOURCE_FLAGS)),
+            )
+            .collect();
+    let mut opened = as_user::open_all(user, &paths)
+        .map_err(|e| {
+            Error::system(
+                format!("opening the image and mount sources as {}", user.name),
+                e,
+            )
+        })?
+        .into_iter();
+    let image_fd = opened
+        .next()
+        .ok_or_else(|| Error::system("opening the image", std::io::Error::other("no answer")))?;
+    let image = image::examine(&req.image, image_fd, &user.name)?;
+    let sources = open_sources(binds.into_iter().zip(opened), &user.name, skipped)?;
+    Ok((image, sources))
+}
+
+/// Keeps each opened bind source with what it is; a source that could not be opened is
+/// skipped when its bind is optional and an error otherwise.
+fn open_sources<'a>(
+    opened: impl Iterator<Item = (&'a Bind, std::io::Result<OwnedFd>)>,
     who: &str,
     skipped: &mut Vec<(&'a Bind, std::io::Error)>,
 ) -> Result<Vec<OpenedBind<'a>>> {
     let mut out = Vec::new();
-    for bind in plan.binds.iter().filter(|b| b.opener == opener) {
-        // The user's sources are opened for reading, which checks read permission on
-        // the object itself (O_PATH would only check the folders above it).
-        let flags = match opener {
-            Opener::User => libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-            Opener::Host => libc::O_PATH,
-        };
-        match sys::open_path(&bind.source, flags) {
+    for (bind, result) in opened {
+        match result {
             Ok(source) => {
                 let st = sys::fstat(source.as_fd())
                     .map_err(|e| Error::system(format!("stat of {}", bind.source.display()), e))?;
@@ -380,11 +423,30 @@ fn mount_with_fuse(
 /// A read-only loop device over `image` from `offset`, `size` bytes long (0: to the
 /// end): one another step already made for the same file and range, or a new one.
 fn loop_device(image: &OpenedImage, offset: u64, size: u64) -> Result<sys::LoopDevice> {
-    match sys::find_shared_loop(image.fd.as_fd(), offset, size) {
+    let version = image_file(image)
+        .and_then(|f| digest::FileVersion::of(&f))
+        .map_err(|e| image_err(image, "reading the image's version", e))?;
+    let stamp = loop_stamp(&version);
+    match sys::find_shared_loop(image.fd.as_fd(), offset, size, &stamp) {
         Some(shared) => Ok(shared),
-        None => sys::attach_loop(image.fd.as_fd(), offset, size)
+        None => sys::attach_loop(image.fd.as_fd(), offset, size, &stamp)
             .map_err(|e| image_err(image, "attaching a loop device", e)),
     }
+}
+
+/// The name a loop device made from this version of a file carries: a hash of the
+/// version (device, inode, size, mtime and ctime, which only a write changes, and a
+/// write always does). Another step shares the device only for the very same version.
+fn loop_stamp(version: &digest::FileVersion) -> sys::LoopStamp {
+    use sha2::Digest as _;
+    let text = serde_json::to_string(version).unwrap_or_default();
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    let name = format!("ferry1:{:x}", hash);
+    let mut stamp = [0u8; 64];
+    // 7 + 64 characters: keep 63 and the terminating NUL.
+    let len = name.len().min(stamp.len() - 1);
+    stamp[..len].copy_from_slice(&name.as_bytes()[..len]);
+    stamp
 }
 
 fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) -> Error {
@@ -395,7 +457,7 @@ fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) ->
     }
 }
 
-fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
+fn bind_one(in_root: &InRoot, root_path: &Path, req: &Request, opened: &OpenedBind) -> Result<()> {
     let bind = opened.bind;
     let create = if opened.is_dir {
         Create::Dir
@@ -409,6 +471,25 @@ fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
     let dest = in_root.open(&bind.dest, create).map_err(|e| {
         dest_err(format!("cannot be created in the container ({e}); choose a destination in the image's own folders"))
     })?;
+    if bind.user_destination {
+        // The image's symlinks (`/data -> /`) and the user's (`~/l -> /etc`) were
+        // followed inside the root: judge where the destination really is.
+        let resolved = in_container_path(dest.as_fd(), root_path)
+            .ok_or_else(|| dest_err("cannot be told apart from the container's root".into()))?;
+        site::destination_allowed(
+            req.user_mount_destinations.as_deref(),
+            &bind.dest,
+            &resolved,
+        )
+        .map_err(|e| Error::MountDestination {
+            path: bind.dest.clone(),
+            reason: e
+                .strip_prefix(&format!("mount destination {}", bind.dest.display()))
+                .unwrap_or(&e)
+                .trim_start_matches(": ")
+                .to_string(),
+        })?;
+    }
     let dest_is_dir = sys::is_dir(&sys::fstat(dest.as_fd()).map_err(|e| dest_err(e.to_string()))?);
     if dest_is_dir != opened.is_dir {
         let kinds = if opened.is_dir {
@@ -423,27 +504,38 @@ fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
             kinds.1
         )));
     }
-    sys::mount_bind(
-        &sys::fd_path(opened.source.as_fd()),
-        &sys::fd_path(dest.as_fd()),
-        bind.recursive,
-    )
-    .map_err(|e| {
+    let failed = |what: &str, e: std::io::Error| {
         Error::system(
             format!(
-                "binding {} to {}",
+                "{what} {} to {}",
                 bind.source.display(),
                 bind.dest.display()
             ),
             e,
         )
-    })?;
+    };
+    let attrs = sys::MountAttrs {
+        readonly: bind.readonly,
+        nosuid: true,
+        nodev: !bind.device_nodes,
+    };
+    match sys::bind_through_fds(opened.source.as_fd(), dest.as_fd(), bind.recursive, attrs) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(failed("binding", e)),
+        Err(_) => {} // before Linux 5.12: bind, then remount by name
+    }
+    sys::mount_bind(
+        &sys::fd_path(opened.source.as_fd()),
+        &sys::fd_path(dest.as_fd()),
+        bind.recursive,
+    )
+    .map_err(|e| failed("binding", e))?;
     // Reopen: the name now leads to the new mount's root, which is what we remount.
     let mounted = in_root
         .open(&bind.dest, Create::Nothing)
         .map_err(|e| dest_err(e.to_string()))?;
     let mut flags = MsFlags::MS_NOSUID | kept_flags(&mounted);
-    if bind.dest != Path::new("/dev") {
+    if attrs.nodev {
         flags |= MsFlags::MS_NODEV;
     }
     if bind.readonly {
@@ -451,24 +543,15 @@ fn bind_one(in_root: &InRoot, opened: &OpenedBind) -> Result<()> {
     }
     sys::remount_bind(&sys::fd_path(mounted.as_fd()), flags)
         .map_err(|e| Error::system(format!("restricting the bind {}", bind.dest.display()), e))?;
-    if bind.recursive {
-        // Submounts too (kernel 5.12+; older kernels keep the host's flags on them).
-        let set = sys::MountAttrs {
-            readonly: bind.readonly,
-            nosuid: true,
-            nodev: bind.dest != Path::new("/dev"),
-        };
-        match sys::set_mount_attrs_recursive(mounted.as_fd(), set) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => {
-                return Err(Error::system(
-                    format!("restricting the mounts below {}", bind.dest.display()),
-                    e,
-                ));
-            }
-            _ => {}
-        }
-    }
     Ok(())
+}
+
+/// Where the open object `fd` is inside the new root at `root_path` (as the container
+/// will see it), from the kernel's own name for it.
+fn in_container_path(fd: std::os::fd::BorrowedFd<'_>, root_path: &Path) -> Option<PathBuf> {
+    let real = std::fs::read_link(sys::fd_path(fd)).ok()?;
+    let inside = real.strip_prefix(root_path).ok()?;
+    Some(Path::new("/").join(inside))
 }
 
 /// The flags the host gave the source mount: a remount must not drop `noexec` or `ro`.
@@ -538,15 +621,18 @@ fn split(path: &Path) -> (&Path, &OsStr) {
     )
 }
 
-fn check_workdir(workdir: &PathBuf, image: &Path) -> Result<()> {
-    match std::fs::metadata(workdir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Workdir { path: workdir.clone(), reason: format!("is not a folder in image {}", image.display()) }),
-        Err(_) => Err(Error::Workdir {
-            path: workdir.clone(),
-            reason: format!("does not exist in the container of image {}; choose an existing folder or mount one there", image.display()),
-        }),
-    }
+/// The working folder must be one the user can enter in the container: checked by a
+/// process that is the user, so root's view of folders the user cannot search never
+/// shapes the answer.
+fn check_workdir(user: &users::User, workdir: &Path, image: &Path) -> Result<()> {
+    as_user::can_enter(user, workdir).map_err(|e| Error::Workdir {
+        path: workdir.to_path_buf(),
+        reason: format!(
+            "{} cannot enter it in the container of image {} ({e}); choose a folder that exists there and that you can enter, or mount one there",
+            user.name,
+            image.display()
+        ),
+    })
 }
 
 /// What the caller learns about the image: for the environment and the provenance record.
@@ -609,6 +695,9 @@ fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfi
         .map_err(Error::ImageConfig)
 }
 
+/// Holes a hashed image may have (and still more than its data) before it is refused.
+const MAX_HOLES: u64 = 1 << 30;
+
 fn image_file(image: &OpenedImage) -> std::io::Result<std::fs::File> {
     Ok(std::fs::File::from(image.fd.try_clone()?))
 }
@@ -641,6 +730,17 @@ fn verify_image(
     }
     if req.pinned.is_none() && meta.size() > req.hash_unpinned_up_to {
         return Ok((facts, None));
+    }
+    // Holes read as zeros at the speed of the CPU: a sparse file of terabytes would keep
+    // root hashing for hours. A real image's data is on disk.
+    let allocated = meta.blocks().saturating_mul(512);
+    let holes = meta.size().saturating_sub(allocated);
+    if holes > MAX_HOLES && holes > allocated {
+        return Err(Error::SparseImage {
+            path: req.image.clone(),
+            holes,
+            size: meta.size(),
+        });
     }
     let cache = req.digest_cache.as_ref().map(Cache::new);
     let (found, source, version) = digest::digest_of(&file, cache.as_ref())

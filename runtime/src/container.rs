@@ -35,13 +35,20 @@ pub struct Container {
     pub pinned: bool,
     /// squashfuse serving an untrusted image: our child, reaped by `release`.
     fuse_server: Option<Pid>,
+    /// The site's limit on setup, also for a task's last steps before it execs.
+    pub setup_timeout: Duration,
 }
 
 const READY: &str = "ready";
 
 /// Builds the container for `req`. Must be called as root; safe to call from a
 /// multi-threaded process (the work happens in a forked child).
+///
+/// Nothing here waits past `req.setup_timeout`: Slurm cannot cancel a step whose setup
+/// has not finished, so at the deadline the helper (with the user's opener, which dies
+/// with it) and the image's server are killed and the step fails with one line.
 pub fn prepare(req: &Request) -> Result<Container> {
+    let deadline = Instant::now() + req.setup_timeout;
     let plan = plan::plan(req);
     let (result_read, result_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
@@ -68,38 +75,50 @@ pub fn prepare(req: &Request) -> Result<Container> {
             let server = match fuse {
                 Some((device, ours, theirs)) => {
                     drop(theirs);
-                    start_fuse_server(req, device, ours)
+                    start_fuse_server(req, device, ours, deadline)
                 }
                 None => None,
             };
-            let mut report = String::new();
-            let read = std::fs::File::from(result_read).read_to_string(&mut report);
-            let outcome = match (read, report.strip_prefix(READY)) {
-                (Ok(_), Some(facts)) => {
-                    sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
-                        .map_err(|e| Error::system("opening the container's mount namespace", e))
-                        .map(|ns| {
-                            (
-                                ns,
-                                serde_json::from_str::<ImageFacts>(facts.trim())
-                                    .unwrap_or_default(),
-                            )
-                        })
+            let outcome = match read_report(result_read, deadline) {
+                Ok(Some(report)) => match report.strip_prefix(READY) {
+                    Some(facts) => {
+                        sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
+                            .map_err(|e| {
+                                Error::system("opening the container's mount namespace", e)
+                            })
+                            .map(|ns| {
+                                (
+                                    ns,
+                                    serde_json::from_str::<ImageFacts>(facts.trim())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                    }
+                    None if !report.trim().is_empty() => {
+                        Err(Error::Helper(report.trim().to_string()))
+                    }
+                    None => Err(Error::Helper(
+                        "the setup helper died without a report".into(),
+                    )),
+                },
+                Ok(None) => {
+                    // Out of time: the helper may be waiting on the user's files or
+                    // server, or hashing. Killing it frees its namespace (and mounts).
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    Err(Error::SetupTimeout {
+                        path: req.image.clone(),
+                        seconds: req.setup_timeout.as_secs(),
+                    })
                 }
-                (Ok(_), None) if !report.trim().is_empty() => {
-                    Err(Error::Helper(report.trim().to_string()))
-                }
-                (Ok(_), None) => Err(Error::Helper(
-                    "the setup helper died without a report".into(),
-                )),
-                (Err(e), _) => Err(Error::system("reading the setup helper's report", e)),
+                Err(e) => Err(Error::system("reading the setup helper's report", e)),
             };
             drop(release_write); // lets the helper exit
             let _ = nix::sys::wait::waitpid(pid, None);
             let (namespace, facts) = match outcome {
                 Ok(ready) => ready,
                 Err(e) => {
-                    // The namespace died with the helper: the server is exiting.
+                    // The namespace died with the helper: the server is exiting (or
+                    // stopped by its user: then it is killed).
                     if let Some(server) = server {
                         reap(server, SERVER_EXIT);
                     }
@@ -114,6 +133,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 facts,
                 pinned: req.pinned.is_some(),
                 fuse_server: server,
+                setup_timeout: req.setup_timeout,
             })
         }
     }
@@ -121,6 +141,26 @@ pub fn prepare(req: &Request) -> Result<Container> {
 
 /// How long the FUSE server may take to notice its mount is gone before it is killed.
 const SERVER_EXIT: Duration = Duration::from_secs(3);
+
+/// The helper's whole report, read until it closes the pipe; None when `deadline` came
+/// first.
+fn read_report(pipe: OwnedFd, deadline: Instant) -> std::io::Result<Option<String>> {
+    let mut pipe = std::fs::File::from(pipe);
+    let mut report = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !sys::wait_readable(pipe.as_fd(), left)? {
+            return Ok(None);
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) => return Ok(Some(String::from_utf8_lossy(&report).into_owned())),
+            Ok(n) => report.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 type FuseParts = (OwnedFd, UnixStream, UnixStream);
 
@@ -138,9 +178,18 @@ fn open_fuse(req: &Request) -> Result<Option<FuseParts>> {
     Ok(Some((device, ours, theirs)))
 }
 
-/// Waits for the image the helper sends once it has mounted FUSE (none: the image is
-/// mounted another way), then starts squashfuse on it as the user.
-fn start_fuse_server(req: &Request, device: OwnedFd, channel: UnixStream) -> Option<Pid> {
+/// Waits (until `deadline`) for the image the helper sends once it has mounted FUSE
+/// (none: the image is mounted another way), then starts squashfuse on it as the user.
+fn start_fuse_server(
+    req: &Request,
+    device: OwnedFd,
+    channel: UnixStream,
+    deadline: Instant,
+) -> Option<Pid> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !sys::wait_readable(channel.as_fd(), left).ok()? {
+        return None; // the report's wait runs out too, and says so
+    }
     let (image, offset) = sys::recv_fd(channel.as_fd()).ok()??;
     let helper = sys::cstring(&req.image_policy.fuse_helper).ok()?;
     let user = &req.user;
@@ -222,10 +271,43 @@ impl Container {
     /// killed after a few seconds otherwise). Without this (dropping the container) the
     /// server is left to exit on its own.
     pub fn release(self) {
+        self.end_stragglers();
         let server = self.fuse_server;
         drop(self);
         if let Some(pid) = server {
             reap(pid, SERVER_EXIT);
+        }
+    }
+
+    /// Kills what is left in the container's mount namespace at step end: a task that
+    /// double-forked away from a process tracker that follows the process tree
+    /// (`proctrack/linuxproc`) would otherwise keep the namespace, and with it the
+    /// image's mount and loop device, alive after the job. Under `proctrack/cgroup`
+    /// Slurm has already killed them. A few rounds, for processes that fork meanwhile.
+    fn end_stragglers(&self) {
+        let Ok(inode) = sys::namespace_inode(self.namespace.as_fd()) else {
+            return;
+        };
+        let link = format!("mnt:[{inode}]");
+        for _ in 0..5 {
+            let Ok(entries) = std::fs::read_dir("/proc") else {
+                return;
+            };
+            let mut killed = 0;
+            for pid in entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            {
+                let in_container = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                    .is_ok_and(|l| l.as_os_str() == std::ffi::OsStr::new(&link));
+                if in_container && sys::kill_if_in_namespace(pid, inode) {
+                    killed += 1;
+                }
+            }
+            if killed == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -236,6 +318,20 @@ impl Container {
         sys::setns_mount(self.namespace.as_fd())
             .map_err(|e| Error::system("joining the container's mount namespace", e))?;
         sys::set_no_new_privs().map_err(|e| Error::system("setting no_new_privs", e))
+    }
+
+    /// For a task between joining and exec (Slurm's own chdir, ours, the provenance
+    /// file): until `end_task_deadline`, a task stuck on a file system or on the user's
+    /// stopped squashfuse dies after the setup timeout instead of blocking its step for
+    /// good (Slurm cannot kill a task that has not exec'd under every tracker).
+    pub fn start_task_deadline(&self) -> Result<()> {
+        let seconds = self.setup_timeout.as_secs().clamp(1, u32::MAX as u64) as u32;
+        sys::arm_deadline(seconds).map_err(|e| Error::system("arming the task's deadline", e))
+    }
+
+    /// Ends `start_task_deadline` (the alarm would otherwise survive exec).
+    pub fn end_task_deadline() {
+        sys::disarm_deadline();
     }
 
     /// Changes to the working directory, with the rights of the caller (run it after

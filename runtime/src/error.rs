@@ -54,6 +54,14 @@ pub enum Error {
     },
     #[error("image {path}: a root folder has no digest to pin; pin an image file instead (ferry digest IMAGE)")]
     PinnedFolder { path: PathBuf },
+    #[error("image {path}: a sparse file ({holes} of its {size} bytes are holes); a pinned image is verified byte by byte and this one would take far longer than its data; copy it without holes (cp --sparse=never IMAGE NEW) and pin the copy")]
+    SparseImage {
+        path: PathBuf,
+        holes: u64,
+        size: u64,
+    },
+    #[error("image {path}: preparing the container took longer than {seconds} s and was stopped (the site's setup_timeout); check that the image's file system answers (and that its squashfuse is not stopped), then try again")]
+    SetupTimeout { path: PathBuf, seconds: u64 },
     #[error("image {path}: the file changed while it was being verified; try again once nothing writes to it")]
     ImageChanged { path: PathBuf },
     #[error("this site requires pinned images: use --container={path}@sha256:... (get the digest with: ferry digest {path})")]

@@ -40,22 +40,33 @@ pub struct OpenedImage {
     pub format: Format,
 }
 
-/// Opens `path` with the credentials currently in force (the helper switches to the
-/// user's first) and detects its format from its first bytes.
+/// How an image is opened: for reading, never waiting (a FIFO or a device does not
+/// block the open), never becoming a controlling terminal.
+pub const OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// Opens `path` with the credentials currently in force and detects its format from
+/// its first bytes.
 pub fn open(path: &Path, user_name: &str) -> Result<OpenedImage> {
-    let fd =
-        sys::open_path(path, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK).map_err(|e| {
-            match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::ImageNotFound {
-                    path: path.to_path_buf(),
-                },
-                _ => Error::ImageUnreadable {
-                    path: path.to_path_buf(),
-                    user: user_name.to_string(),
-                    source: e,
-                },
-            }
-        })?;
+    examine(path, sys::open_path(path, OPEN_FLAGS), user_name)
+}
+
+/// Detects the format of an image `user_name` opened (see `as_user`), or says why the
+/// open failed.
+pub fn examine(
+    path: &Path,
+    opened: std::io::Result<OwnedFd>,
+    user_name: &str,
+) -> Result<OpenedImage> {
+    let fd = opened.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::ImageNotFound {
+            path: path.to_path_buf(),
+        },
+        _ => Error::ImageUnreadable {
+            path: path.to_path_buf(),
+            user: user_name.to_string(),
+            source: e,
+        },
+    })?;
     let st = sys::fstat(fd.as_fd())
         .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?;
     let format = if sys::is_dir(&st) {

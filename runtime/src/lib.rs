@@ -3,6 +3,7 @@
 //!
 //! `unsafe` lives only in `sys`; everything else is safe code over it.
 
+pub mod as_user;
 pub mod assemble;
 pub mod container;
 pub mod digest;

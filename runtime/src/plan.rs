@@ -23,6 +23,11 @@ pub struct Bind {
     pub recursive: bool,
     /// A bind that is skipped, not fatal, when its source cannot be opened.
     pub optional: bool,
+    /// Device nodes work below it (only the host's /dev); every other bind is `nodev`.
+    pub device_nodes: bool,
+    /// The user chose the destination (`--container-mounts`): the site's allowed
+    /// destinations apply to where it resolves inside the image, not to its text.
+    pub user_destination: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +76,8 @@ pub fn plan(req: &Request) -> Plan {
             readonly: false,
             recursive: true,
             optional: false,
+            device_nodes: *p == "/dev",
+            user_destination: false,
         })
         .collect();
     let mut links = Vec::new();
@@ -82,6 +89,8 @@ pub fn plan(req: &Request) -> Plan {
             readonly: true,
             recursive: true,
             optional: false,
+            device_nodes: false,
+            user_destination: false,
         });
         let launcher = Path::new(BIN_DIR).join(LAUNCHER_NAME);
         binds.push(Bind {
@@ -91,6 +100,8 @@ pub fn plan(req: &Request) -> Plan {
             readonly: true,
             recursive: false,
             optional: false,
+            device_nodes: false,
+            user_destination: false,
         });
         links.extend(clients.commands.iter().map(|c| Link {
             dest: Path::new(BIN_DIR).join(c),
@@ -104,6 +115,8 @@ pub fn plan(req: &Request) -> Plan {
         readonly: m.readonly,
         recursive: true,
         optional: true,
+        device_nodes: false,
+        user_destination: false,
     }));
     binds.extend(req.site_mounts.iter().map(|m| Bind {
         source: m.source.clone(),
@@ -112,6 +125,8 @@ pub fn plan(req: &Request) -> Plan {
         readonly: m.readonly,
         recursive: true,
         optional: m.optional,
+        device_nodes: false,
+        user_destination: false,
     }));
     binds.push(Bind {
         source: req.user.home.clone(),
@@ -120,6 +135,8 @@ pub fn plan(req: &Request) -> Plan {
         readonly: false,
         recursive: true,
         optional: true,
+        device_nodes: false,
+        user_destination: false,
     });
     if let Some(cwd) = &req.cwd {
         if !visible_through(&binds, cwd) {
@@ -130,6 +147,8 @@ pub fn plan(req: &Request) -> Plan {
                 readonly: false,
                 recursive: true,
                 optional: true,
+                device_nodes: false,
+                user_destination: false,
             });
         }
     }
@@ -140,6 +159,8 @@ pub fn plan(req: &Request) -> Plan {
         readonly: m.readonly,
         recursive: true,
         optional: false,
+        device_nodes: false,
+        user_destination: true,
     }));
     // Parents first; equal depth keeps the order above (later wins over earlier).
     binds.sort_by_key(|b| b.dest.components().count());
@@ -287,6 +308,29 @@ mod tests {
                 target: "ferry-host-exec".into()
             }]
         );
+    }
+
+    #[test]
+    fn only_the_hosts_dev_keeps_device_nodes_and_user_destinations_are_marked() {
+        let mut req = request();
+        req.mounts = vec![MountSpec {
+            source: "/home/alice/devs".into(),
+            dest: "/dev".into(),
+            readonly: false,
+        }];
+        let plan = plan(&req);
+        let devs: Vec<&Bind> = plan
+            .binds
+            .iter()
+            .filter(|b| b.dest == Path::new("/dev"))
+            .collect();
+        assert_eq!(devs.len(), 2);
+        for bind in devs {
+            let hosts = bind.opener == Opener::Host;
+            assert_eq!(bind.device_nodes, hosts, "{bind:?}");
+            assert_eq!(bind.user_destination, !hosts, "{bind:?}");
+        }
+        assert_eq!(plan.binds.iter().filter(|b| b.device_nodes).count(), 1);
     }
 
     #[test]

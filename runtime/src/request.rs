@@ -2,9 +2,10 @@
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::site::{ImagePolicy, SiteMount, DEFAULT_WRITABLE_LAYER};
+use crate::site::{ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -33,6 +34,10 @@ pub struct Request {
     pub image_policy: ImagePolicy,
     /// The site's binds into every container (opened as root).
     pub site_mounts: Vec<SiteMount>,
+    /// Where the user's own binds may land, judged where they resolve (None: anywhere).
+    pub user_mount_destinations: Option<Vec<PathBuf>>,
+    /// Longest the setup may take before the helper (and what it waits on) is killed.
+    pub setup_timeout: Duration,
     /// Size of the tmpfs under the writable layer, in bytes.
     pub writable_layer_size: u64,
     /// A step of this Slurm job other than its batch step: under `fuse`, take the
@@ -58,6 +63,8 @@ impl Request {
             hash_unpinned_up_to: 0,
             image_policy: ImagePolicy::kernel(),
             site_mounts: Vec::new(),
+            user_mount_destinations: None,
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
             share_with_batch_step_of: None,
         }

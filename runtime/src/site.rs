@@ -1,6 +1,6 @@
 //! The site's policy file (`site_config=/etc/ferry/site.json` in plugstack.conf):
 //! trusted image folders, what to do with other images, site-wide mounts, the writable
-//! layer's size, where users may mount, log level.
+//! layer's size, where users may mount, how long a step's setup may take, log level.
 //!
 //! Parsing and validation are pure (no file system access) so that the plugin, the
 //! `ferry check-config` command and the fuzz targets share them. Checking that a
@@ -10,6 +10,7 @@
 use crate::request::MountSpec;
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 /// Where the plugin reads the site file when plugstack.conf names none.
 pub const DEFAULT_SITE_CONFIG: &str = "/etc/ferry/site.json";
@@ -22,6 +23,12 @@ const MAX_WRITABLE_LAYER: u64 = 64 << 30;
 const MAX_PATH_LEN: usize = 4096;
 const MAX_LIST_LEN: usize = 256;
 const MAX_FILE_LEN: usize = 1 << 20;
+/// How long preparing a container (and a task's last steps before it runs the user's
+/// command) may take before it is stopped: Slurm cannot cancel a step in that phase.
+/// Long enough to hash a pinned image of tens of GiB the first time.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_SETUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How an image outside the trusted folders is mounted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +119,8 @@ pub struct Site {
     pub writable_layer_size: u64,
     /// Prefixes a user's `--container-mounts` destination must be under (None: any).
     pub user_mount_destinations: Option<Vec<PathBuf>>,
+    /// Longest a step's setup may take (see `DEFAULT_SETUP_TIMEOUT`).
+    pub setup_timeout: Duration,
     pub log_level: LogLevel,
 }
 
@@ -126,6 +135,7 @@ impl Default for Site {
             site_mounts: Vec::new(),
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
             user_mount_destinations: None,
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
             log_level: LogLevel::Info,
         }
     }
@@ -140,6 +150,7 @@ struct RawSite {
     site_mounts: Option<Vec<RawMount>>,
     writable_layer_size: Option<String>,
     user_mount_destinations: Option<Vec<String>>,
+    setup_timeout: Option<String>,
     log_level: Option<String>,
 }
 
@@ -220,6 +231,13 @@ impl Site {
         if let Some(prefixes) = raw.user_mount_destinations {
             site.user_mount_destinations = Some(path_list("user_mount_destinations", &prefixes)?);
         }
+        if let Some(limit) = raw.setup_timeout {
+            site.setup_timeout = parse_duration(&limit)
+                .filter(|d| (MIN_SETUP_TIMEOUT..=MAX_SETUP_TIMEOUT).contains(d))
+                .ok_or_else(|| {
+                    format!("setup_timeout: {limit:?}: give a time from 1s to 24h, such as \"300s\" or \"5m\"")
+                })?;
+        }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
                 "error" => LogLevel::Error,
@@ -234,6 +252,25 @@ impl Site {
             };
         }
         Ok(site)
+    }
+
+    /// Reads the site file the plugin (or `ferry run` as root) acts on: as `load`, and
+    /// every folder above it must be root's and writable by root only too, or someone
+    /// else could put another file in its place.
+    pub fn load_trusted(path: &Path) -> Result<Site, String> {
+        let fail = |why: String| format!("site config {}: {why}", path.display());
+        let real = std::fs::canonicalize(path).map_err(|e| fail(e.to_string()))?;
+        if let Some(dir) = real
+            .parent()
+            .and_then(|d| crate::image::not_root_only(Path::new("/"), d))
+        {
+            return Err(fail(format!(
+                "folder {} must be owned by root and writable by root only (chown root: and chmod go-w it, or move the file)",
+                dir.display()
+            )));
+        }
+        Site::load(&real)
+            .map_err(|e| e.replacen(&real.display().to_string(), &path.display().to_string(), 1))
     }
 
     /// Reads and parses the site file. It decides what root does for users, so it must
@@ -261,23 +298,15 @@ impl Site {
         Site::parse(&text).map_err(fail)
     }
 
-    /// Whether a user's bind may go to `mount.dest` (a whole path component prefix).
+    /// Whether a user's bind may go to `mount.dest` as written (a whole path component
+    /// prefix): the early check, at submission. Where the destination resolves inside
+    /// the image is checked again when the container is made (`destination_allowed`).
     pub fn check_user_mount(&self, mount: &MountSpec) -> Result<(), String> {
-        let Some(allowed) = &self.user_mount_destinations else {
-            return Ok(());
-        };
-        if allowed.iter().any(|p| mount.dest.starts_with(p)) {
-            return Ok(());
-        }
-        Err(format!(
-            "mount destination {}: this site allows user mounts only under {}; choose a destination there",
-            mount.dest.display(),
-            if allowed.is_empty() {
-                "no folder at all".to_string()
-            } else {
-                join_paths(allowed)
-            }
-        ))
+        destination_allowed(
+            self.user_mount_destinations.as_deref(),
+            &mount.dest,
+            &mount.dest,
+        )
     }
 
     /// The effective policy, one setting a line, for `ferry check-config`.
@@ -331,11 +360,64 @@ impl Site {
         );
         line(
             &mut out,
+            "setup_timeout",
+            format!("{} s", self.setup_timeout.as_secs()),
+        );
+        line(
+            &mut out,
             "log_level",
             format!("{:?}", self.log_level).to_lowercase(),
         );
         out
     }
+}
+
+/// Whether a user's bind whose destination `written` resolves to `resolved` (inside the
+/// container) may be made under the site's `allowed` prefixes (None: anywhere).
+pub fn destination_allowed(
+    allowed: Option<&[PathBuf]>,
+    written: &Path,
+    resolved: &Path,
+) -> Result<(), String> {
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    if allowed.iter().any(|p| resolved.starts_with(p)) {
+        return Ok(());
+    }
+    let shown = if written == resolved {
+        written.display().to_string()
+    } else {
+        format!(
+            "{} (which leads to {} in the container)",
+            written.display(),
+            resolved.display()
+        )
+    };
+    Err(format!(
+        "mount destination {shown}: this site allows user mounts only under {}; choose a destination there",
+        if allowed.is_empty() {
+            "no folder at all".to_string()
+        } else {
+            join_paths(allowed)
+        }
+    ))
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => value.split_at(i),
+        None => (value, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
@@ -431,6 +513,7 @@ mod tests {
               ],
               "writable_layer_size": "256M",
               "user_mount_destinations": ["/data", "/home"],
+              "setup_timeout": "5m",
               "log_level": "debug"
             }"#,
         )
@@ -456,6 +539,7 @@ mod tests {
         assert_eq!(site.site_mounts[0].dest, PathBuf::from("/scratch"));
         assert_eq!(site.writable_layer_size, 256 << 20);
         assert_eq!(site.log_level, LogLevel::Debug);
+        assert_eq!(site.setup_timeout, Duration::from_secs(300));
         assert!(site.describe().contains("deny"));
         assert!(site.images.where_trusted().contains("/apps/images"));
     }
@@ -544,5 +628,50 @@ mod tests {
         let err = site.check_user_mount(&m("/database")).unwrap_err();
         assert!(err.contains("/database") && err.contains("/data"), "{err}");
         assert!(Site::default().check_user_mount(&m("/anything")).is_ok());
+    }
+
+    #[test]
+    fn setup_timeout_takes_seconds_minutes_and_hours_within_bounds() {
+        assert_eq!(Site::default().setup_timeout, DEFAULT_SETUP_TIMEOUT);
+        for (text, secs) in [("90", 90), ("90s", 90), ("2m", 120), ("1h", 3600)] {
+            let site = parse(&format!(r#"{{"setup_timeout": "{text}"}}"#)).unwrap();
+            assert_eq!(site.setup_timeout, Duration::from_secs(secs), "{text}");
+        }
+        for bad in [
+            "0",
+            "0s",
+            "25h",
+            "5 m",
+            "-1",
+            "",
+            "1d",
+            "99999999999999999999h",
+        ] {
+            let e = parse(&format!(r#"{{"setup_timeout": "{bad}"}}"#)).unwrap_err();
+            assert!(e.starts_with("setup_timeout: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn destinations_are_judged_where_they_resolve() {
+        let allowed = [PathBuf::from("/data")];
+        let ok = destination_allowed(Some(&allowed), Path::new("/data/x"), Path::new("/data/x"));
+        assert_eq!(ok, Ok(()));
+        let e = destination_allowed(
+            Some(&allowed),
+            Path::new("/data/etc/x"),
+            Path::new("/etc/x"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("/data/etc/x (which leads to /etc/x in the container)")
+                && e.contains("allows user mounts only under /data"),
+            "{e}"
+        );
+        assert_eq!(
+            destination_allowed(None, Path::new("/a"), Path::new("/etc")),
+            Ok(())
+        );
+        assert!(destination_allowed(Some(&[]), Path::new("/a"), Path::new("/a")).is_err());
     }
 }

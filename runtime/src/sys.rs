@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -130,33 +130,6 @@ pub fn is_regular(st: &libc::stat) -> bool {
 // ---------------------------------------------------------------------------
 // Credentials.
 
-/// Sets the filesystem uid/gid and the supplementary groups, so that the next opens
-/// are checked with the user's rights (bubblewrap's rule: root never opens a user's
-/// path with root's rights). Only called in the single-threaded helper.
-pub fn set_fs_credentials(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
-    // SAFETY: `groups` is a valid slice for the call. The helper is single-threaded, so
-    // the raw syscall changes the credentials of the only thread.
-    check(unsafe {
-        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as libc::c_int
-    })?;
-    // SAFETY: setfsgid/setfsuid take plain integers; they cannot fail in a way that
-    // matters here except by returning the old value, which we verify below.
-    unsafe {
-        libc::setfsgid(gid);
-        libc::setfsuid(uid);
-    }
-    // setfsuid reports no errors: read the value back by a no-op call (-1 is invalid).
-    // SAFETY: as above.
-    let now = unsafe { libc::setfsuid(u32::MAX) };
-    if now as u32 != uid {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "setfsuid did not take effect",
-        ));
-    }
-    Ok(())
-}
-
 /// Drops to the user for good: groups, gid, then uid (order matters: after setuid we
 /// could no longer change groups).
 pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
@@ -169,7 +142,7 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 
 /// Groups, gid, uid, for good. Allocates nothing: usable in a child forked from a
 /// multi-threaded process.
-fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io::Result<()> {
+pub(crate) fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io::Result<()> {
     nix::unistd::setgroups(groups)?;
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
@@ -180,6 +153,113 @@ pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
     Ok(())
+}
+
+/// For a child that just became the user: die with the parent (a helper killed at its
+/// deadline takes its user child along), and be out of the user's reach meanwhile (not
+/// dumpable: the user cannot ptrace it or open its descriptors through /proc). Changing
+/// ids clears the parent-death signal, so this comes after. Fails when the parent is
+/// already gone.
+pub fn tie_to_parent(parent: nix::unistd::Pid) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::other("the parent exited"));
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from 3 up except `keep`.
+pub fn close_all_but(keep: BorrowedFd<'_>) {
+    let keep = keep.as_raw_fd() as u32;
+    for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range takes plain integers and only closes descriptors; the
+        // caller owns nothing in these ranges that it still uses.
+        if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } != 0 {
+            for fd in first..last.min(4096) {
+                // SAFETY: closing a descriptor number we no longer use; EBADF is harmless.
+                unsafe { libc::close(fd as libc::c_int) };
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or its writer closed it) for at most `timeout`.
+/// False: the time ran out.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: one pollfd that lives for the call.
+        match unsafe { libc::poll(&mut poll, 1, ms) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            n => return Ok(n > 0),
+        }
+    }
+}
+
+/// Kills the calling process with SIGALRM after `seconds` unless `disarm_deadline`
+/// comes first. For the few steps of a task before it execs, which Slurm cannot
+/// kill under every process tracker: SIGALRM at its default action is fatal even to a
+/// process waiting on a FUSE server that does not answer.
+pub fn arm_deadline(seconds: u32) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: restoring the default action installs no handler.
+    unsafe { sigaction(Signal::SIGALRM, &default) }?;
+    let mut alarm = SigSet::empty();
+    alarm.add(Signal::SIGALRM);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&alarm), None)?;
+    nix::unistd::alarm::set(seconds.max(1));
+    Ok(())
+}
+
+pub fn disarm_deadline() {
+    nix::unistd::alarm::cancel();
+}
+
+/// The inode of a namespace file (nsfs): what /proc/PID/ns/mnt links name as `mnt:[INO]`.
+pub fn namespace_inode(ns: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(fstat(ns)?.st_ino)
+}
+
+/// SIGKILLs the process `pid` if it is still in the mount namespace `ns_inode` once a
+/// pidfd holds it (so a reused pid is never hit). True when it was signalled.
+pub fn kill_if_in_namespace(pid: u32, ns_inode: u64) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags; a non-negative return is a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
+    let link = format!("mnt:[{ns_inode}]");
+    let still_there = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .is_ok_and(|l| l.as_os_str() == OsStr::new(&link));
+    if !still_there {
+        return false;
+    }
+    // SAFETY: a live pidfd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    rc == 0
 }
 
 pub fn euid() -> u32 {
@@ -276,9 +356,9 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// mount_setattr(2) with AT_RECURSIVE on the mount `fd` is the root of. ENOSYS on
-/// kernels before 5.12.
-pub fn set_mount_attrs_recursive(fd: BorrowedFd<'_>, attrs: MountAttrs) -> io::Result<()> {
+/// mount_setattr(2) on the mount `fd` is the root of (and every mount below it when
+/// `recursive`): the flags are only added, never cleared (a host `ro` or `noexec` stays).
+pub fn set_mount_attrs(fd: BorrowedFd<'_>, attrs: MountAttrs, recursive: bool) -> io::Result<()> {
     let mut set = 0;
     if attrs.readonly {
         set |= MOUNT_ATTR_RDONLY;
@@ -295,6 +375,10 @@ pub fn set_mount_attrs_recursive(fd: BorrowedFd<'_>, attrs: MountAttrs) -> io::R
         propagation: 0,
         userns_fd: 0,
     };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
     let empty = c"";
     // SAFETY: mount_setattr reads `size` bytes of `attr`, which lives for the call; the
     // empty path with AT_EMPTY_PATH names the mount of `fd` itself.
@@ -303,12 +387,57 @@ pub fn set_mount_attrs_recursive(fd: BorrowedFd<'_>, attrs: MountAttrs) -> io::R
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     check(ret as libc::c_int).map(drop)
+}
+
+/// A bind made through descriptors only (Linux 5.12+): a detached copy of the mount
+/// tree at the open `source`, restricted by `attrs` before anyone can see it, then
+/// attached onto the open `dest`. No path is looked up again, so nothing can swap the
+/// destination between the bind and the restriction. ENOSYS on older kernels.
+pub fn bind_through_fds(
+    source: BorrowedFd<'_>,
+    dest: BorrowedFd<'_>,
+    recursive: bool,
+    attrs: MountAttrs,
+) -> io::Result<()> {
+    let mut flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let empty = c"";
+    // SAFETY: a live descriptor, an empty C string with AT_EMPTY_PATH, and flags;
+    // open_tree has no libc wrapper.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            source.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+        )
+    };
+    check(fd as libc::c_int)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
+    set_mount_attrs(tree.as_fd(), attrs, recursive)?;
+    // SAFETY: two live descriptors and empty C strings with the EMPTY_PATH flags;
+    // move_mount has no libc wrapper.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            dest.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        ) as libc::c_int
+    })?;
+    Ok(())
 }
 
 /// Makes the directory `root` the new `/` of this mount namespace and detaches the old
@@ -372,14 +501,22 @@ pub struct LoopDevice {
     pub path: PathBuf,
 }
 
+/// The name ferry gives a loop device (`lo_file_name`, settable by root only): it says
+/// which version of the file the device was made from (see `digest::FileVersion`).
+pub type LoopStamp = [u8; LO_NAME_SIZE];
+
 /// Finds a loop device that another step already bound read-only to the same file
-/// (same device and inode, same offset and size limit), and holds it open so it cannot be released
-/// before we mount it. Mounting the same device again reuses the mounted SquashFS and
-/// its page cache: a step of a job whose batch step runs in the same image starts warm.
+/// (same device and inode, same offset and size limit) and stamped with the same file
+/// version, and holds it open so it cannot be released before we mount it. Mounting
+/// the same device again reuses the mounted SquashFS and its page cache: a step of a
+/// job whose batch step runs in the same image starts warm. A device made from another
+/// version of the file (rewritten in place since) is never shared: its mounted
+/// superblock may still hold the old content.
 pub fn find_shared_loop(
     backing: BorrowedFd<'_>,
     offset: u64,
     size_limit: u64,
+    stamp: &LoopStamp,
 ) -> Option<LoopDevice> {
     let st = fstat(backing).ok()?;
     for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
@@ -403,7 +540,7 @@ pub fn find_shared_loop(
         let same_range_read_only = info.lo_offset == offset
             && info.lo_sizelimit == size_limit
             && info.lo_flags & LO_FLAGS_READ_ONLY != 0;
-        if same_file && same_range_read_only {
+        if same_file && same_range_read_only && info.lo_file_name == *stamp {
             return Some(LoopDevice {
                 _device: File::from(device),
                 path,
@@ -419,6 +556,7 @@ pub fn attach_loop(
     backing: BorrowedFd<'_>,
     offset: u64,
     size_limit: u64,
+    stamp: &LoopStamp,
 ) -> io::Result<LoopDevice> {
     let control = open_path(Path::new("/dev/loop-control"), libc::O_RDWR)?;
     for _ in 0..64 {
@@ -440,7 +578,7 @@ pub fn attach_loop(
             lo_encrypt_type: 0,
             lo_encrypt_key_size: 0,
             lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
-            lo_file_name: [0; LO_NAME_SIZE],
+            lo_file_name: *stamp,
             lo_crypt_name: [0; LO_NAME_SIZE],
             lo_encrypt_key: [0; 32],
             lo_init: [0; 2],
@@ -544,6 +682,17 @@ pub fn execvp(argv: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+fn execve(path: &CStr, argv: &[CString], env: &[CString]) -> io::Error {
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: both arrays are NULL-terminated arrays of valid C strings that outlive
+    // the call; `path` is a valid C string.
+    unsafe { libc::execve(path.as_ptr(), ptrs.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 pub fn execv(path: &CStr, argv: &[CString]) -> io::Error {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
@@ -604,12 +753,14 @@ pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
         .iter()
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
+    // Nothing of slurmd's environment reaches a process the user can read.
+    let env = [CString::from(c"PATH=/usr/sbin:/usr/bin:/sbin:/bin")];
     let null = open_path(Path::new("/dev/null"), libc::O_RDWR)?;
     match fork()? {
         Forked::Parent(pid) => Ok(pid),
         Forked::Child => {
             let _ = become_fuse_server(server, null.as_raw_fd(), &groups);
-            let _ = execv(server.helper, &argv);
+            let _ = execve(server.helper, &argv, &env);
             exit_now(127)
         }
     }
@@ -656,23 +807,39 @@ fn become_fuse_server(
 
 /// Sends one descriptor and a number over a Unix socket (SCM_RIGHTS).
 pub fn send_fd(channel: BorrowedFd<'_>, fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [fd.as_raw_fd()];
-    let bytes = value.to_le_bytes();
-    let iov = [std::io::IoSlice::new(&bytes)];
-    sendmsg::<()>(
-        channel.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )?;
-    Ok(())
+    send_message(channel, value, Some(fd))
 }
 
 /// Receives one descriptor and its number sent by `send_fd`; None when the sender
 /// closed the socket.
 pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u64)>> {
+    Ok(match recv_message(channel)? {
+        Some((value, Some(fd))) => Some((fd, value)),
+        _ => None,
+    })
+}
+
+/// Sends a number and, optionally, a descriptor (SCM_RIGHTS) as one message.
+pub fn send_message(
+    channel: BorrowedFd<'_>,
+    value: u64,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = fd.map(|fd| [fd.as_raw_fd()]);
+    let bytes = value.to_le_bytes();
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let control: Vec<ControlMessage> = fds
+        .as_ref()
+        .map(|f| ControlMessage::ScmRights(f))
+        .into_iter()
+        .collect();
+    sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives one message of `send_message`; None when the sender closed the socket.
+pub fn recv_message(channel: BorrowedFd<'_>) -> io::Result<Option<(u64, Option<OwnedFd>)>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut bytes = [0u8; 8];
     let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
@@ -684,20 +851,29 @@ pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u64)>> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     let complete = msg.bytes == 8;
+    let mut received = None;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            let mut owned = fds.into_iter().map(|fd| {
+            for fd in fds {
                 // SAFETY: the kernel just installed this descriptor in our table for us.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            });
-            let fd = owned.next();
-            // A short message is not ours (the socket is private: never expected).
-            return Ok(fd
-                .filter(|_| complete)
-                .map(|fd| (fd, u64::from_le_bytes(bytes))));
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
+            }
         }
     }
-    Ok(None)
+    // A short message is not ours (the socket is private: never expected).
+    Ok(complete.then(|| (u64::from_le_bytes(bytes), received)))
+}
+
+/// A pair of connected sockets that keep message boundaries (close-on-exec).
+pub fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
 
 // ---------------------------------------------------------------------------
@@ -705,6 +881,7 @@ pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, u64)>> {
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
 
 /// A detached copy of the mount at `path` (in the caller's current mount namespace).

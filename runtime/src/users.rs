@@ -81,26 +81,31 @@ fn group_name(gid: u32) -> String {
     }
 }
 
-/// The image's /etc/passwd with the user appended when the image lacks their uid.
+/// The image's passwd with the user's host entry. Image lines that name the user or
+/// their uid are dropped first: an image may not give the user another uid for their
+/// name (lookups take the first line), nor another name for their uid.
 pub fn merge_passwd(image: &str, user: &User) -> String {
-    let has_uid = image
+    let mut out: String = image
         .lines()
-        .any(|l| l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()) == Some(user.uid));
-    let mut out = ensure_newline(image);
-    if !has_uid {
-        out.push_str(&format!(
-            "{}:x:{}:{}:{}:{}:/bin/sh\n",
-            user.name,
-            user.uid,
-            user.gid,
-            user.gecos,
-            user.home.display()
-        ));
-    }
+        .filter(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next();
+            let uid = fields.nth(1).and_then(|u| u.parse::<u32>().ok());
+            name != Some(user.name.as_str()) && uid != Some(user.uid)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    out.push_str(&format!(
+        "{}:x:{}:{}:{}:{}:/bin/sh\n",
+        user.name,
+        user.uid,
+        user.gid,
+        user.gecos,
+        user.home.display()
+    ));
     out
 }
 
-/// The image's /etc/group with every group of the user present and listing the user.
 pub fn merge_group(image: &str, user: &User) -> String {
     let mut lines: Vec<String> = image.lines().map(str::to_string).collect();
     let mut wanted: Vec<Group> = user.groups.clone();
@@ -154,14 +159,6 @@ pub fn merge_group(image: &str, user: &User) -> String {
     out
 }
 
-fn ensure_newline(s: &str) -> String {
-    let mut out = s.to_string();
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +196,16 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n"
         );
         assert_eq!(merge_passwd(&merged, &alice()), merged);
+    }
+
+    #[test]
+    fn the_image_cannot_redefine_the_user() {
+        let image = "alice:x:0:0:fake:/root:/bin/sh\nroot:x:0:0:root:/root:/bin/sh\nbuilder:x:1001:1001::/b:/bin/sh\n";
+        let merged = merge_passwd(image, &alice());
+        assert_eq!(
+            merged,
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001:Alice:/home/alice:/bin/sh\n"
+        );
     }
 
     #[test]

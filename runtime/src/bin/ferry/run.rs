@@ -53,6 +53,8 @@ pub fn run(
         request.image_policy = site.images;
         request.site_mounts = site.site_mounts;
         request.writable_layer_size = site.writable_layer_size;
+        request.user_mount_destinations = site.user_mount_destinations;
+        request.setup_timeout = site.setup_timeout;
     }
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
