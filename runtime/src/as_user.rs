@@ -8,126 +8,158 @@
 //! what it is asked to and hands the descriptors back over a socket (SCM_RIGHTS); root
 //! then uses those descriptors, never the paths.
 //!
-//! The child dies with its parent (the setup helper, which is killed at its deadline),
-//! keeps no descriptor of the helper's but its socket, and is not dumpable: the user
-//! can stop or kill it (that only fails their own step) but cannot reach into it.
+//! One child serves the whole setup: it is forked in the container's new mount
+//! namespace (so what it opens can be bound there) and follows the helper's
+//! `pivot_root` into the new root (pivot_root moves every process of the namespace
+//! whose root was the old one), where it checks the working folder. It dies with its
+//! parent (the setup helper, which is killed at its deadline), keeps no descriptor of
+//! the helper's but its socket, and is not dumpable: the user can stop or kill it (that
+//! only fails their own step) but cannot reach into it.
 
 use crate::sys;
 use crate::users::User;
+use nix::unistd::Pid;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Opens each path with `open(2)` flags as `user`: one result per path, in order.
-pub fn open_all(
-    user: &User,
-    paths: &[(&Path, libc::c_int)],
-) -> io::Result<Vec<io::Result<OwnedFd>>> {
-    let answers = run(user, |channel| {
-        for (path, flags) in paths {
-            let answer = sys::open_path(path, *flags);
-            let sent = match &answer {
-                Ok(fd) => sys::send_message(channel, OK, Some(fd.as_fd())),
-                Err(e) => sys::send_message(channel, errno_of(e), None),
-            };
-            if sent.is_err() {
-                return;
+/// A process that is the user, taking requests until it is dropped.
+pub struct AsUser {
+    channel: OwnedFd,
+    pid: Pid,
+}
+
+/// What the child is asked to do with a path.
+#[derive(Clone, Copy)]
+enum Request {
+    /// `open(path, flags)`: answers with the descriptor.
+    Open(libc::c_int),
+    /// `chdir(path)`: answers with success or the errno.
+    Enter,
+}
+
+/// The success code of an answer; any other is an errno.
+const OK: u64 = 0;
+
+impl AsUser {
+    /// Forks the child and waits until it is the user. Must be called from a
+    /// single-threaded process (the helper).
+    pub fn start(user: &User) -> io::Result<AsUser> {
+        let (ours, theirs) = sys::message_pair()?;
+        let groups: Vec<nix::unistd::Gid> = user
+            .gids()
+            .into_iter()
+            .map(nix::unistd::Gid::from_raw)
+            .collect();
+        let parent = nix::unistd::getpid();
+        match sys::fork()? {
+            sys::Forked::Child => {
+                drop(ours);
+                sys::close_all_but(theirs.as_fd());
+                let became = std::env::set_current_dir("/")
+                    .and_then(|_| sys::become_ids(user.uid, user.gid, &groups))
+                    .and_then(|_| sys::tie_to_parent(parent));
+                let status = became.as_ref().map_or_else(errno_of, |_| OK);
+                if sys::send_message(theirs.as_fd(), status, None).is_ok() && became.is_ok() {
+                    serve(theirs.as_fd());
+                }
+                sys::exit_now(0)
+            }
+            sys::Forked::Parent(pid) => {
+                drop(theirs);
+                let child = AsUser { channel: ours, pid };
+                match child.answer()? {
+                    (OK, _) => Ok(child),
+                    (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
+                }
             }
         }
-    })?;
-    if answers.len() != paths.len() {
-        return Err(io::Error::other("the user's opener ended early"));
     }
-    Ok(answers
-        .into_iter()
-        .map(|a| {
-            a.into_result()?
-                .ok_or_else(|| io::Error::other("no descriptor came back"))
+
+    /// Opens `path` with `open(2)` flags as the user. The outer error: the child is gone.
+    pub fn open(&self, path: &Path, flags: libc::c_int) -> io::Result<io::Result<OwnedFd>> {
+        self.ask(Request::Open(flags), path)?;
+        Ok(match self.answer()? {
+            (OK, Some(fd)) => Ok(fd),
+            (OK, None) => Err(io::Error::other("no descriptor came back")),
+            (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
         })
-        .collect())
-}
+    }
 
-/// Whether `user` can enter the folder `path` (chdir, in the caller's mount namespace).
-pub fn can_enter(user: &User, path: &Path) -> io::Result<()> {
-    let answers = run(user, |channel| {
-        let code = match std::env::set_current_dir(path) {
-            Ok(()) => OK,
-            Err(e) => errno_of(&e),
+    /// Whether the user can enter the folder `path` (chdir, in the child's current
+    /// mount namespace and root). The outer error: the child is gone.
+    pub fn can_enter(&self, path: &Path) -> io::Result<io::Result<()>> {
+        self.ask(Request::Enter, path)?;
+        Ok(match self.answer()? {
+            (OK, _) => Ok(()),
+            (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
+        })
+    }
+
+    fn ask(&self, request: Request, path: &Path) -> io::Result<()> {
+        let (op, flags) = match request {
+            Request::Open(flags) => (0u32, flags),
+            Request::Enter => (1u32, 0),
         };
-        let _ = sys::send_message(channel, code, None);
-    })?;
-    match answers.into_iter().next() {
-        Some(answer) => answer.into_result().map(drop),
-        None => Err(io::Error::other("the user's check ended early")),
+        let mut message = Vec::with_capacity(8 + path.as_os_str().len());
+        message.extend_from_slice(&op.to_le_bytes());
+        message.extend_from_slice(&flags.to_le_bytes());
+        message.extend_from_slice(path.as_os_str().as_bytes());
+        sys::send_bytes(self.channel.as_fd(), &message)
+    }
+
+    fn answer(&self) -> io::Result<(u64, Option<OwnedFd>)> {
+        loop {
+            match sys::recv_message(self.channel.as_fd()) {
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) => return Err(io::Error::other("the user's process ended early")),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
-/// The success code; any other is an errno.
-const OK: u64 = 0;
+impl Drop for AsUser {
+    /// Shutting the socket down ends the child; it is reaped here.
+    fn drop(&mut self) {
+        let _ = sys::shutdown(self.channel.as_fd());
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+/// The child's loop: one answer per request, until the parent closes the socket.
+fn serve(channel: BorrowedFd<'_>) {
+    let mut buf = vec![0u8; 8 + libc::PATH_MAX as usize + 1];
+    loop {
+        let n = match sys::recv_bytes(channel, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if n < 8 {
+            return;
+        }
+        let op = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default());
+        let flags = i32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+        let path = Path::new(OsStr::from_bytes(&buf[8..n]));
+        let sent = match op {
+            0 => match sys::open_path(path, flags) {
+                Ok(fd) => sys::send_message(channel, OK, Some(fd.as_fd())),
+                Err(e) => sys::send_message(channel, errno_of(&e), None),
+            },
+            _ => {
+                let code = std::env::set_current_dir(path).map_or_else(|e| errno_of(&e), |_| OK);
+                sys::send_message(channel, code, None)
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
 
 fn errno_of(e: &io::Error) -> u64 {
     e.raw_os_error().unwrap_or(libc::EIO) as u64
-}
-
-struct Answer {
-    code: u64,
-    fd: Option<OwnedFd>,
-}
-
-impl Answer {
-    fn into_result(self) -> io::Result<Option<OwnedFd>> {
-        match self.code {
-            OK => Ok(self.fd),
-            errno => Err(io::Error::from_raw_os_error(errno as i32)),
-        }
-    }
-}
-
-/// Forks the child, lets it become `user` and do `work`, and collects its messages until
-/// it closes the socket. Must be called from a single-threaded process (the helper).
-/// The child's first message says whether it became the user; an error there is ours.
-fn run(user: &User, work: impl FnOnce(BorrowedFd<'_>)) -> io::Result<Vec<Answer>> {
-    let (ours, theirs) = sys::message_pair()?;
-    let groups: Vec<nix::unistd::Gid> = user
-        .gids()
-        .into_iter()
-        .map(nix::unistd::Gid::from_raw)
-        .collect();
-    let parent = nix::unistd::getpid();
-    match sys::fork()? {
-        sys::Forked::Child => {
-            drop(ours);
-            sys::close_all_but(theirs.as_fd());
-            let became = std::env::set_current_dir("/")
-                .and_then(|_| sys::become_ids(user.uid, user.gid, &groups))
-                .and_then(|_| sys::tie_to_parent(parent));
-            let status = became.as_ref().map_or_else(errno_of, |_| OK);
-            if sys::send_message(theirs.as_fd(), status, None).is_ok() && became.is_ok() {
-                work(theirs.as_fd());
-            }
-            sys::exit_now(0)
-        }
-        sys::Forked::Parent(pid) => {
-            drop(theirs);
-            let mut answers = Vec::new();
-            let outcome = loop {
-                match sys::recv_message(ours.as_fd()) {
-                    Ok(Some((code, fd))) => answers.push(Answer { code, fd }),
-                    Ok(None) => break Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Err(e),
-                }
-            };
-            let _ = nix::sys::wait::waitpid(pid, None);
-            outcome?;
-            let mut answers = answers.into_iter();
-            match answers.next().map(Answer::into_result) {
-                Some(Ok(_)) => Ok(answers.collect()),
-                Some(Err(e)) => Err(e),
-                None => Err(io::Error::other(
-                    "the user's process died before it started",
-                )),
-            }
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! under a small writable layer, binds and writes what the plan says, and pivots into
 //! the result. Runs in a single-threaded process that exits when the step ends.
 
-use crate::as_user;
+use crate::as_user::AsUser;
 use crate::digest::{self, Cache, Digest, Source};
 use crate::error::{Error, Result};
 use crate::image::{self, Format, Method, OpenedImage};
@@ -46,8 +46,10 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
     sys::make_tree_slave(Path::new("/"))
         .map_err(|e| Error::system("making the mount namespace private", e))?;
+    let as_user = AsUser::start(user)
+        .map_err(|e| Error::system(format!("starting a process as {}", user.name), e))?;
     let mut skipped = Vec::new();
-    let (image, user_sources) = open_user_inputs(req, plan, &mut skipped)?;
+    let (image, user_sources) = open_user_inputs(&as_user, req, plan, &mut skipped)?;
     let host_sources = open_sources(
         plan.binds
             .iter()
@@ -180,7 +182,7 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     sys::pivot_into(root.as_fd())
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
-    check_workdir(user, &workdir, &req.image)?;
+    check_workdir(&as_user, user, &workdir, &req.image)?;
     Ok(ImageFacts { config, ..facts })
 }
 
@@ -193,37 +195,30 @@ const USER_SOURCE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc:
 /// `as_user`): whatever the paths name (symlinks, `/proc/PID/cwd` of someone else's
 /// process), only what the user could open themselves comes back.
 fn open_user_inputs<'a>(
+    as_user: &AsUser,
     req: &Request,
     plan: &'a Plan,
     skipped: &mut Vec<(&'a Bind, std::io::Error)>,
 ) -> Result<(OpenedImage, Vec<OpenedBind<'a>>)> {
     let user = &req.user;
-    let binds: Vec<&Bind> = plan
-        .binds
-        .iter()
-        .filter(|b| b.opener == Opener::User)
-        .collect();
-    let paths: Vec<(&Path, libc::c_int)> =
-        std::iter::once((req.image.as_path(), image::OPEN_FLAGS))
-            .chain(
-                binds
-                    .iter()
-                    .map(|b| (b.source.as_path(), USER_SOURCE_FLAGS)),
-            )
-            .collect();
-    let mut opened = as_user::open_all(user, &paths)
-        .map_err(|e| {
-            Error::system(
-                format!("opening the image and mount sources as {}", user.name),
-                e,
-            )
-        })?
-        .into_iter();
-    let image_fd = opened
-        .next()
-        .ok_or_else(|| Error::system("opening the image", std::io::Error::other("no answer")))?;
+    let gone = |e| {
+        Error::system(
+            format!("opening the image and mount sources as {}", user.name),
+            e,
+        )
+    };
+    let image_fd = as_user.open(&req.image, image::OPEN_FLAGS).map_err(gone)?;
     let image = image::examine(&req.image, image_fd, &user.name)?;
-    let sources = open_sources(binds.into_iter().zip(opened), &user.name, skipped)?;
+    let mut opened = Vec::new();
+    for bind in plan.binds.iter().filter(|b| b.opener == Opener::User) {
+        opened.push((
+            bind,
+            as_user
+                .open(&bind.source, USER_SOURCE_FLAGS)
+                .map_err(gone)?,
+        ));
+    }
+    let sources = open_sources(opened.into_iter(), &user.name, skipped)?;
     Ok((image, sources))
 }
 
@@ -378,6 +373,16 @@ fn keep_image_mount(in_root: &InRoot, image: &Path) -> Result<()> {
     let failed = |e| Error::system(format!("binding the image at {}", share::SHARED_IMAGE), e);
     let at = Path::new(share::SHARED_IMAGE.trim_start_matches('/'));
     let dest = in_root.open(at, Create::Dir).map_err(failed)?;
+    let source = sys::open_path(image, libc::O_PATH | libc::O_DIRECTORY).map_err(failed)?;
+    let read_only = sys::MountAttrs {
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+    };
+    match sys::bind_through_fds(source.as_fd(), dest.as_fd(), false, read_only) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        done => return done.map_err(failed),
+    }
     sys::mount_bind(image, &sys::fd_path(dest.as_fd()), false).map_err(failed)?;
     // Reopen: the name now leads to the new mount's root, which is what we remount.
     let mounted = in_root.open(at, Create::Nothing).map_err(failed)?;
@@ -624,8 +629,9 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 /// The working folder must be one the user can enter in the container: checked by a
 /// process that is the user, so root's view of folders the user cannot search never
 /// shapes the answer.
-fn check_workdir(user: &users::User, workdir: &Path, image: &Path) -> Result<()> {
-    as_user::can_enter(user, workdir).map_err(|e| Error::Workdir {
+fn check_workdir(as_user: &AsUser, user: &users::User, workdir: &Path, image: &Path) -> Result<()> {
+    let gone = |e| Error::system(format!("checking the working folder as {}", user.name), e);
+    as_user.can_enter(workdir).map_err(gone)?.map_err(|e| Error::Workdir {
         path: workdir.to_path_buf(),
         reason: format!(
             "{} cannot enter it in the container of image {} ({e}); choose a folder that exists there and that you can enter, or mount one there",

@@ -865,6 +865,36 @@ pub fn recv_message(channel: BorrowedFd<'_>) -> io::Result<Option<(u64, Option<O
     Ok(complete.then(|| (u64::from_le_bytes(bytes), received)))
 }
 
+/// Sends one message of plain bytes.
+pub fn send_bytes(channel: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    nix::sys::socket::send(
+        channel.as_raw_fd(),
+        bytes,
+        nix::sys::socket::MsgFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Receives one message of plain bytes (0: the other end is gone).
+pub fn recv_bytes(channel: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::sys::socket::recv(
+            channel.as_raw_fd(),
+            buf,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Ends both directions of a socket: the peer reads end-of-file.
+pub fn shutdown(channel: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sys::socket::shutdown(channel.as_raw_fd(), nix::sys::socket::Shutdown::Both)?;
+    Ok(())
+}
+
 /// A pair of connected sockets that keep message boundaries (close-on-exec).
 pub fn message_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
