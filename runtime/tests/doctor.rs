@@ -113,6 +113,33 @@ fn a_complete_node_is_ready() {
 }
 
 #[test]
+fn the_process_tracker_is_reported() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let node = FakeNode::new("doctor-proctrack", "24.11", "24.11.5");
+    let conf = node.path("etc/slurm/slurm.conf");
+    write_mode(
+        &conf,
+        "ClusterName=x\nProctrackType=proctrack/linuxproc # old\n",
+        0o644,
+    );
+    let (code, report) = node.doctor();
+    assert!(
+        report.contains("warn  proctrack: proctrack/linuxproc: Slurm cannot kill")
+            && report.contains("fix: set ProctrackType=proctrack/cgroup"),
+        "{report}"
+    );
+    assert_eq!(code, Some(0), "a warning does not fail the node: {report}");
+    write_mode(&conf, "ProctrackType = proctrack/cgroup\n", 0o644);
+    let (_, report) = node.doctor();
+    assert!(
+        report.contains("ok    proctrack: proctrack/cgroup"),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_plugin_built_for_another_slurm_is_reported_with_the_package_to_install() {
     if !require_root_and_tools() {
         return;

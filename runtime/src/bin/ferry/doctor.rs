@@ -35,6 +35,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
     slurm_version,
     launcher,
     oci_conf,
+    proctrack,
     munge,
     pmix,
     site_policy,
@@ -451,6 +452,32 @@ fn oci_conf(node: &Node) -> Vec<Finding> {
         )]
     } else {
         vec![ok("oci: no /etc/slurm/oci.conf")]
+    }
+}
+
+/// The process tracker decides whether Slurm can kill every process of a step (see
+/// SECURITY.md, "What the process tracker decides").
+fn proctrack(node: &Node) -> Vec<Finding> {
+    let Ok(conf) = fs::read_to_string(node.path("/etc/slurm/slurm.conf")) else {
+        return Vec::new(); // a configless node: slurmd has it from slurmctld
+    };
+    let tracker = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("ProctrackType"))
+        .map(|(_, v)| v.trim().to_string())
+        .last()
+        .unwrap_or_else(|| "proctrack/cgroup".into()); // Slurm's default
+    if tracker == "proctrack/cgroup" {
+        vec![ok(format!(
+            "proctrack: {tracker}: every process of a step is killed with it"
+        ))]
+    } else {
+        vec![warn(
+            format!("proctrack: {tracker}: Slurm cannot kill a task that double-forks or has not exec'd yet; ferry bounds its setup (setup_timeout) and kills what is left in a container at step end, nothing more"),
+            "set ProctrackType=proctrack/cgroup (with a cgroup.conf) in slurm.conf",
+        )]
     }
 }
 
