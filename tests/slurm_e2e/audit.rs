@@ -325,9 +325,9 @@ fn provenance_fifo_attack(lab: &Lab, image: &str, tracker: &str) {
     if out.code == Some(124) || out.code == Some(137) {
         // The vulnerable behaviour: the task is stuck in open() of the FIFO.
         let stuck = lab_jobs(lab);
-        let _ = Command::new("scancel")
-            .args(stuck.iter().map(|i| i.to_string()))
-            .status();
+        for id in &stuck {
+            let _ = Command::new("scancel").arg(id.to_string()).status();
+        }
         // Under linuxproc Slurm cannot kill it: the node drains after
         // UnkillableStepTimeout (60 s here).
         let drained = tracker == "linuxproc"
@@ -652,7 +652,7 @@ fn audit_3b_stopped_squashfuse_hits_setup_timeout() {
         r#"{"setup_timeout": "5s"}"#
     };
     let _site = SiteFile::new("audit-timeout", json);
-    let (id, _) = lab.submit(&[&format!("--container={image}")], "sleep 300");
+    let (id, log) = lab.submit(&[&format!("--container={image}")], "sleep 300");
     let batch = format!("slurmstepd: [{id}.batch]");
     let mut server = None;
     let found = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
@@ -673,7 +673,10 @@ fn audit_3b_stopped_squashfuse_hits_setup_timeout() {
     });
     if !found {
         end_lab_jobs(&lab);
-        panic!("no squashfuse of the batch step of job {id}");
+        panic!(
+            "no squashfuse of the batch step of job {id}; job output:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     let server = server.unwrap();
     lab.run(&["kill", "-STOP", &server]).expect_ok();
@@ -755,11 +758,16 @@ fn audit_4_loop_device_reuse_cannot_bypass_a_pin() {
     lab.give(&x);
     let victim = VictimDir::new("loop");
 
-    let (id, _) = lab.submit(&["--container=shared/x.sqfs"], "sleep 120");
+    // The job reads MAL's files (they stay cached with its mount), then waits.
+    let (id, _) = lab.submit(
+        &["--container=shared/x.sqfs"],
+        &format!("cat {ONLY_FILE}; ls -lR /e2e >/dev/null; sleep 120"),
+    );
     let x_text = x.display().to_string();
     let mounted = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
         root_output("squeue", &["-h", "-j", &id.to_string(), "-o", "%T"]).trim() == "RUNNING"
             && root_output("losetup", &["-a"]).contains(&x_text)
+            && !test_user_processes("sleep 120").is_empty()
     });
     if !mounted {
         end_lab_jobs(&lab);
