@@ -177,14 +177,17 @@ fn lab_jobs(lab: &Lab) -> Vec<u64> {
 
 /// The node's state as sinfo prints it (`idle`, `drained`, `mixed`, ...).
 fn node_state() -> String {
+    // One line per partition of the node: the first says it.
     root_output("sinfo", &["-h", "-N", "-n", NODE, "-o", "%T"])
+        .lines()
+        .next()
+        .unwrap_or_default()
         .trim()
         .to_string()
 }
 
 fn node_drained() -> bool {
-    let state = node_state();
-    state.starts_with("drain") || state.contains("drain")
+    node_state().contains("drain")
 }
 
 /// Ends every job of the lab on a vulnerable build: kills their stuck slurmstepd (and
@@ -301,8 +304,9 @@ fn libc_o_nonblock() -> i32 {
 }
 
 /// The FIFO given as `--container-provenance`: the step must fail within seconds
-/// with one line saying it is not a regular file, and leave the node in service.
-/// Returns a description of what happened when it did not (the step hung).
+/// with one line saying it is not a regular file, and leave the node in service. When
+/// the step hangs instead (vulnerable), unblocks and cancels it, resumes a drained node
+/// and panics saying so.
 fn provenance_fifo_attack(lab: &Lab, image: &str, tracker: &str) {
     let fifo = lab.path(&format!("prov-{tracker}.fifo"));
     mkfifo(lab, &fifo);
@@ -570,9 +574,9 @@ fn audit_2_8_under_linuxproc_double_fork_and_provenance_fifo() {
             &format!("--container={image}"),
             "sh",
             "-c",
-            "(sleep 333 &) ; true",
+            // Its own stdio: the step's output pipes must not wait for it.
+            "(sleep 333 </dev/null >/dev/null 2>&1 &) ; true",
         ]);
-        out.expect_ok();
         let gone = wait_until(Duration::from_secs(10), Duration::from_millis(250), || {
             test_user_processes("sleep 333").is_empty()
         });
@@ -580,6 +584,7 @@ fn audit_2_8_under_linuxproc_double_fork_and_provenance_fifo() {
         for pid in &left {
             let _ = Command::new("kill").args(["-9", pid]).status();
         }
+        out.expect_ok();
         assert!(
             gone,
             "a double-forked `sleep 333` outlived its step by 10 s: pids {left:?}"
