@@ -19,6 +19,8 @@
 
 #[path = "slurm_e2e/adversarial.rs"]
 mod adversarial;
+#[path = "slurm_e2e/audit.rs"]
+mod audit;
 mod common;
 #[path = "../runtime/tests/common/sif_builder.rs"]
 mod sif_builder;

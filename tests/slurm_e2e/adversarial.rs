@@ -6,7 +6,7 @@ use super::*;
 /// A busybox image with extra entries made by `extra(rootfs)`; xattrs are kept (file
 /// capabilities) unless the caller strips them. Returns the image's path relative to
 /// the lab.
-fn crafted_image(lab: &Lab, rel: &str, extra: impl FnOnce(&Path)) -> String {
+pub(super) fn crafted_image(lab: &Lab, rel: &str, extra: impl FnOnce(&Path)) -> String {
     let base = lab.image(&format!("{rel}.base"), "CRAFTED");
     let root = lab.path(&format!("{rel}.rootfs"));
     let _ = fs::remove_dir_all(&root);
