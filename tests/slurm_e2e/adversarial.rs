@@ -391,7 +391,10 @@ fn the_site_policy_decides_which_images_run_and_where() {
     fs::copy(lab.path(&vetted_ext), &vetted_ext_path).unwrap();
     std::os::unix::fs::chown(&vetted_ext_path, Some(0), Some(0)).unwrap();
     fs::set_permissions(&vetted_ext_path, fs::Permissions::from_mode(0o644)).unwrap();
-    let site_file = trusted.dir.join("site.json");
+    // In a folder of its own: the site file's folders must stay root-only, and this
+    // test makes the trusted image folder group-writable.
+    let policy = TrustedDir::new("policy");
+    let site_file = policy.dir.join("site.json");
     fs::write(
         &site_file,
         serde_json::json!({

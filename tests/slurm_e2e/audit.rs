@@ -518,19 +518,37 @@ impl ProctrackSwitch {
 
     fn restart(proctrack: Option<&str>) {
         let mut cmd = Command::new("bash");
-        cmd.arg(Self::script())
-            .arg("restart")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if let Some(p) = proctrack {
-            cmd.env("FERRY_PROCTRACK", p);
-        }
-        let status = cmd.status().unwrap();
-        assert!(status.success(), "deploy/slurm-cluster restart failed");
+        cmd.arg(Self::script()).arg("restart").stdin(Stdio::null());
+        match proctrack {
+            Some(p) => cmd.env("FERRY_PROCTRACK", p),
+            None => cmd.env_remove("FERRY_PROCTRACK"),
+        };
+        let out = cmd.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("deploy/slurm-cluster restart ({proctrack:?}):\n{said}");
+        assert!(
+            out.status.success(),
+            "deploy/slurm-cluster restart failed:\n{said}"
+        );
         let up = wait_until(Duration::from_secs(90), Duration::from_secs(1), || {
             common::slurm_node_problem().is_none() && !node_state().contains('*')
         });
         assert!(up, "the cluster did not come back: {}", node_state());
+        // What the running slurmctld uses, not only what the file says.
+        let want = format!("proctrack/{}", proctrack.unwrap_or("cgroup"));
+        let config = root_output("scontrol", &["show", "config"]);
+        let running = config
+            .lines()
+            .find(|l| l.starts_with("ProctrackType"))
+            .unwrap_or_default();
+        assert!(
+            running.ends_with(&want),
+            "after the restart: {running:?}, wanted {want}\n{said}"
+        );
     }
 
     fn linuxproc() -> ProctrackSwitch {

@@ -467,7 +467,7 @@ fn proctrack(node: &Node) -> Vec<Finding> {
         .filter_map(|l| l.split_once('='))
         .filter(|(k, _)| k.trim().eq_ignore_ascii_case("ProctrackType"))
         .map(|(_, v)| v.trim().to_string())
-        .last()
+        .next_back()
         .unwrap_or_else(|| "proctrack/cgroup".into()); // Slurm's default
     if tracker == "proctrack/cgroup" {
         vec![ok(format!(
