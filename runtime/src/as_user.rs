@@ -29,6 +29,8 @@ use std::path::Path;
 pub struct AsUser {
     channel: OwnedFd,
     pid: Pid,
+    /// Its first message (that it became the user) has been read.
+    started: std::cell::Cell<bool>,
 }
 
 /// What the child is asked to do with a path.
@@ -44,8 +46,8 @@ enum Request {
 const OK: u64 = 0;
 
 impl AsUser {
-    /// Forks the child and waits until it is the user. Must be called from a
-    /// single-threaded process (the helper).
+    /// Forks the child, which becomes the user. Must be called from a single-threaded
+    /// process (the helper). A failure to become the user is the first request's error.
     pub fn start(user: &User) -> io::Result<AsUser> {
         let (ours, theirs) = sys::message_pair()?;
         let groups: Vec<nix::unistd::Gid> = user
@@ -69,11 +71,13 @@ impl AsUser {
             }
             sys::Forked::Parent(pid) => {
                 drop(theirs);
-                let child = AsUser { channel: ours, pid };
-                match child.answer()? {
-                    (OK, _) => Ok(child),
-                    (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
-                }
+                // Whether it became the user is read with the first answer: the
+                // caller goes on with its own work meanwhile.
+                Ok(AsUser {
+                    channel: ours,
+                    pid,
+                    started: std::cell::Cell::new(false),
+                })
             }
         }
     }
@@ -111,6 +115,16 @@ impl AsUser {
     }
 
     fn answer(&self) -> io::Result<(u64, Option<OwnedFd>)> {
+        if !self.started.get() {
+            match self.message()? {
+                (OK, _) => self.started.set(true),
+                (errno, _) => return Err(io::Error::from_raw_os_error(errno as i32)),
+            }
+        }
+        self.message()
+    }
+
+    fn message(&self) -> io::Result<(u64, Option<OwnedFd>)> {
         loop {
             match sys::recv_message(self.channel.as_fd()) {
                 Ok(Some(answer)) => return Ok(answer),
@@ -132,7 +146,8 @@ impl Drop for AsUser {
 
 /// The child's loop: one answer per request, until the parent closes the socket.
 fn serve(channel: BorrowedFd<'_>) {
-    let mut buf = vec![0u8; 8 + libc::PATH_MAX as usize + 1];
+    // On the stack: the child touches as little of its copy of the heap as it can.
+    let mut buf = [0u8; 8 + libc::PATH_MAX as usize + 1];
     loop {
         let n = match sys::recv_bytes(channel, &mut buf) {
             Ok(0) | Err(_) => return,

@@ -38,7 +38,14 @@ pub struct FuseHandoff {
     pub channel: OwnedFd,
 }
 
-pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result<ImageFacts> {
+/// Builds the container in the calling (forked, single-threaded) process and pivots
+/// into it. Also returns the user's process (see `as_user`): dropping it waits for it
+/// to exit, which the caller does after reporting, off the step's critical path.
+pub fn assemble(
+    req: &Request,
+    plan: &Plan,
+    fuse: Option<FuseHandoff>,
+) -> Result<(ImageFacts, AsUser)> {
     let user = &req.user;
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
@@ -49,7 +56,7 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
     let as_user = AsUser::start(user)
         .map_err(|e| Error::system(format!("starting a process as {}", user.name), e))?;
     let mut skipped = Vec::new();
-    let (image, user_sources) = open_user_inputs(&as_user, req, plan, &mut skipped)?;
+    // Ferry's and the admin's sources first, while the user's process starts.
     let host_sources = open_sources(
         plan.binds
             .iter()
@@ -58,6 +65,7 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         "root",
         &mut skipped,
     )?;
+    let (image, user_sources) = open_user_inputs(&as_user, req, plan, &mut skipped)?;
     let method = image::method_for(&image, &req.image_policy)?;
     let (mut facts, verified) = verify_image(req, &image)?;
     let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
@@ -183,7 +191,7 @@ pub fn assemble(req: &Request, plan: &Plan, fuse: Option<FuseHandoff>) -> Result
         .map_err(|e| Error::system("switching to the container root", e))?;
     drop(sources);
     check_workdir(&as_user, user, &workdir, &req.image)?;
-    Ok(ImageFacts { config, ..facts })
+    Ok((ImageFacts { config, ..facts }, as_user))
 }
 
 /// How the user's bind sources are opened: for reading, which checks read permission

@@ -241,13 +241,15 @@ fn helper(
         assemble::assemble(req, plan, fuse)
     }));
     let mut result = std::fs::File::from(result);
+    let mut user_process = None;
     let code = match outcome {
-        Ok(Ok(facts)) => {
+        Ok(Ok((facts, as_user))) => {
             let report = format!(
                 "{READY}\n{}",
                 serde_json::to_string(&facts).unwrap_or_default()
             );
             let _ = result.write_all(report.as_bytes());
+            user_process = Some(as_user);
             0
         }
         Ok(Err(e)) => {
@@ -260,6 +262,8 @@ fn helper(
         }
     };
     drop(result);
+    // Reaped now that the caller has the report: its exit costs the step nothing.
+    drop(user_process);
     let mut byte = [0u8; 1];
     let _ = std::fs::File::from(release).read(&mut byte); // returns at EOF
     sys::exit_now(code)
