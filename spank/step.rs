@@ -253,6 +253,9 @@ pub fn task_join(spank: &Spank) -> Result<(), String> {
 /// the image's standard folders and ours on PATH. The deadline armed when the task
 /// joined ends here, whatever happens.
 pub fn task_enter(spank: &Spank) -> Result<(), String> {
+    if !with_step(|s| s.container.is_some())? {
+        return Ok(()); // not a container step: no deadline was armed
+    }
     let entered = enter(spank);
     Container::end_task_deadline();
     entered
