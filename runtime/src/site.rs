@@ -406,11 +406,7 @@ pub fn destination_allowed(
 
 /// `90`, `90s`, `5m`, `1h`.
 pub fn parse_duration(value: &str) -> Option<Duration> {
-    let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => value.split_at(i),
-        None => (value, ""),
-    };
-    let n: u64 = digits.parse().ok()?;
+    let (n, unit) = number_and_unit(value)?;
     let seconds = match unit {
         "" | "s" => n,
         "m" => n.checked_mul(60)?,
@@ -467,13 +463,18 @@ fn abs_path(key: &str, value: &str) -> Result<PathBuf, String> {
     Ok(path.components().collect())
 }
 
-/// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
-pub fn parse_size(value: &str) -> Option<u64> {
+/// The leading decimal number of `value` and what follows it (`"64M"`: 64, `"M"`).
+fn number_and_unit(value: &str) -> Option<(u64, &str)> {
     let (digits, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => value.split_at(i),
         None => (value, ""),
     };
-    let n: u64 = digits.parse().ok()?;
+    Some((digits.parse().ok()?, unit))
+}
+
+/// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let (n, unit) = number_and_unit(value)?;
     let shift = match unit {
         "" => 0,
         "K" | "k" => 10,
