@@ -44,7 +44,7 @@ pub fn is_root() -> bool {
 pub mod interrupt {
     //! Ctrl-C and termination during long CLI operations: noted, not fatal, so the
     //! operation can clean up before it exits.
-    pub use crate::sys::{catch_interrupts, interrupted};
+    pub use crate::sys::{catch_interrupts, interrupted, restore_default_sigpipe};
 }
 
 pub mod exec {

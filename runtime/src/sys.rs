@@ -352,6 +352,9 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+// The kernel reads exactly its own layout: checked when this file compiles.
+const _: () = assert!(std::mem::size_of::<MountAttr>() == 32); // MOUNT_ATTR_SIZE_VER0
+
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -492,6 +495,10 @@ struct LoopConfig {
     info: LoopInfo64,
     reserved: [u64; 8],
 }
+
+// struct loop_info64 and struct loop_config (linux/loop.h), checked at compile time.
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
 
 /// A loop device bound read-only to an open image file; the device frees itself when
 /// its last user (our mount) goes away (LO_FLAGS_AUTOCLEAR), so nothing outlives the step.
@@ -979,6 +986,15 @@ pub fn catch_interrupts() -> io::Result<()> {
         unsafe { sigaction(signal, &action) }?;
     }
     Ok(())
+}
+
+/// SIGPIPE back to its default action (Rust starts programs with it ignored): a CLI
+/// whose reader went away (`ferry inspect IMG | head -1`) ends quietly instead of
+/// failing on EPIPE, and a command `ferry run` execs does not inherit it ignored.
+pub fn restore_default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing the default action runs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// True once SIGINT, SIGTERM or SIGHUP arrived after `catch_interrupts`.

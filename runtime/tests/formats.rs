@@ -742,6 +742,29 @@ fn inspect_text_shows_format_partitions_signature_and_config() {
     assert!(out.stdout.contains("config:       none"), "{}", out.stdout);
 }
 
+/// A reader that is gone before `ferry inspect` writes (`ferry inspect IMG | head -1`
+/// on a long report): the command ends quietly, by SIGPIPE as other Unix tools do, with
+/// no panic and no backtrace.
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    if !ready() {
+        return;
+    }
+    let _g = shared();
+    let script = format!(
+        "{{ sleep 0.3; '{}' inspect '{}'; echo \"status $?\" >&2; }} | true",
+        ferry_bin().display(),
+        fixture().image.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("status 141"),
+        "not ended by SIGPIPE: {stderr}"
+    );
+}
+
 #[test]
 fn inspect_reports_unrunnable_and_broken_images() {
     if !ready() {

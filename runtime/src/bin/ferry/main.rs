@@ -18,6 +18,7 @@ use cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    ferry_runtime::interrupt::restore_default_sigpipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Run {
