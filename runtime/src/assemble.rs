@@ -494,14 +494,7 @@ fn bind_one(in_root: &InRoot, root_path: &Path, req: &Request, opened: &OpenedBi
             &bind.dest,
             &resolved,
         )
-        .map_err(|e| Error::MountDestination {
-            path: bind.dest.clone(),
-            reason: e
-                .strip_prefix(&format!("mount destination {}", bind.dest.display()))
-                .unwrap_or(&e)
-                .trim_start_matches(": ")
-                .to_string(),
-        })?;
+        .map_err(dest_err)?;
     }
     let dest_is_dir = sys::is_dir(&sys::fstat(dest.as_fd()).map_err(|e| dest_err(e.to_string()))?);
     if dest_is_dir != opened.is_dir {

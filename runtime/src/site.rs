@@ -269,8 +269,7 @@ impl Site {
                 dir.display()
             )));
         }
-        Site::load(&real)
-            .map_err(|e| e.replacen(&real.display().to_string(), &path.display().to_string(), 1))
+        Site::load(path)
     }
 
     /// Reads and parses the site file. It decides what root does for users, so it must
@@ -307,6 +306,7 @@ impl Site {
             &mount.dest,
             &mount.dest,
         )
+        .map_err(|why| format!("mount destination {}: {why}", mount.dest.display()))
     }
 
     /// The effective policy, one setting a line, for `ferry check-config`.
@@ -373,7 +373,8 @@ impl Site {
 }
 
 /// Whether a user's bind whose destination `written` resolves to `resolved` (inside the
-/// container) may be made under the site's `allowed` prefixes (None: anywhere).
+/// container) may be made under the site's `allowed` prefixes (None: anywhere). The
+/// error says why, for a message that names the destination.
 pub fn destination_allowed(
     allowed: Option<&[PathBuf]>,
     written: &Path,
@@ -385,17 +386,13 @@ pub fn destination_allowed(
     if allowed.iter().any(|p| resolved.starts_with(p)) {
         return Ok(());
     }
-    let shown = if written == resolved {
-        written.display().to_string()
+    let leads = if written == resolved {
+        String::new()
     } else {
-        format!(
-            "{} (which leads to {} in the container)",
-            written.display(),
-            resolved.display()
-        )
+        format!("it leads to {} in the container, and ", resolved.display())
     };
     Err(format!(
-        "mount destination {shown}: this site allows user mounts only under {}; choose a destination there",
+        "{leads}this site allows user mounts only under {}; choose a destination there",
         if allowed.is_empty() {
             "no folder at all".to_string()
         } else {
@@ -665,7 +662,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.contains("/data/etc/x (which leads to /etc/x in the container)")
+            e.starts_with("it leads to /etc/x in the container, and ")
                 && e.contains("allows user mounts only under /data"),
             "{e}"
         );
