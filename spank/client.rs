@@ -2,8 +2,8 @@
 //! or step asked for, make its path absolute, and check our options before anything
 //! is submitted, so a typo fails at once on the user's terminal.
 
-use crate::config::Config;
 use crate::options;
+use ferry_runtime::plugin_config::Config;
 use ferry_runtime::MountSpec;
 use std::path::Path;
 use std::sync::Mutex;

@@ -147,6 +147,7 @@ impl Spank {
         // SAFETY: argv has argc valid C strings owned by the step.
         let first = unsafe { *argv };
         (!first.is_null()).then(|| {
+            // SAFETY: first is non-null and, like every argv entry, a valid C string.
             unsafe { CStr::from_ptr(first) }
                 .to_string_lossy()
                 .into_owned()
@@ -219,7 +220,10 @@ pub unsafe fn plugin_args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
         .filter_map(|i| {
             // SAFETY: i < argc, per the caller's contract.
             let p = unsafe { *argv.add(i) };
-            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            (!p.is_null()).then(|| {
+                // SAFETY: p is non-null and points to one of Slurm's argument strings.
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            })
         })
         .collect()
 }

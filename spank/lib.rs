@@ -2,8 +2,10 @@
 //! inside that image. Only the exported symbols live here; each is a thin call into the
 //! module for its context (`client` for srun/sbatch, `step` for slurmstepd).
 
+#![deny(unsafe_code)]
+
 mod client;
-mod config;
+#[allow(unsafe_code)] // Slurm's C API: every block carries a `// SAFETY:` line
 mod ffi;
 mod options;
 mod provenance;
@@ -14,11 +16,14 @@ use ffi::{hook, spank_t, Context, Spank};
 use std::ffi::{c_char, c_int};
 
 /// Slurm's loader reads these three data symbols.
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub static plugin_name: [u8; 6] = *b"ferry\0";
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub static plugin_type: [u8; 6] = *b"spank\0";
 /// The Slurm version this build is for (major.minor must match the running Slurm's).
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub static plugin_version: u32 = parse_version(env!("FERRY_SLURM_VERSION_NUMBER"));
 
@@ -42,6 +47,7 @@ const fn parse_version(s: &str) -> u32 {
     n
 }
 
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_init(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     hook(sp, argc, argv, |spank, args| match Spank::context() {
@@ -59,6 +65,7 @@ pub extern "C" fn slurm_spank_init(sp: spank_t, argc: c_int, argv: *mut *mut c_c
     })
 }
 
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_init_post_opt(
     sp: spank_t,
@@ -67,13 +74,14 @@ pub extern "C" fn slurm_spank_init_post_opt(
 ) -> c_int {
     hook(sp, argc, argv, |spank, args| match Spank::context() {
         Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR => {
-            client::init_post_opt(&config::Config::parse(args)?)
+            client::init_post_opt(&ferry_runtime::plugin_config::Config::parse(args)?)
         }
         Context::S_CTX_REMOTE => step::prepare(spank, args),
         _ => Ok(()),
     })
 }
 
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_task_init_privileged(
     sp: spank_t,
@@ -83,11 +91,13 @@ pub extern "C" fn slurm_spank_task_init_privileged(
     hook(sp, argc, argv, |spank, _| step::task_join(spank))
 }
 
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_task_init(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     hook(sp, argc, argv, |spank, _| step::task_enter(spank))
 }
 
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     hook(sp, argc, argv, |_, _| {

@@ -9,11 +9,11 @@ use crate::client::{
     CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, NO_CONTAINER, PROVENANCE_FILE_VAR,
     PROVENANCE_SPEC_VAR,
 };
-use crate::config::Config;
 use crate::ffi::{self, Spank};
 use crate::options;
 use crate::provenance;
 use crate::syslog;
+use ferry_runtime::plugin_config::Config;
 use ferry_runtime::request::{BIN_DIR, SLURM_COMMANDS};
 use ferry_runtime::site::{LogLevel, Site};
 use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};

@@ -107,8 +107,11 @@ fn archives() -> &'static Archives {
                 let _ = fs::remove_dir_all(&a.dir);
             }
         }
+        #[allow(unsafe_code)] // test clean-up at exit
         // SAFETY: registers a plain extern "C" function with no arguments.
-        unsafe { libc::atexit(remove_archives) };
+        unsafe {
+            libc::atexit(remove_archives)
+        };
         Archives {
             docker: path.join("docker.tar"),
             oci: path.join("oci.tar"),

@@ -415,6 +415,7 @@ fn two_processes_joining_one_prepared_container_see_the_same_root() {
                 "readlink /proc/self/ns/mnt; stat -c %d:%i /; id -u; cat /data/only-in-image",
             ]);
             let c = Arc::clone(&container);
+            #[allow(unsafe_code)] // what the plugin's task hook does, from a test
             // SAFETY: the closure runs in the forked child before exec and only makes
             // system calls (setns, prctl, setgroups, setresgid, setresuid).
             unsafe {

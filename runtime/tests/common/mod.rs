@@ -260,8 +260,11 @@ pub fn fixture() -> &'static Fixture {
                 let _ = fs::remove_dir_all(&f.dir);
             }
         }
+        #[allow(unsafe_code)] // test clean-up at exit
         // SAFETY: registers a plain extern "C" function with no arguments.
-        unsafe { libc::atexit(remove_fixture) };
+        unsafe {
+            libc::atexit(remove_fixture)
+        };
         fixture
     })
 }

@@ -1,4 +1,5 @@
-//! The plugin's arguments from plugstack.conf, parsed once into a typed config.
+//! The plugin's arguments from plugstack.conf, parsed once into a typed config: the one
+//! parser, used by the plugin and by `ferry doctor`.
 //! Unknown keys and bad values are errors naming the key.
 //!
 //!   required /usr/lib/.../ferry.so [launcher=PATH] [host_dirs=DIR,DIR,...] [slurm_clients=yes|no]
@@ -7,7 +8,7 @@
 
 use std::path::PathBuf;
 
-pub const DEFAULT_LAUNCHER: &str = ferry_runtime::DEFAULT_LAUNCHER;
+pub const DEFAULT_LAUNCHER: &str = crate::DEFAULT_LAUNCHER;
 
 /// Host folders that Slurm's clients and PMI need inside the container, bound at the
 /// same path when they exist: configuration, munge's socket, the slurmd spool (batch
@@ -50,9 +51,9 @@ impl Default for Config {
             slurm_clients: true,
             accounts: vec!["slurm".into(), "munge".into()],
             require_digest: false,
-            digest_cache: ferry_runtime::digest::DEFAULT_CACHE_DIR.into(),
-            hash_unpinned_up_to: ferry_runtime::request::HASH_UNPINNED_UP_TO,
-            site_config: ferry_runtime::site::DEFAULT_SITE_CONFIG.into(),
+            digest_cache: crate::digest::DEFAULT_CACHE_DIR.into(),
+            hash_unpinned_up_to: crate::request::HASH_UNPINNED_UP_TO,
+            site_config: crate::site::DEFAULT_SITE_CONFIG.into(),
             site_config_required: false,
         }
     }
@@ -82,7 +83,7 @@ impl Config {
                 "digest_cache" => return Err(bad("give an absolute path")),
                 "hash_unpinned_max" => {
                     config.hash_unpinned_up_to =
-                        ferry_runtime::site::parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
+                        crate::site::parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
                 }
                 "site_config" if value.starts_with('/') => {
                     config.site_config = value.into();
