@@ -155,8 +155,11 @@ fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request,
             let mounts = MountSpec::parse_list(&list, &mounts_base)
                 .map_err(|e| format!("--container-mounts: {e}"))?;
             for m in &mounts {
-                site.check_user_mount(m)
-                    .map_err(|e| format!("--container-mounts: {e}"))?;
+                ferry_runtime::policy::check_user_mount_destination(
+                    site.user_mount_destinations.as_deref(),
+                    &m.dest,
+                )
+                .map_err(|e| format!("--container-mounts: {e}"))?;
             }
             mounts
         }

@@ -15,6 +15,7 @@ pub mod image;
 pub mod image_config;
 pub mod plan;
 pub mod plugin_config;
+pub mod policy;
 pub mod request;
 pub mod resolve;
 pub mod share;

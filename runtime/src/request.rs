@@ -2,7 +2,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::site::{ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER};
+use crate::policy::{ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -174,10 +174,14 @@ impl MountSpec {
 
     /// Parses a comma-separated list (the plugin's `--container-mounts`).
     pub fn parse_list(list: &str, base: &Path) -> Result<Vec<MountSpec>> {
-        list.split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| MountSpec::parse(s.trim(), base))
+        MountSpec::split_list(list)
+            .map(|s| MountSpec::parse(s, base))
             .collect()
+    }
+
+    /// The specs of a comma-separated list, trimmed, empty ones left out.
+    pub fn split_list(list: &str) -> impl Iterator<Item = &str> {
+        list.split(',').map(str::trim).filter(|s| !s.is_empty())
     }
 }
 

@@ -7,50 +7,28 @@
 //! trusted folder really is root-owned happens on use (`image::is_trusted`), because
 //! the host can change after the file was read.
 
-use crate::request::MountSpec;
+use crate::policy::join_paths;
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+// The values a site file sets live in `policy`, which `request` shares; these keep the
+// names under `site` that callers already use.
+pub use crate::policy::{
+    destination_allowed, ImagePolicy, SiteMount, Untrusted, DEFAULT_FUSE_HELPER,
+    DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER,
+};
+
 /// Where the plugin reads the site file when plugstack.conf names none.
 pub const DEFAULT_SITE_CONFIG: &str = "/etc/ferry/site.json";
-/// Debian's multi-threaded low-level squashfuse.
-pub const DEFAULT_FUSE_HELPER: &str = "/usr/bin/squashfuse_ll";
-pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
 const MIN_WRITABLE_LAYER: u64 = 1 << 20;
 const MAX_WRITABLE_LAYER: u64 = 64 << 30;
 /// Longest path or list the file may hold: a typo'd or hostile file fails clearly.
 const MAX_PATH_LEN: usize = 4096;
 const MAX_LIST_LEN: usize = 256;
 const MAX_FILE_LEN: usize = 1 << 20;
-/// How long preparing a container (and a task's last steps before it runs the user's
-/// command) may take before it is stopped: Slurm cannot cancel a step in that phase.
-/// Long enough to hash a pinned image of tens of GiB the first time.
-pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_SETUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
-/// How an image outside the trusted folders is mounted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Untrusted {
-    /// By the kernel's SquashFS driver, like a trusted one.
-    Kernel,
-    /// By squashfuse running with the user's rights: a crafted image reaches a user
-    /// process, not kernel filesystem code.
-    Fuse,
-    /// Refused, with a line saying where trusted images live.
-    Deny,
-}
-
-impl Untrusted {
-    pub fn name(self) -> &'static str {
-        match self {
-            Untrusted::Kernel => "kernel",
-            Untrusted::Fuse => "fuse",
-            Untrusted::Deny => "deny",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -58,58 +36,6 @@ pub enum LogLevel {
     Warning,
     Info,
     Debug,
-}
-
-/// A host path bound into every container (opened as root: the admin chose it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SiteMount {
-    pub source: PathBuf,
-    pub dest: PathBuf,
-    pub readonly: bool,
-    /// Skip it where the source is missing instead of failing the step.
-    pub optional: bool,
-}
-
-/// How images are chosen and mounted: the part of the site policy the runtime applies.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImagePolicy {
-    /// Folders whose images the kernel may mount whatever `untrusted` says.
-    pub trusted_dirs: Vec<PathBuf>,
-    pub untrusted: Untrusted,
-    pub fuse_helper: PathBuf,
-}
-
-impl ImagePolicy {
-    /// What a caller gets without a site policy (tests, `ferry run` by root): the
-    /// kernel mounts what root asked for.
-    pub fn kernel() -> ImagePolicy {
-        ImagePolicy {
-            trusted_dirs: Vec::new(),
-            untrusted: Untrusted::Kernel,
-            fuse_helper: DEFAULT_FUSE_HELPER.into(),
-        }
-    }
-
-    /// The trusted folders for a message, or that there are none.
-    pub fn trusted_list(&self) -> String {
-        if self.trusted_dirs.is_empty() {
-            "none configured".into()
-        } else {
-            join_paths(&self.trusted_dirs)
-        }
-    }
-
-    /// What a user refused under `deny` reads after the image's path.
-    pub fn where_trusted(&self) -> String {
-        if self.trusted_dirs.is_empty() {
-            "this site runs no images outside its trusted folders and has none configured; ask the administrators".into()
-        } else {
-            format!(
-                "this site runs only images from its trusted folders: {}; ask the administrators to place yours there",
-                join_paths(&self.trusted_dirs)
-            )
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,18 +223,6 @@ impl Site {
         Site::parse(&text).map_err(fail)
     }
 
-    /// Whether a user's bind may go to `mount.dest` as written (a whole path component
-    /// prefix): the early check, at submission. Where the destination resolves inside
-    /// the image is checked again when the container is made (`destination_allowed`).
-    pub fn check_user_mount(&self, mount: &MountSpec) -> Result<(), String> {
-        destination_allowed(
-            self.user_mount_destinations.as_deref(),
-            &mount.dest,
-            &mount.dest,
-        )
-        .map_err(|why| format!("mount destination {}: {why}", mount.dest.display()))
-    }
-
     /// The effective policy, one setting a line, for `ferry check-config`.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -372,35 +286,6 @@ impl Site {
     }
 }
 
-/// Whether a user's bind whose destination `written` resolves to `resolved` (inside the
-/// container) may be made under the site's `allowed` prefixes (None: anywhere). The
-/// error says why, for a message that names the destination.
-pub fn destination_allowed(
-    allowed: Option<&[PathBuf]>,
-    written: &Path,
-    resolved: &Path,
-) -> Result<(), String> {
-    let Some(allowed) = allowed else {
-        return Ok(());
-    };
-    if allowed.iter().any(|p| resolved.starts_with(p)) {
-        return Ok(());
-    }
-    let leads = if written == resolved {
-        String::new()
-    } else {
-        format!("it leads to {} in the container, and ", resolved.display())
-    };
-    Err(format!(
-        "{leads}this site allows user mounts only under {}; choose a destination there",
-        if allowed.is_empty() {
-            "no folder at all".to_string()
-        } else {
-            join_paths(allowed)
-        }
-    ))
-}
-
 /// `90`, `90s`, `5m`, `1h`.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let (n, unit) = number_and_unit(value)?;
@@ -411,14 +296,6 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(seconds))
-}
-
-fn join_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn check_len(key: &str, n: usize) -> Result<(), String> {
@@ -614,21 +491,6 @@ mod tests {
     }
 
     #[test]
-    fn user_mount_prefixes_match_whole_components() {
-        let site = parse(r#"{"user_mount_destinations": ["/data"]}"#).unwrap();
-        let m = |dest: &str| MountSpec {
-            source: "/x".into(),
-            dest: dest.into(),
-            readonly: false,
-        };
-        assert!(site.check_user_mount(&m("/data")).is_ok());
-        assert!(site.check_user_mount(&m("/data/in")).is_ok());
-        let err = site.check_user_mount(&m("/database")).unwrap_err();
-        assert!(err.contains("/database") && err.contains("/data"), "{err}");
-        assert!(Site::default().check_user_mount(&m("/anything")).is_ok());
-    }
-
-    #[test]
     fn setup_timeout_takes_seconds_minutes_and_hours_within_bounds() {
         assert_eq!(Site::default().setup_timeout, DEFAULT_SETUP_TIMEOUT);
         for (text, secs) in [("90", 90), ("90s", 90), ("2m", 120), ("1h", 3600)] {
@@ -648,28 +510,5 @@ mod tests {
             let e = parse(&format!(r#"{{"setup_timeout": "{bad}"}}"#)).unwrap_err();
             assert!(e.starts_with("setup_timeout: "), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn destinations_are_judged_where_they_resolve() {
-        let allowed = [PathBuf::from("/data")];
-        let ok = destination_allowed(Some(&allowed), Path::new("/data/x"), Path::new("/data/x"));
-        assert_eq!(ok, Ok(()));
-        let e = destination_allowed(
-            Some(&allowed),
-            Path::new("/data/etc/x"),
-            Path::new("/etc/x"),
-        )
-        .unwrap_err();
-        assert!(
-            e.starts_with("it leads to /etc/x in the container, and ")
-                && e.contains("allows user mounts only under /data"),
-            "{e}"
-        );
-        assert_eq!(
-            destination_allowed(None, Path::new("/a"), Path::new("/etc")),
-            Ok(())
-        );
-        assert!(destination_allowed(Some(&[]), Path::new("/a"), Path::new("/a")).is_err());
     }
 }

@@ -38,7 +38,10 @@ pub fn run(
     let site = site_config.as_deref().map(Site::load).transpose()?;
     if let Some(site) = &site {
         for m in &mounts {
-            site.check_user_mount(m)?;
+            ferry_runtime::policy::check_user_mount_destination(
+                site.user_mount_destinations.as_deref(),
+                &m.dest,
+            )?;
         }
     }
     let mut request = Request {

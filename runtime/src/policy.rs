@@ -1,0 +1,190 @@
+//! The site's policy as plain values the runtime applies: how images are mounted, the
+//! site's own binds, where users may bind, the limits. `site` reads them from the site
+//! file, `request` carries them, `step_request` joins the two: this module depends on
+//! neither, so the dependency goes one way.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Debian's multi-threaded low-level squashfuse.
+pub const DEFAULT_FUSE_HELPER: &str = "/usr/bin/squashfuse_ll";
+pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
+/// How long preparing a container (and a task's last steps before it runs the user's
+/// command) may take before it is stopped: Slurm cannot cancel a step in that phase.
+/// Long enough to hash a pinned image of tens of GiB the first time.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How an image outside the trusted folders is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    /// By the kernel's SquashFS driver, like a trusted one.
+    Kernel,
+    /// By squashfuse running with the user's rights: a crafted image reaches a user
+    /// process, not kernel filesystem code.
+    Fuse,
+    /// Refused, with a line saying where trusted images live.
+    Deny,
+}
+
+impl Untrusted {
+    pub fn name(self) -> &'static str {
+        match self {
+            Untrusted::Kernel => "kernel",
+            Untrusted::Fuse => "fuse",
+            Untrusted::Deny => "deny",
+        }
+    }
+}
+
+/// A host path bound into every container (opened as root: the admin chose it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteMount {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub readonly: bool,
+    /// Skip it where the source is missing instead of failing the step.
+    pub optional: bool,
+}
+
+/// How images are chosen and mounted: the part of the site policy the runtime applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePolicy {
+    /// Folders whose images the kernel may mount whatever `untrusted` says.
+    pub trusted_dirs: Vec<PathBuf>,
+    pub untrusted: Untrusted,
+    pub fuse_helper: PathBuf,
+}
+
+impl ImagePolicy {
+    /// What a caller gets without a site policy (tests, `ferry run` by root): the
+    /// kernel mounts what root asked for.
+    pub fn kernel() -> ImagePolicy {
+        ImagePolicy {
+            trusted_dirs: Vec::new(),
+            untrusted: Untrusted::Kernel,
+            fuse_helper: DEFAULT_FUSE_HELPER.into(),
+        }
+    }
+
+    /// The trusted folders for a message, or that there are none.
+    pub fn trusted_list(&self) -> String {
+        if self.trusted_dirs.is_empty() {
+            "none configured".into()
+        } else {
+            join_paths(&self.trusted_dirs)
+        }
+    }
+
+    /// What a user refused under `deny` reads after the image's path.
+    pub fn where_trusted(&self) -> String {
+        if self.trusted_dirs.is_empty() {
+            "this site runs no images outside its trusted folders and has none configured; ask the administrators".into()
+        } else {
+            format!(
+                "this site runs only images from its trusted folders: {}; ask the administrators to place yours there",
+                join_paths(&self.trusted_dirs)
+            )
+        }
+    }
+}
+
+/// Whether a user's bind may go to `dest` as written (a whole path component prefix of
+/// one of the site's `allowed` folders; None: anywhere): the early check, at
+/// submission. Where the destination resolves inside the image is checked again when
+/// the container is made (`destination_allowed`).
+pub fn check_user_mount_destination(
+    allowed: Option<&[PathBuf]>,
+    dest: &Path,
+) -> Result<(), String> {
+    destination_allowed(allowed, dest, dest)
+        .map_err(|why| format!("mount destination {}: {why}", dest.display()))
+}
+
+/// Whether a user's bind whose destination `written` resolves to `resolved` (inside the
+/// container) may be made under the site's `allowed` prefixes (None: anywhere). The
+/// error says why, for a message that names the destination.
+pub fn destination_allowed(
+    allowed: Option<&[PathBuf]>,
+    written: &Path,
+    resolved: &Path,
+) -> Result<(), String> {
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    if allowed.iter().any(|p| resolved.starts_with(p)) {
+        return Ok(());
+    }
+    let leads = if written == resolved {
+        String::new()
+    } else {
+        format!("it leads to {} in the container, and ", resolved.display())
+    };
+    Err(format!(
+        "{leads}this site allows user mounts only under {}; choose a destination there",
+        if allowed.is_empty() {
+            "no folder at all".to_string()
+        } else {
+            join_paths(allowed)
+        }
+    ))
+}
+
+/// Folders for a message: `/a, /b`.
+pub(crate) fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_mount_prefixes_match_whole_components() {
+        let allowed = [PathBuf::from("/data")];
+        let check = |dest: &str| check_user_mount_destination(Some(&allowed), Path::new(dest));
+        assert!(check("/data").is_ok());
+        assert!(check("/data/in").is_ok());
+        let err = check("/database").unwrap_err();
+        assert!(err.contains("/database") && err.contains("/data"), "{err}");
+        assert!(check_user_mount_destination(None, Path::new("/anything")).is_ok());
+    }
+
+    #[test]
+    fn destinations_are_judged_where_they_resolve() {
+        let allowed = [PathBuf::from("/data")];
+        let ok = destination_allowed(Some(&allowed), Path::new("/data/x"), Path::new("/data/x"));
+        assert_eq!(ok, Ok(()));
+        let e = destination_allowed(
+            Some(&allowed),
+            Path::new("/data/etc/x"),
+            Path::new("/etc/x"),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("it leads to /etc/x in the container, and ")
+                && e.contains("allows user mounts only under /data"),
+            "{e}"
+        );
+        assert_eq!(
+            destination_allowed(None, Path::new("/a"), Path::new("/etc")),
+            Ok(())
+        );
+        assert!(destination_allowed(Some(&[]), Path::new("/a"), Path::new("/a")).is_err());
+    }
+
+    #[test]
+    fn where_trusted_names_the_folders_or_says_there_are_none() {
+        let mut policy = ImagePolicy::kernel();
+        assert_eq!(policy.trusted_list(), "none configured");
+        assert!(policy.where_trusted().contains("has none configured"));
+        policy.trusted_dirs = vec!["/apps/images".into(), "/srv/containers".into()];
+        assert_eq!(policy.trusted_list(), "/apps/images, /srv/containers");
+        assert!(policy
+            .where_trusted()
+            .contains("trusted folders: /apps/images, /srv/containers;"));
+    }
+}
