@@ -4,6 +4,7 @@
 
 use crate::options;
 use ferry_runtime::plugin_config::Config;
+use ferry_runtime::step_request::{check_pin_rule, NO_CONTAINER};
 use ferry_runtime::MountSpec;
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,8 +20,6 @@ pub const MOUNTS_BASE_VAR: &str = "FERRY_MOUNTS_BASE";
 /// The `--container-provenance` value and the absolute file it names.
 pub const PROVENANCE_SPEC_VAR: &str = "FERRY_PROVENANCE_SPEC";
 pub const PROVENANCE_FILE_VAR: &str = "FERRY_PROVENANCE_FILE";
-/// `--container=none` runs a step of a containerized job on the host.
-pub const NO_CONTAINER: &str = "none";
 
 static INHERITED: Mutex<Option<std::ffi::OsString>> = Mutex::new(None);
 
@@ -88,11 +87,9 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         let (path, pin) = ferry_runtime::digest::split_pinned(&image)
             .map_err(|e| format!("ferry: --container={e}"))?;
         // The site's rule, checked before submission too (slurmstepd checks it again).
-        if config.require_digest && pin.is_none() && image != NO_CONTAINER {
-            let rule = ferry_runtime::Error::PinRequired {
-                path: path.to_string(),
-            };
-            return Err(format!("ferry: {rule}"));
+        if image != NO_CONTAINER {
+            check_pin_rule(path, pin.as_ref(), config.require_digest)
+                .map_err(|rule| format!("ferry: {rule}"))?;
         }
     }
     if let Some(dir) = options::workdir() {

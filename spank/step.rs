@@ -6,7 +6,7 @@
 //! fails, which the user does see (srun's terminal or the job's output file).
 
 use crate::client::{
-    CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, NO_CONTAINER, PROVENANCE_FILE_VAR,
+    CONTAINER_VAR, CWD_VAR, MOUNTS_BASE_VAR, MOUNTS_SPEC_VAR, PROVENANCE_FILE_VAR,
     PROVENANCE_SPEC_VAR,
 };
 use crate::ffi::{self, Spank};
@@ -14,9 +14,10 @@ use crate::options;
 use crate::provenance;
 use crate::syslog;
 use ferry_runtime::plugin_config::Config;
-use ferry_runtime::request::{BIN_DIR, SLURM_COMMANDS};
+use ferry_runtime::request::BIN_DIR;
 use ferry_runtime::site::{LogLevel, Site};
-use ferry_runtime::{Container, MountSpec, Request, SlurmClients, User};
+use ferry_runtime::step_request::{self, Inputs, Launch, SlurmStep, StepEnvironment, StepFacts};
+use ferry_runtime::{Container, Request, User};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -24,10 +25,6 @@ use std::sync::Mutex;
 /// Documented job environment: the image's absolute path and its digest when known.
 const IMAGE_VAR: &str = "FERRY_IMAGE";
 const DIGEST_VAR: &str = "FERRY_IMAGE_DIGEST";
-
-/// Slurm's id of the extern step, which holds no user processes: left alone.
-const EXTERN_STEP: u32 = 0xffff_fffc;
-const BATCH_STEP: u32 = 0xffff_fffb;
 
 #[derive(Default)]
 struct Step {
@@ -56,7 +53,11 @@ pub fn init(_spank: &Spank, args: &[String]) -> Result<(), String> {
 }
 
 pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
-    if spank.step_id() == Some(EXTERN_STEP) {
+    let step = SlurmStep {
+        job: spank.job_id(),
+        step: spank.step_id(),
+    };
+    if step.is_extern() {
         return Ok(());
     }
     // Variables a containerized job passed down describe its image, not this step's.
@@ -65,22 +66,16 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
             spank.unsetenv(var)?;
         }
     }
-    let Some(image) = spank
-        .getenv(CONTAINER_VAR)
-        .filter(|v| !v.is_empty() && v != NO_CONTAINER)
-    else {
+    let container_var = spank.getenv(CONTAINER_VAR);
+    let Some(image) = step_request::requested_image(container_var.as_deref()) else {
         return Ok(());
     };
     let config = with_step(|s| s.config.clone())?;
-    let outcome = build_request(spank, &image, &config).and_then(|req| {
+    let outcome = build_request(spank, step, image, &config).and_then(|req| {
         let container = ferry_runtime::prepare(&req).map_err(|e| e.to_string())?;
         Ok((container, req))
     });
-    let ids = format!(
-        "job {} step {}",
-        spank.job_id().map_or("?".into(), |j| j.to_string()),
-        spank.step_id().map_or("?".into(), step_name)
-    );
+    let ids = step.describe();
     match outcome {
         Ok((container, req)) => {
             ffi::debug(&format!(
@@ -93,8 +88,8 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 spank.setenv(DIGEST_VAR, &digest.to_string())?;
             }
             let step_ids = provenance::StepIds {
-                job: spank.job_id(),
-                step: spank.step_id().map_or("?".into(), step_name),
+                job: step.job,
+                step: step.name(),
                 node: ferry_runtime::hostname(),
                 user: req.user.name.clone(),
                 uid: req.user.uid,
@@ -132,95 +127,48 @@ fn load_site(config: &Config) -> Result<Site, String> {
     Ok(site)
 }
 
-fn build_request(spank: &Spank, image: &str, config: &Config) -> Result<Request, String> {
+/// Gathers what the step policy needs (the site file, the job's user, its environment
+/// and options, this node's host folders and accounts) for `step_request::build`.
+fn build_request(
+    spank: &Spank,
+    step: SlurmStep,
+    image: &str,
+    config: &Config,
+) -> Result<Request, String> {
     let site = load_site(config)?;
     let uid = spank.uid().ok_or("cannot read the job's uid")?;
     let gid = spank.gid().ok_or("cannot read the job's gid")?;
     let user = User::by_uid(uid, gid, spank.supplementary_gids()).map_err(|e| e.to_string())?;
-    // The folder srun or sbatch ran in (set by our client side), which is also where a
-    // step launched from another folder inside a job starts; then the usual variables.
-    let submit_dir = [CWD_VAR, "PWD", "SLURM_SUBMIT_DIR"]
-        .iter()
-        .filter_map(|v| spank.getenv(v))
-        .map(PathBuf::from)
-        .find(|p| p.is_absolute());
-    let base = submit_dir.clone().unwrap_or_else(|| user.home.clone());
-    let mounts = match options::mounts() {
-        Some(list) => {
-            let mounts_base = match spank.getenv(MOUNTS_SPEC_VAR) {
-                Some(spec) if spec == list => spank.getenv(MOUNTS_BASE_VAR).map(PathBuf::from),
-                _ => None,
-            };
-            let mounts_base = mounts_base.unwrap_or_else(|| base.clone());
-            let mounts = MountSpec::parse_list(&list, &mounts_base)
-                .map_err(|e| format!("--container-mounts: {e}"))?;
-            for m in &mounts {
-                ferry_runtime::policy::check_user_mount_destination(
-                    site.user_mount_destinations.as_deref(),
-                    &m.dest,
-                )
-                .map_err(|e| format!("--container-mounts: {e}"))?;
-            }
-            mounts
-        }
-        None => Vec::new(),
-    };
-    let host_binds = config
-        .host_dirs
-        .iter()
-        .filter(|d| d.is_dir())
-        .map(|d| MountSpec {
-            source: d.clone(),
-            dest: d.clone(),
-            readonly: false,
-        })
-        .collect();
-    let (image, pinned) = ferry_runtime::digest::split_pinned(image)?;
-    if pinned.is_none() && config.require_digest {
-        return Err(ferry_runtime::Error::PinRequired {
-            path: image.to_string(),
-        }
-        .to_string());
-    }
-    Ok(Request {
-        image: base.join(image),
-        user,
-        cwd: submit_dir,
-        workdir: options::workdir().map(PathBuf::from),
-        mounts,
-        host_binds,
-        slurm_clients: config.slurm_clients.then(|| SlurmClients {
-            launcher: config.launcher.clone(),
-            commands: SLURM_COMMANDS.iter().map(|c| c.to_string()).collect(),
-        }),
+    let facts = StepFacts {
+        step,
+        mounts: options::mounts(),
+        env: StepEnvironment {
+            submit_folder: spank.getenv(CWD_VAR),
+            pwd: spank.getenv("PWD"),
+            slurm_submit_dir: spank.getenv("SLURM_SUBMIT_DIR"),
+            mounts_spec: spank.getenv(MOUNTS_SPEC_VAR),
+            mounts_base: spank.getenv(MOUNTS_BASE_VAR),
+        },
+        config,
+        host_dirs: config
+            .host_dirs
+            .iter()
+            .filter(|d| d.is_dir())
+            .cloned()
+            .collect(),
         accounts: config
             .accounts
             .iter()
             .filter_map(|name| User::by_name(name).ok())
             .collect(),
-        pinned,
-        digest_cache: Some(config.digest_cache.clone()),
-        hash_unpinned_up_to: config.hash_unpinned_up_to,
-        image_policy: site.images,
-        site_mounts: site.site_mounts,
-        user_mount_destinations: site.user_mount_destinations,
-        setup_timeout: site.setup_timeout,
-        writable_layer_size: site.writable_layer_size,
-        // The batch step outlives the job's other steps: they may share its FUSE mount.
-        share_with_batch_step_of: match spank.step_id() {
-            Some(BATCH_STEP) | None => None,
-            Some(_) => spank.job_id(),
-        },
+    };
+    step_request::build(Inputs {
+        image,
+        user,
+        workdir: options::workdir().map(PathBuf::from),
+        site: Some(&site),
+        launch: Launch::SlurmStep(facts),
     })
-}
-
-fn step_name(id: u32) -> String {
-    match id {
-        BATCH_STEP => "batch".into(),
-        0xffff_fffa => "interactive".into(),
-        EXTERN_STEP => "extern".into(),
-        n => n.to_string(),
-    }
 }
 
 /// Task child, as root: remember where slurmstepd put us, then join the container.

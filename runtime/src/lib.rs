@@ -21,6 +21,7 @@ pub mod resolve;
 pub mod share;
 pub mod sif;
 pub mod site;
+pub mod step_request;
 pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;

@@ -1,9 +1,9 @@
 //! `ferry run`: prepare, join and exec, as root, optionally as another user.
 
-use ferry_runtime::digest::{self, split_pinned};
 use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::site::Site;
-use ferry_runtime::{exec, prepare, MountSpec, Request, User};
+use ferry_runtime::step_request::{self, CommandFacts, Inputs, Launch};
+use ferry_runtime::{exec, prepare, User};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -28,37 +28,18 @@ pub fn run(
         None => User::by_uid(0, 0, nix_groups()),
     }
     .map_err(|e| e.to_string())?;
-    let mounts = mounts
-        .iter()
-        .map(|m| MountSpec::parse(m, &cwd))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
     let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
-    let (image, pinned) = split_pinned(spec)?;
     let site = site_config.as_deref().map(Site::load).transpose()?;
-    if let Some(site) = &site {
-        for m in &mounts {
-            ferry_runtime::policy::check_user_mount_destination(
-                site.user_mount_destinations.as_deref(),
-                &m.dest,
-            )?;
-        }
-    }
-    let mut request = Request {
-        cwd: Some(cwd.clone()),
+    let request = step_request::build(Inputs {
+        image: spec,
+        user,
         workdir,
-        mounts,
-        pinned,
-        digest_cache: Some(digest::DEFAULT_CACHE_DIR.into()),
-        ..Request::new(cwd.join(image), user)
-    };
-    if let Some(site) = site {
-        request.image_policy = site.images;
-        request.site_mounts = site.site_mounts;
-        request.writable_layer_size = site.writable_layer_size;
-        request.user_mount_destinations = site.user_mount_destinations;
-        request.setup_timeout = site.setup_timeout;
-    }
+        site: site.as_ref(),
+        launch: Launch::FerryRun(CommandFacts {
+            folder: cwd,
+            mounts,
+        }),
+    })?;
     let container = prepare(&request).map_err(|e| e.to_string())?;
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
