@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use test_support::{find_tool, is_root, require, slurm_node_problem, TEST_USER};
+use test_support::{find_tool, is_root, require, slurm_node_problem, PLUGIN_CONF, TEST_USER};
 
 const DOCS: &[&str] = &["README.md", "docs/admin.md"];
 
@@ -85,8 +85,7 @@ fn every_tested_example_in_the_docs_works() {
     if !is_root() {
         missing.push("root".to_string());
     }
-    if find_tool("ferry").is_none() || !Path::new("/etc/slurm/plugstack.conf.d/ferry.conf").exists()
-    {
+    if find_tool("ferry").is_none() || !Path::new(PLUGIN_CONF).exists() {
         missing.push("the installed ferry package (deploy/install)".to_string());
     }
     missing.extend(slurm_node_problem());

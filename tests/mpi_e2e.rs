@@ -29,11 +29,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use test_support::slurm_node_problem;
-use test_support::{find_tool, is_root, missing_prerequisite, missing_tools, require};
-use test_support::{TEST_HOME, TEST_USER};
+use test_support::{
+    find_tool, missing_for_jobs, missing_prerequisite, missing_tools, require, TEST_HOME, TEST_USER,
+};
 
-const PLUGIN_CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Longest a single srun may take before `timeout` kills it (jobs also get `-t 5`).
@@ -66,10 +65,7 @@ fn require_prerequisites() {
 }
 
 fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root (the tests run jobs as ferrytest through runuser)".to_string());
-    }
+    let mut missing = missing_for_jobs();
     missing.extend(missing_tools(&[
         "srun",
         "mksquashfs",
@@ -78,7 +74,6 @@ fn missing_prerequisites() -> Vec<String> {
         "losetup",
         "flock",
     ]));
-    missing.extend(slurm_node_problem());
     if find_tool("srun").is_some() {
         // `srun --mpi=list` prints the plugin names, one a line, to stderr.
         let text = match run_root(&["timeout", "10", "srun", "--mpi=list"]) {
@@ -94,21 +89,6 @@ fn missing_prerequisites() -> Vec<String> {
                 ));
             }
         }
-    }
-    if !Path::new(PLUGIN_CONF).is_file() {
-        missing.push(format!(
-            "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
-        ));
-    }
-    match Command::new("id").args(["-u", TEST_USER]).output() {
-        Ok(out) if out.status.success() => {
-            if !Path::new(TEST_HOME).is_dir() {
-                missing.push(format!("{TEST_HOME} (home of {TEST_USER}) does not exist"));
-            }
-        }
-        _ => missing.push(format!(
-            "user {TEST_USER} does not exist (run tests/prepare-host)"
-        )),
     }
     missing
 }

@@ -5,9 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use test_support::{find_tool, missing_tools, require};
-
-const CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
+use test_support::{find_tool, missing_tools, require, PLUGIN_CONF};
 
 fn run(program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
@@ -25,8 +23,10 @@ fn run(program: &str, args: &[&str]) -> (bool, String) {
 #[track_caller]
 fn installed_slurm() -> String {
     let mut missing = missing_tools(&["dpkg-query", "man", "slurmd"]);
-    if !Path::new(CONF).exists() {
-        missing.push(format!("{CONF} (install the package: deploy/install)"));
+    if !Path::new(PLUGIN_CONF).exists() {
+        missing.push(format!(
+            "{PLUGIN_CONF} (install the package: deploy/install)"
+        ));
     }
     require(&missing);
     let (_, v) = run("slurmd", &["-V"]);
@@ -46,12 +46,12 @@ fn the_package_for_the_installed_slurm_provides_the_plugin_that_plugstack_loads(
         "{package}: {status}"
     );
 
-    let conf = std::fs::read_to_string(CONF).unwrap();
+    let conf = std::fs::read_to_string(PLUGIN_CONF).unwrap();
     let enabled: Vec<&str> = conf
         .lines()
         .filter(|l| l.starts_with("required") || l.starts_with("optional"))
         .collect();
-    assert_eq!(enabled.len(), 1, "{CONF}:\n{conf}");
+    assert_eq!(enabled.len(), 1, "{PLUGIN_CONF}:\n{conf}");
     let plugin = enabled[0].split_whitespace().nth(1).unwrap();
     let (ok, owner) = run("dpkg-query", &["-S", plugin]);
     assert!(ok && owner.starts_with(&format!("{package}: ")), "{owner}");
@@ -63,7 +63,7 @@ fn the_package_for_the_installed_slurm_provides_the_plugin_that_plugstack_loads(
     );
     // The plugstack line is a conffile: an admin's arguments survive upgrades.
     let (_, conffiles) = run("dpkg-query", &["-W", "-f=${Conffiles}", &package]);
-    assert!(conffiles.contains(CONF), "{conffiles}");
+    assert!(conffiles.contains(PLUGIN_CONF), "{conffiles}");
 }
 
 #[test]

@@ -34,11 +34,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use test_support::{
-    find_tool, is_root, missing_tools, mksquashfs, sha256sum, sif_builder, slurm_node_problem,
-    static_busybox_problem, BUSYBOX, TEST_HOME, TEST_USER,
+    find_tool, missing_for_jobs, missing_tools, mksquashfs, sha256sum, sif_builder,
+    slurm_node_problem, static_busybox_problem, BUSYBOX, PLUGIN_CONF, TEST_HOME, TEST_USER,
 };
 
-const PLUGIN_CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// A file and a command that exist only in the test images (their content names the
@@ -63,10 +62,7 @@ fn require_prerequisites() {
 }
 
 fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root (the tests run jobs as ferrytest through runuser)".to_string());
-    }
+    let mut missing = missing_for_jobs();
     missing.extend(missing_tools(&[
         "mksquashfs",
         "runuser",
@@ -81,23 +77,7 @@ fn missing_prerequisites() -> Vec<String> {
         "mkfs.ext3",
         "podman",
     ]));
-    missing.extend(slurm_node_problem());
-    if !Path::new(PLUGIN_CONF).is_file() {
-        missing.push(format!(
-            "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
-        ));
-    }
     missing.extend(static_busybox_problem(Path::new(BUSYBOX)));
-    match Command::new("id").args(["-u", TEST_USER]).output() {
-        Ok(out) if out.status.success() => {
-            if !Path::new(TEST_HOME).is_dir() {
-                missing.push(format!("{TEST_HOME} (home of {TEST_USER}) does not exist"));
-            }
-        }
-        _ => missing.push(format!(
-            "user {TEST_USER} does not exist (run tests/prepare-host)"
-        )),
-    }
     missing
 }
 

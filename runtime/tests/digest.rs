@@ -152,19 +152,10 @@ fn refused(spec: &str, must_name: &[&str]) -> String {
     let out = ferry(cwd.path(), &args);
     assert_eq!(out.code, Some(125), "ferry's own errors exit 125: {out:#?}");
     assert_eq!(out.stdout, "", "nothing on stdout: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {out:#?}");
-    assert!(lines[0].starts_with("ferry: "), "{:?}", lines[0]);
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
+    let line = out.one_ferry_line(must_name).to_string();
     assert!(!marker.exists(), "the command ran despite the error");
     before.assert_nothing_left(&format!("ferry {}", args.join(" ")));
-    lines[0].to_string()
+    line
 }
 
 /// A small SquashFS image whose /data/only-in-image says `text` (busybox, cat, sh).
@@ -568,12 +559,7 @@ fn digest_refuses_bad_input_with_one_line() {
         let out = ferry_shared(Path::new("/"), &args);
         assert_eq!(out.code, Some(2), "ferry {args:?}: {out:#?}");
         assert_eq!(out.stdout, "", "ferry {args:?}");
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "ferry {args:?}: {out:#?}");
-        assert!(lines[0].starts_with("ferry: "), "{lines:?}");
-        for name in names {
-            assert!(lines[0].contains(name), "names {name:?}: {lines:?}");
-        }
+        out.one_ferry_line(&names);
     }
 }
 

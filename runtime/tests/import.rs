@@ -142,16 +142,7 @@ fn run_as_user(
 
 fn one_error_line(out: &Outcome, must_name: &[&str]) {
     assert_ne!(out.code, Some(0), "must fail: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {out:#?}");
-    assert!(lines[0].starts_with("ferry: "), "{:?}", lines[0]);
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
+    out.one_ferry_line(must_name);
 }
 
 /// Files in `dir` whose names say ferry left them (staging folders, partial images).

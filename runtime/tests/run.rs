@@ -468,26 +468,8 @@ fn two_processes_joining_one_prepared_container_see_the_same_root() {
 fn assert_one_error_line(out: &Outcome, must_name: &[&str]) {
     assert_ne!(out.code, Some(0), "must fail: {out:#?}");
     assert_eq!(out.stdout, "", "no output on stdout: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "exactly one line on stderr: {:?}",
-        out.stderr
-    );
+    out.one_ferry_line(must_name);
     assert!(out.stderr.ends_with('\n'));
-    assert!(
-        lines[0].starts_with("ferry: "),
-        "the line says it is ferry's: {:?}",
-        lines[0]
-    );
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
 }
 
 /// Runs `ferry run [extra] IMAGE -- sh -c 'touch MARKER'` from a user-owned folder and

@@ -10,6 +10,7 @@
 //! letting it pass without having checked anything.
 
 pub mod at_exit;
+pub mod cluster;
 pub mod files;
 pub mod fixture;
 pub mod host;
@@ -19,6 +20,7 @@ pub mod sif_builder;
 pub mod tempdir;
 pub mod user;
 
+pub use cluster::{missing_for_jobs, slurm_node_problem, PLUGIN_CONF};
 pub use files::{mkdir_mode, mksquashfs, sha256sum, write_mode};
 pub use fixture::{fixture, Fixture, BUSYBOX, ONLY_IN_IMAGE};
 pub use host::{
@@ -26,8 +28,7 @@ pub use host::{
     HostState,
 };
 pub use prerequisites::{
-    find_tool, is_root, missing_prerequisite, missing_tools, require, slurm_node_problem,
-    static_busybox_problem,
+    find_tool, is_root, missing_prerequisite, missing_tools, require, static_busybox_problem,
 };
 pub use process::{run_with_timeout, Outcome};
 pub use tempdir::{pid_tag, TempDir};

@@ -6,7 +6,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Fails the calling test when `missing` names anything, with each item and how to
 /// prepare the host.
@@ -97,37 +96,6 @@ fn is_static_elf(elf: &[u8]) -> bool {
     };
     const PT_INTERP: usize = 3;
     (0..phnum).all(|i| uint(phoff + i * phentsize, 4).is_some_and(|t| t != PT_INTERP))
-}
-
-/// Why the cluster cannot take jobs, if it cannot. A node finishing the previous test's
-/// job is "completing" for a moment: usable.
-pub fn slurm_node_problem() -> Option<String> {
-    if find_tool("sinfo").is_none() {
-        return Some("sinfo not found on PATH (run deploy/slurm-cluster)".to_string());
-    }
-    let out = Command::new("timeout")
-        .args(["10", "sinfo", "-h", "-N", "-o", "%T"])
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let ready = text
-                .lines()
-                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"));
-            (!ready).then(|| {
-                format!(
-                    "a Slurm node that is idle, mixed, allocated or completing (sinfo says {:?}; run deploy/slurm-cluster)",
-                    text.trim()
-                )
-            })
-        }
-        Ok(out) => Some(format!(
-            "a responding Slurm controller (sinfo failed: {}; run deploy/slurm-cluster)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("sinfo: {e}")),
-    }
 }
 
 #[cfg(test)]

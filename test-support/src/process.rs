@@ -19,6 +19,23 @@ impl Outcome {
         assert_eq!(self.code, Some(0), "{what}: ferry failed: {self:#?}");
         self
     }
+
+    /// The one line on stderr that a refusal of ferry's must be: it says it is ferry's
+    /// (`ferry: ...`) and names each of `must_name`.
+    #[track_caller]
+    pub fn one_ferry_line(&self, must_name: &[&str]) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line on stderr: {self:#?}");
+        let line = lines[0];
+        assert!(
+            line.starts_with("ferry: "),
+            "the line says it is ferry's: {line:?}"
+        );
+        for name in must_name {
+            assert!(line.contains(name), "the line names {name:?}: {line:?}");
+        }
+        line
+    }
 }
 
 /// Runs `cmd` with captured stdout/stderr and a time limit (the child is killed and the
