@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use test_support::{
-    find_tool, missing_for_jobs, missing_prerequisite, missing_tools, require, TEST_HOME, TEST_USER,
+    find_tool, missing_for_jobs, missing_prerequisite, missing_tools, require, test_user,
+    TEST_HOME, TEST_USER,
 };
 
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
@@ -245,11 +246,8 @@ impl Lab {
         let dir = Path::new(TEST_HOME).join(format!("mpi-e2e-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g"))).unwrap();
+        let user = test_user();
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
         Lab {
             dir,
             images,

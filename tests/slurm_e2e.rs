@@ -35,7 +35,8 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use test_support::{
     find_tool, missing_for_jobs, missing_tools, mksquashfs, sha256sum, sif_builder,
-    slurm_node_problem, static_busybox_problem, BUSYBOX, PLUGIN_CONF, TEST_HOME, TEST_USER,
+    slurm_node_problem, static_busybox_problem, test_user, BUSYBOX, PLUGIN_CONF, TEST_HOME,
+    TEST_USER,
 };
 
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
@@ -79,40 +80,6 @@ fn missing_prerequisites() -> Vec<String> {
     ]));
     missing.extend(static_busybox_problem(Path::new(BUSYBOX)));
     missing
-}
-
-// ---------------------------------------------------------------------------------
-// The test user as the host sees them.
-
-struct HostUser {
-    uid: u32,
-    gid: u32,
-    groups: BTreeSet<u32>,
-}
-
-fn host_user() -> &'static HostUser {
-    static USER: OnceLock<HostUser> = OnceLock::new();
-    USER.get_or_init(|| {
-        let id = |flag: &str| {
-            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-            assert!(out.status.success(), "id {flag} {TEST_USER} failed");
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        HostUser {
-            uid: id("-u").parse().unwrap(),
-            gid: id("-g").parse().unwrap(),
-            groups: parse_ids(&id("-G")),
-        }
-    })
-}
-
-fn parse_ids(text: &str) -> BTreeSet<u32> {
-    text.split_whitespace()
-        .map(|g| {
-            g.parse()
-                .unwrap_or_else(|_| panic!("not a group id: {g:?}"))
-        })
-        .collect()
 }
 
 /// The host's mount namespace, as `readlink /proc/self/ns/mnt` prints it.
@@ -320,7 +287,7 @@ impl Lab {
 
     /// Hands `path` to the test user.
     fn give(&self, path: &Path) {
-        let u = host_user();
+        let u = test_user();
         std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).unwrap();
     }
 
@@ -789,7 +756,7 @@ srun -n 1 sh -c 'echo "again: $(cat {ONLY_FILE})"'"#
 
 /// Live (not zombie) squashfuse processes of the test user.
 fn live_fuse_servers_of_test_user() -> Vec<u32> {
-    let uid = host_user().uid;
+    let uid = test_user().uid;
     fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -1077,7 +1044,7 @@ fn container_mounts_and_workdir() {
     );
     assert_eq!(
         fs::metadata(&new).unwrap().uid(),
-        host_user().uid,
+        test_user().uid,
         "the file is not the user's"
     );
     assert!(
@@ -1202,7 +1169,7 @@ fn ids_inside_match_the_user() {
     });
     out.expect_ok();
     job.expect_ok();
-    let user = host_user();
+    let user = test_user();
     let lines: Vec<&str> = out
         .stdout
         .lines()
@@ -1229,7 +1196,14 @@ fn ids_inside_match_the_user() {
         let name = value_of(line, "name=").unwrap();
         assert_eq!(uid, user.uid.to_string(), "uid differs: {line}");
         assert_eq!(gid, user.gid.to_string(), "gid differs: {line}");
-        assert_eq!(parse_ids(groups), user.groups, "groups differ: {line}");
+        let groups: BTreeSet<u32> = groups
+            .split_whitespace()
+            .map(|g| {
+                g.parse()
+                    .unwrap_or_else(|_| panic!("not a group id: {g:?}"))
+            })
+            .collect();
+        assert_eq!(groups, user.gids(), "groups differ: {line}");
         assert_eq!(name, TEST_USER, "user name differs: {line}");
     }
 }
@@ -1405,7 +1379,7 @@ fn nothing_leaks_after_many_steps_and_a_cancel() {
     // Runs only as the user with no capabilities, then shows the image's file.
     let checked = format!(
         "[ \"$(id -u)\" = {} ] && grep -q ^CapEff:.0000000000000000 /proc/self/status && cat {ONLY_FILE}",
-        host_user().uid
+        test_user().uid
     );
     let before = pids_of_test_user();
     if !before.is_empty() {
@@ -1597,7 +1571,7 @@ fn failures_are_logged_to_syslog_with_job_and_step() {
     );
     let id = job.id.expect("the job was submitted");
     assert!(job.log.contains("not found"), "{job}");
-    let uid = host_user().uid;
+    let uid = test_user().uid;
     let wanted = format!("job {id} step batch uid {uid}: image ");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1973,7 +1947,7 @@ cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
     let file = lab.path("prov.jsonl");
     assert_eq!(
         fs::metadata(&file).unwrap().uid(),
-        host_user().uid,
+        test_user().uid,
         "the provenance file is the user's"
     );
     assert!(
@@ -2015,7 +1989,7 @@ cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
         assert_eq!(r["version"], 1, "{show}");
         assert_eq!(r["job"], id, "{show}");
         assert_eq!(r["user"], TEST_USER, "{show}");
-        assert_eq!(r["uid"], host_user().uid, "{show}");
+        assert_eq!(r["uid"], test_user().uid, "{show}");
         assert_eq!(r["node"], node_hostname(), "{show}");
         assert_eq!(r["image"], abs.as_str(), "{show}");
         assert_eq!(r["format"], "squashfs", "{show}");

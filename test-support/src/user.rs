@@ -1,8 +1,10 @@
 //! The unprivileged user the tests run commands as, as the host sees them
 //! (tests/prepare-host creates them).
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 pub const TEST_USER: &str = "ferrytest";
 pub const TEST_GROUP: &str = "ferrylab";
@@ -16,16 +18,27 @@ pub struct TestUser {
     pub groups: Vec<(u32, String)>,
 }
 
-pub fn test_user() -> TestUser {
-    let user = nix::unistd::User::from_name(TEST_USER)
-        .unwrap()
-        .expect("the test user exists");
-    TestUser {
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        home: user.dir,
-        groups: test_user_groups(),
+impl TestUser {
+    /// The ids of all their groups, as `id -G` lists them.
+    pub fn gids(&self) -> BTreeSet<u32> {
+        self.groups.iter().map(|(gid, _)| *gid).collect()
     }
+}
+
+/// The test user, looked up once per test process.
+pub fn test_user() -> &'static TestUser {
+    static USER: OnceLock<TestUser> = OnceLock::new();
+    USER.get_or_init(|| {
+        let user = nix::unistd::User::from_name(TEST_USER)
+            .unwrap()
+            .expect("the test user exists");
+        TestUser {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+            groups: test_user_groups(),
+        }
+    })
 }
 
 /// The test user's groups as (gid, name); none when the user does not exist.

@@ -72,7 +72,7 @@ fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
             );
         }
     });
-    let uid = host_user().uid;
+    let uid = test_user().uid;
     let out = lab.srun(&[
         &format!("--container={image}"),
         "--container-provenance=p.jsonl",
@@ -470,7 +470,7 @@ fn the_site_policy_decides_which_images_run_and_where() {
     fs::set_permissions(&trusted.dir, fs::Permissions::from_mode(0o755)).unwrap();
 
     // A site file the user owns is not believed: every step stops.
-    std::os::unix::fs::chown(&site_file, Some(host_user().uid), None).unwrap();
+    std::os::unix::fs::chown(&site_file, Some(test_user().uid), None).unwrap();
     let out = lab.srun(&[&vetted_arg, "echo", "SHOULD-NOT-RUN"]);
     out.expect_one_ferry_error("user-owned site file", "must be owned by root");
 }

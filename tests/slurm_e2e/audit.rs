@@ -428,7 +428,7 @@ fn audit_1_magic_links_to_other_users_files_are_refused() {
     let rpid = root_proc.pid();
     let link = lab.path("link.sqfs");
     std::os::unix::fs::symlink(format!("/proc/{vpid}/cwd/secret.sqfs"), &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(host_user().uid), Some(host_user().gid)).unwrap();
+    std::os::unix::fs::lchown(&link, Some(test_user().uid), Some(test_user().gid)).unwrap();
 
     let mut cases = Cases::new();
     for (case, container, marker) in [
@@ -906,7 +906,7 @@ fn audit_6_user_mount_destinations_follow_symlinks() {
     lab.write("dir/marker", "BOUND-IN-ETC\n", 0o644);
     let link = lab.path("l");
     std::os::unix::fs::symlink("/etc", &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(host_user().uid), Some(host_user().gid)).unwrap();
+    std::os::unix::fs::lchown(&link, Some(test_user().uid), Some(test_user().gid)).unwrap();
     let mut cases = Cases::new();
     {
         let _site = SiteFile::new(
@@ -1091,7 +1091,7 @@ fn audit_9c_image_passwd_cannot_redefine_the_user() {
     );
     assert_eq!(
         lines[0].split(':').nth(2),
-        Some(host_user().uid.to_string().as_str()),
+        Some(test_user().uid.to_string().as_str()),
         "{out}"
     );
 }
