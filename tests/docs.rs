@@ -4,14 +4,11 @@
 //! `text expected-output` right after one lists lines that its output must contain.
 //! Needs the installed package and the test cluster (tests/run).
 
-mod common;
-
-use common::{effective_uid, find_tool};
 use std::path::Path;
 use std::process::Command;
+use test_support::{find_tool, is_root, require, slurm_node_problem, PLUGIN_CONF, TEST_USER};
 
 const DOCS: &[&str] = &["README.md", "docs/admin.md"];
-const TEST_USER: &str = "ferrytest";
 
 struct Example {
     doc: &'static str,
@@ -82,21 +79,17 @@ fn the_docs_have_tested_examples() {
 }
 
 #[test]
+#[ignore = "needs root, the installed package and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn every_tested_example_in_the_docs_works() {
     let mut missing = Vec::new();
-    if effective_uid() != Some(0) {
+    if !is_root() {
         missing.push("root".to_string());
     }
-    if find_tool("ferry").is_none() || !Path::new("/etc/slurm/plugstack.conf.d/ferry.conf").exists()
-    {
+    if find_tool("ferry").is_none() || !Path::new(PLUGIN_CONF).exists() {
         missing.push("the installed ferry package (deploy/install)".to_string());
     }
-    if let Some(problem) = common::slurm_node_problem() {
-        missing.push(problem);
-    }
-    if !common::prerequisites(&missing) {
-        return;
-    }
+    missing.extend(slurm_node_problem());
+    require(&missing);
     let work = std::env::temp_dir().join(format!("ferry-docs-{}", std::process::id()));
     let mut failures = Vec::new();
     for example in examples() {

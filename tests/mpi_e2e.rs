@@ -11,17 +11,15 @@
 //!
 //! Needs: root, a responding Slurm node with the mpi/pmix and mpi/pmi2 plugins (the
 //! host's libpmix-dev), the plugin installed (`deploy/build && deploy/install`),
-//! mksquashfs, losetup and the user `ferrytest` (`tests/prepare-host`). Missing any of
-//! these, a test prints a loud SKIPPED line and returns; with `CI=true` it fails instead.
+//! mksquashfs, losetup and the user `ferrytest` (`tests/prepare-host`). The tests are
+//! therefore `#[ignore]`d; `tests/run` prepares all of that and runs them with
+//! `--include-ignored`. Run without a prerequisite, a test fails naming it.
 //!
 //! The tests run one at a time (a lock): 64 ranks on a small node are enough load, and
 //! the image-server check (loop devices, squashfuse) must see only its own jobs.
 //!
-//!     cargo test --test mpi_e2e
+//!     cargo test --test mpi_e2e -- --include-ignored
 
-mod common;
-
-use common::{ci, effective_uid, find_tool, loud_skip};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
@@ -31,10 +29,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+use test_support::{
+    find_tool, missing_for_jobs, missing_prerequisite, missing_tools, require, test_user,
+    TEST_HOME, TEST_USER,
+};
 
-const TEST_USER: &str = "ferrytest";
-const TEST_HOME: &str = "/home/ferrytest";
-const PLUGIN_CONF: &str = "/etc/slurm/plugstack.conf.d/ferry.conf";
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Longest a single srun may take before `timeout` kills it (jobs also get `-t 5`).
@@ -59,31 +58,23 @@ print(f\"rank {r} of {n}: sum={s} ring={'ok' if ok else 'bad'} lib=OpenMPI\", fl
 // ---------------------------------------------------------------------------------
 // Prerequisites.
 
-/// True when the tests can run (see `common::prerequisites`).
-fn prerequisites_met() -> bool {
+/// Fails the test, naming what is missing, unless the cluster and the host are ready.
+#[track_caller]
+fn require_prerequisites() {
     static MISSING: OnceLock<Vec<String>> = OnceLock::new();
-    common::prerequisites(MISSING.get_or_init(missing_prerequisites))
+    require(MISSING.get_or_init(missing_prerequisites));
 }
 
 fn missing_prerequisites() -> Vec<String> {
-    let mut missing = Vec::new();
-    if effective_uid() != Some(0) {
-        missing.push("root (the tests run jobs as ferrytest through runuser)".to_string());
-    }
-    for tool in [
-        "sinfo",
+    let mut missing = missing_for_jobs();
+    missing.extend(missing_tools(&[
         "srun",
         "mksquashfs",
         "runuser",
         "timeout",
         "losetup",
         "flock",
-    ] {
-        if find_tool(tool).is_none() {
-            missing.push(format!("{tool} not found on PATH"));
-        }
-    }
-    missing.extend(common::slurm_node_problem());
+    ]));
     if find_tool("srun").is_some() {
         // `srun --mpi=list` prints the plugin names, one a line, to stderr.
         let text = match run_root(&["timeout", "10", "srun", "--mpi=list"]) {
@@ -99,21 +90,6 @@ fn missing_prerequisites() -> Vec<String> {
                 ));
             }
         }
-    }
-    if !Path::new(PLUGIN_CONF).is_file() {
-        missing.push(format!(
-            "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
-        ));
-    }
-    match Command::new("id").args(["-u", TEST_USER]).output() {
-        Ok(out) if out.status.success() => {
-            if !Path::new(TEST_HOME).is_dir() {
-                missing.push(format!("{TEST_HOME} (home of {TEST_USER}) does not exist"));
-            }
-        }
-        _ => missing.push(format!(
-            "user {TEST_USER} does not exist (run tests/prepare-host)"
-        )),
     }
     missing
 }
@@ -261,27 +237,22 @@ struct Lab {
 }
 
 impl Lab {
-    /// A fresh folder and the images, or None (test skipped) when a prerequisite is
-    /// missing.
-    fn new(name: &str) -> Option<Lab> {
-        if !prerequisites_met() {
-            return None;
-        }
+    /// A fresh folder and the images; fails the test when a prerequisite is missing.
+    #[track_caller]
+    fn new(name: &str) -> Lab {
+        require_prerequisites();
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let images = images();
         let dir = Path::new(TEST_HOME).join(format!("mpi-e2e-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        std::os::unix::fs::chown(&dir, Some(id("-u")), Some(id("-g"))).unwrap();
-        Some(Lab {
+        let user = test_user();
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+        Lab {
             dir,
             images,
             _serial: serial,
-        })
+        }
     }
 
     /// `srun ARGS...` as the test user from the lab folder, under `timeout`, with a
@@ -395,8 +366,9 @@ impl ServerWatch {
 
 /// mpi4py over the image's Open MPI, wired by Slurm's PMIx: one 4-rank job.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn openmpi_pmix_four_ranks_are_one_job() {
-    let Some(lab) = Lab::new("ompi") else { return };
+    let lab = Lab::new("ompi");
     let image = format!("--container={}", lab.images.ompi);
     let out = lab.srun(
         &[],
@@ -419,10 +391,9 @@ fn openmpi_pmix_four_ranks_are_one_job() {
 /// with the `self` BTL alone the ranks have no path to each other and the step fails,
 /// so the setting does reach the ranks and vader is what carries their messages.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn openmpi_pmix_shared_memory() {
-    let Some(lab) = Lab::new("ompi-shm") else {
-        return;
-    };
+    let lab = Lab::new("ompi-shm");
     let image = format!("--container={}", lab.images.ompi);
     let run = |btl| {
         lab.srun(
@@ -454,8 +425,9 @@ fn openmpi_pmix_shared_memory() {
 
 /// A C program built with the image's MPICH, wired by Slurm's PMI-2: one 4-rank job.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn mpich_pmi2_four_ranks_are_one_job() {
-    let Some(lab) = Lab::new("mpich") else { return };
+    let lab = Lab::new("mpich");
     let image = format!("--container={}", lab.images.mpich);
     let out = lab.srun(
         &[],
@@ -467,10 +439,9 @@ fn mpich_pmi2_four_ranks_are_one_job() {
 /// 64 ranks on one node: one job, one mount namespace, one server (loop device or
 /// squashfuse) for the image.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn mpich_pmi2_sixty_four_ranks_share_one_container() {
-    let Some(lab) = Lab::new("mpich64") else {
-        return;
-    };
+    let lab = Lab::new("mpich64");
     let path = lab.images.mpich.as_str();
     let image = format!("--container={path}");
     // What served earlier tests' steps goes away a moment after them.
@@ -551,23 +522,19 @@ fn mpich_pmi2_sixty_four_ranks_share_one_container() {
 }
 
 /// The nodes of the partition `pair` (deploy/slurm-cluster starts two slurmd on this
-/// machine), or None (skipped; under CI a failure) when it has fewer than two.
-fn two_nodes() -> Option<Vec<String>> {
+/// machine); fails the test when it has fewer than two.
+#[track_caller]
+fn two_nodes() -> Vec<String> {
     let (_, list, _) = run_root(&["sinfo", "-h", "-p", "pair", "-o", "%N"]).unwrap_or_default();
     let (_, names, _) =
         run_root(&["scontrol", "show", "hostnames", list.trim()]).unwrap_or_default();
     let nodes: Vec<String> = names.lines().map(str::to_string).collect();
-    if nodes.len() >= 2 {
-        return Some(nodes);
+    if nodes.len() < 2 {
+        missing_prerequisite(&format!(
+            "a Slurm partition `pair` with two nodes (found {nodes:?}); deploy/slurm-cluster makes it"
+        ));
     }
-    let reason = format!(
-        "a Slurm partition `pair` with two nodes (found {nodes:?}); deploy/slurm-cluster makes it"
-    );
-    if ci() {
-        panic!("missing prerequisite: {reason}");
-    }
-    loud_skip(&reason, "run deploy/slurm-cluster");
-    None
+    nodes
 }
 
 /// Wraps a rank's program so that it first says on which Slurm node it runs.
@@ -601,11 +568,10 @@ fn assert_per_node(out: &Out, nodes: &[String], per_node: usize) {
 /// transport (shared memory only) the same step fails, so the ranks really are on
 /// separate nodes and the messages between them went over the network.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn openmpi_pmix_two_nodes_are_one_job() {
-    let Some(lab) = Lab::new("ompi-2n") else {
-        return;
-    };
-    let Some(nodes) = two_nodes() else { return };
+    let lab = Lab::new("ompi-2n");
+    let nodes = two_nodes();
     let image = format!("--container={}", lab.images.ompi);
     let program = on_node(&["python3", "-c", PY_RING]);
     // Without a path between the nodes Open MPI may wait forever: the control gets 20 s.
@@ -634,11 +600,10 @@ fn openmpi_pmix_two_nodes_are_one_job() {
 /// MPI_Finalize about every second run on this one-machine cluster, on the host
 /// without ferry just the same: both nodes share one IP address.)
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn mpich_pmi2_two_nodes_are_one_job() {
-    let Some(lab) = Lab::new("mpich-2n") else {
-        return;
-    };
-    let Some(nodes) = two_nodes() else { return };
+    let lab = Lab::new("mpich-2n");
+    let nodes = two_nodes();
     let image = format!("--container={}", lab.images.mpich);
     let program = on_node(&[RING]);
     let mut args = vec!["-p", "pair", "-N", "2", "--ntasks-per-node=1", "--mpi=pmi2"];
@@ -651,27 +616,18 @@ fn mpich_pmi2_two_nodes_are_one_job() {
 
 /// The MPI of these jobs comes from the images only: the host has none.
 #[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn host_has_no_mpi() {
-    if !prerequisites_met() {
-        return;
-    }
+    require_prerequisites();
     let found: Vec<String> = ["mpirun", "mpicc", "mpiexec"]
         .into_iter()
         .filter_map(find_tool)
         .map(|p| p.display().to_string())
         .collect();
-    if found.is_empty() {
-        return;
-    }
-    let reason = format!(
-        "the host has MPI tools ({}); the MPI tests would not show that the images bring their own",
+    assert!(
+        found.is_empty(),
+        "the host has MPI tools ({}); the MPI tests would not show that the images bring their own \
+         (run on a host without MPI: no openmpi-bin, mpich on the host)",
         found.join(", ")
-    );
-    if ci() {
-        panic!("{reason} (CI=true: remove MPI from the host)");
-    }
-    loud_skip(
-        &reason,
-        "run on a host without MPI (no openmpi-bin, mpich on the host)",
     );
 }

@@ -7,10 +7,10 @@
 //! The cache fast path is observable through `ferry digest --check`, which says
 //! `OK (cached)` or `OK (hashed)`.
 //!
-//! Needs root and the tools of `tests/prepare-host`; without them each test prints a
-//! loud SKIPPED line and passes, except with CI=true, where it fails.
+//! Needs root and the tools of `tests/prepare-host`: the tests are ignored unless asked
+//! for, and fail, naming what is missing, when run without them.
 //!
-//!     cargo test -p ferry-runtime --test digest
+//!     cargo test -p ferry-runtime --test digest -- --include-ignored
 
 mod common;
 
@@ -71,20 +71,6 @@ impl Drop for TestFile {
             let _ = fs::remove_file(Path::new(CACHE_DIR).join(format!("{dev:x}-{ino:x}.json")));
         }
     }
-}
-
-/// `sha256:HEX` as coreutils' `sha256sum` computes it.
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running sha256sum");
-    assert!(out.status.success(), "sha256sum {} failed", path.display());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let hex = text.split_whitespace().next().unwrap();
-    assert_eq!(hex.len(), 64, "sha256sum printed {text:?}");
-    format!("sha256:{hex}")
 }
 
 /// A well-formed digest that no test file has.
@@ -166,19 +152,10 @@ fn refused(spec: &str, must_name: &[&str]) -> String {
     let out = ferry(cwd.path(), &args);
     assert_eq!(out.code, Some(125), "ferry's own errors exit 125: {out:#?}");
     assert_eq!(out.stdout, "", "nothing on stdout: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {out:#?}");
-    assert!(lines[0].starts_with("ferry: "), "{:?}", lines[0]);
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
+    let line = out.one_ferry_line(must_name).to_string();
     assert!(!marker.exists(), "the command ran despite the error");
     before.assert_nothing_left(&format!("ferry {}", args.join(" ")));
-    lines[0].to_string()
+    line
 }
 
 /// A small SquashFS image whose /data/only-in-image says `text` (busybox, cat, sh).
@@ -193,23 +170,7 @@ fn small_image_bytes(text: &str) -> Vec<u8> {
     }
     write_mode(&rootfs.join("data/only-in-image"), text, 0o644);
     let image = dir.join("small.sqfs");
-    let out = Command::new("mksquashfs")
-        .arg(&rootfs)
-        .arg(&image)
-        .args([
-            "-no-xattrs",
-            "-quiet",
-            "-noappend",
-            "-no-progress",
-            "-all-root",
-        ])
-        .output()
-        .expect("running mksquashfs");
-    assert!(
-        out.status.success(),
-        "mksquashfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mksquashfs(&rootfs, &image, &["-all-root"]);
     fs::read(&image).unwrap()
 }
 
@@ -232,10 +193,9 @@ fn rewrite_in_place(path: &Path, content: &[u8]) {
 /// `IMAGE@sha256:HEX` with the image's digest runs; upper-case hex works too, and a `@`
 /// that is not followed by `sha256:` is part of the path.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_pinned_image_that_matches_runs() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-match");
     let digest = sha256sum(&img.path);
     for spec in [
@@ -269,10 +229,9 @@ fn a_pinned_image_that_matches_runs() {
 /// A pin that is not the file's digest: one line naming the image, the expected and
 /// the actual digest; the command never runs.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_pinned_image_that_differs_is_refused_with_both_digests() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-mismatch");
     let actual = sha256sum(&img.path);
     let wrong = zeros();
@@ -301,10 +260,9 @@ fn a_pinned_image_that_differs_is_refused_with_both_digests() {
 /// Anything after `@sha256:` that is not 64 hex digits: one line that says what a pin
 /// must look like, before anything is opened or mounted.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_malformed_pin_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-malformed");
     let real = sha256sum(&img.path);
     let hex = real.strip_prefix("sha256:").unwrap();
@@ -329,10 +287,9 @@ fn a_malformed_pin_is_refused() {
 
 /// A root folder has no single digest: pinning one is refused (whatever the digest).
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_pinned_root_folder_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let fx = fixture();
     let rootfs = fx.rootfs.display().to_string();
     for digest in [zeros(), sha256sum(&fx.image)] {
@@ -351,10 +308,9 @@ fn a_pinned_root_folder_is_refused() {
 /// same-size change with the old mtime put back, and a rewrite with another image, the
 /// old pin is refused with the file's new digest, and the new pin runs the new bytes.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_changed_file_is_hashed_again_and_a_stale_pin_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-changed");
     let cwd = img.dir.path();
     let d1 = sha256sum(&img.path);
@@ -447,10 +403,9 @@ fn a_changed_file_is_hashed_again_and_a_stale_pin_is_refused() {
 /// `--check` hashes a file the first time, answers from the cache after, and hashes
 /// again after any change of the file, even one of its metadata only (touch, chmod).
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn check_hashes_then_uses_the_cache_until_the_file_changes() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-check");
     let d = sha256sum(&img.path);
     assert_eq!(check_ok(&img, &d), "hashed", "a new file is hashed");
@@ -501,10 +456,9 @@ fn check_hashes_then_uses_the_cache_until_the_file_changes() {
 /// an empty file and a file that does not end on a read-chunk boundary; as root it also
 /// refreshes the cache.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn digest_prints_what_sha256sum_prints() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-print");
     let empty = TestFile::new("digest-empty", "empty", b"");
     let odd: Vec<u8> = (0..(4u32 << 20) + 4097)
@@ -539,10 +493,9 @@ fn digest_prints_what_sha256sum_prints() {
 /// A user without root rights hashes too, without the node's cache: never `cached`,
 /// and nothing of theirs ends up in it.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_user_can_digest_without_the_cache() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-user");
     let d = sha256sum(&img.path);
     let as_user = |args: &[&str]| {
@@ -583,10 +536,9 @@ fn a_user_can_digest_without_the_cache() {
 
 /// Bad input to `ferry digest`: exit 2 and one line naming what is wrong.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn digest_refuses_bad_input_with_one_line() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let img = TestFile::image("digest-bad");
     let rootfs = fixture().rootfs.display().to_string();
     let image = img.display();
@@ -607,12 +559,7 @@ fn digest_refuses_bad_input_with_one_line() {
         let out = ferry_shared(Path::new("/"), &args);
         assert_eq!(out.code, Some(2), "ferry {args:?}: {out:#?}");
         assert_eq!(out.stdout, "", "ferry {args:?}");
-        let lines: Vec<&str> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "ferry {args:?}: {out:#?}");
-        assert!(lines[0].starts_with("ferry: "), "{lines:?}");
-        for name in names {
-            assert!(lines[0].contains(name), "names {name:?}: {lines:?}");
-        }
+        out.one_ferry_line(&names);
     }
 }
 
@@ -621,10 +568,9 @@ fn digest_refuses_bad_input_with_one_line() {
 /// remembered as the digest of the current version, or later checks and pinned runs
 /// would compare against bytes the file no longer has.
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_file_changed_while_ferry_digest_hashes_it_is_not_cached_with_a_stale_digest() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     // Sparse, so cheap to make; hashing it still reads every byte (about 2 s here).
     let big = TestFile::new("digest-race", "big.img", b"");
     fs::OpenOptions::new()

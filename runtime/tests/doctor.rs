@@ -97,10 +97,9 @@ fn fail_lines(report: &str) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_complete_node_is_ready() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-ok", "24.11", "24.11.5");
     let (code, report) = node.doctor();
     assert!(fail_lines(&report).is_empty(), "{report}");
@@ -113,10 +112,9 @@ fn a_complete_node_is_ready() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn the_process_tracker_is_reported() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-proctrack", "24.11", "24.11.5");
     let conf = node.path("etc/slurm/slurm.conf");
     write_mode(
@@ -140,10 +138,9 @@ fn the_process_tracker_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_plugin_built_for_another_slurm_is_reported_with_the_package_to_install() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-version", "22.05", "24.11.5");
     let (code, report) = node.doctor();
     assert_eq!(code, Some(1), "{report}");
@@ -159,10 +156,9 @@ fn a_plugin_built_for_another_slurm_is_reported_with_the_package_to_install() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn missing_kernel_support_is_reported_with_the_module_to_load() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-kernel", "24.11", "24.11.5");
     write_mode(&node.path("proc/filesystems"), "\tsquashfs\n", 0o644);
     fs::remove_file(node.path("dev/loop-control")).unwrap();
@@ -188,10 +184,9 @@ fn missing_kernel_support_is_reported_with_the_module_to_load() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_disabled_plugstack_line_an_oci_conf_and_a_dead_munge_fail() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-conf", "24.11", "24.11.5");
     write_mode(
         &node.path("etc/slurm/plugstack.conf.d/ferry.conf"),
@@ -219,10 +214,9 @@ fn a_disabled_plugstack_line_an_oci_conf_and_a_dead_munge_fail() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_plugin_loaded_twice_or_missing_its_file_fails() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-twice", "24.11", "24.11.5");
     write_mode(
         &node.path("etc/slurm/plugstack.conf"),
@@ -259,10 +253,9 @@ fn a_plugin_loaded_twice_or_missing_its_file_fails() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_node_without_plugstack_conf_fails_with_the_line_to_write() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-noconf", "24.11", "24.11.5");
     fs::remove_file(node.path("etc/slurm/plugstack.conf")).unwrap();
     let (code, report) = node.doctor();
@@ -275,10 +268,9 @@ fn a_node_without_plugstack_conf_fails_with_the_line_to_write() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn the_site_file_and_what_its_policy_needs_are_checked() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let node = FakeNode::new("doctor-site", "24.11", "24.11.5");
     // No site file: the defaults need squashfuse.
     fs::remove_file(node.path("usr/bin/squashfuse_ll")).unwrap();

@@ -5,18 +5,16 @@
 //! `ferry inspect` describes each format to an unprivileged user, as text and JSON.
 //!
 //!     sudo tests/prepare-host
-//!     cargo test -p ferry-runtime --test formats
+//!     cargo test -p ferry-runtime --test formats -- --include-ignored
 
 mod common;
-#[path = "common/sif_builder.rs"]
-mod sif_builder;
 
 use common::*;
-use sif_builder as sb;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use test_support::sif_builder as sb;
 
 /// The test images of this file, made once per test process from the common fixture.
 struct Images {
@@ -206,34 +204,18 @@ fn mkfs(tool: &str, rootfs: &Path, out: &Path, label: &str) -> PathBuf {
     out.to_path_buf()
 }
 
-/// Root and the tools of tests/prepare-host, plus e2fsprogs and unsquashfs.
-fn ready() -> bool {
-    if !require_root_and_tools() {
-        return false;
-    }
-    let missing: Vec<&str> = [
+/// Root and the tools of tests/prepare-host, plus e2fsprogs, unsquashfs and siftool
+/// (install e2fsprogs, squashfs-tools and siftool).
+#[track_caller]
+fn ready() {
+    require_root_and_tools(&[
         "mkfs.ext2",
         "mkfs.ext3",
         "mkfs.ext4",
         "debugfs",
         "unsquashfs",
         "siftool",
-    ]
-    .into_iter()
-    .filter(|t| find_tool(t).is_none())
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!(
-        "{} (install e2fsprogs, squashfs-tools and siftool)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {reason}");
-    }
-    eprintln!("*** SKIPPED (missing prerequisite: {reason})");
-    false
+    ]);
 }
 
 fn user_workdir(tag: &str) -> TempDir {
@@ -271,10 +253,9 @@ fn assert_runs(image: &str) {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn sif_files_run_commands_as_the_user() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let im = images();
     for sif in [&im.sif, &im.signed_sif, &im.siftool_sif, &im.unpadded_sif] {
@@ -283,10 +264,9 @@ fn sif_files_run_commands_as_the_user() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn ext2_ext3_and_ext4_images_run_commands_as_the_user() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let im = images();
     for img in [&im.ext2, &im.ext3, &im.ext4, &im.dirty_ext4] {
@@ -304,10 +284,9 @@ fn ext2_ext3_and_ext4_images_run_commands_as_the_user() {
 /// The loop device of a SIF shows only its SquashFS partition (offset and size limit),
 /// a second container of the same SIF reuses it, and it goes with the last container.
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn sif_partition_is_mounted_through_one_shared_ranged_loop_device() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = exclusive();
     let im = images();
     let before = HostState::capture();
@@ -339,10 +318,9 @@ fn sif_partition_is_mounted_through_one_shared_ranged_loop_device() {
 
 /// Pinned digests cover the whole file, whatever the format.
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn pinned_digests_cover_the_whole_sif_and_ext_file() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let im = images();
     let cwd = TempDir::new("pin");
@@ -398,10 +376,9 @@ fn assert_refused(image: &Path, words: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn unusable_and_broken_sifs_are_refused_with_one_clear_line() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = exclusive();
     let im = images();
     let squashfs = fs::read(fixture().image.as_path()).unwrap();
@@ -492,10 +469,9 @@ fn unusable_and_broken_sifs_are_refused_with_one_clear_line() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_file_of_no_known_format_names_the_accepted_formats() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = exclusive();
     let dir = TempDir::new("unknown");
     let tarball = dir.join("rootfs.tar");
@@ -619,10 +595,9 @@ fn assert_config(report: &serde_json::Value) {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn inspect_describes_each_format_to_an_unprivileged_user() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let im = inspect_images();
 
@@ -708,10 +683,9 @@ fn inspect_describes_each_format_to_an_unprivileged_user() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn inspect_text_shows_format_partitions_signature_and_config() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let im = inspect_images();
     let out = inspect_as_user(&[&im.sif.display().to_string()]);
@@ -746,10 +720,9 @@ fn inspect_text_shows_format_partitions_signature_and_config() {
 /// on a long report): the command ends quietly, by SIGPIPE as other Unix tools do, with
 /// no panic and no backtrace.
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn inspect_into_a_closed_pipe_ends_quietly() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let script = format!(
         "{{ sleep 0.3; '{}' inspect '{}'; echo \"status $?\" >&2; }} | true",
@@ -766,10 +739,9 @@ fn inspect_into_a_closed_pipe_ends_quietly() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host, e2fsprogs and siftool: run tests/run, or as root cargo test -- --include-ignored"]
 fn inspect_reports_unrunnable_and_broken_images() {
-    if !ready() {
-        return;
-    }
+    ready();
     let _g = shared();
     let dir = TempDir::new("inspectbad");
     let encrypted = write_image(

@@ -3,10 +3,10 @@
 //! opaque folders, links, replaced entries, the stored Env and WorkingDir, reproducible
 //! builds, and clean failures on corrupt archives.
 //!
-//! Needs what `tests/prepare-host` installs (podman included); without it each test
-//! prints a loud SKIPPED line, except with CI=true, where it fails.
+//! Needs what `tests/prepare-host` installs (podman included): the tests are ignored
+//! unless asked for, and fail, naming what is missing, when run without it.
 //!
-//!     cargo test -p ferry-runtime --test import
+//!     cargo test -p ferry-runtime --test import -- --include-ignored
 
 mod common;
 
@@ -66,7 +66,6 @@ tar -C "$WORK/oci-layout" -xf "$WORK/oci.tar"
 "#;
 
 struct Archives {
-    dir: PathBuf,
     docker: PathBuf,
     oci: PathBuf,
     /// The same image with zstd-compressed layers.
@@ -76,19 +75,10 @@ struct Archives {
 
 static ARCHIVES: OnceLock<Archives> = OnceLock::new();
 
-fn require_podman() -> bool {
-    if !require_root_and_tools() {
-        return false;
-    }
-    if find_tool("podman").is_some() {
-        return true;
-    }
-    let reason = "podman not found on PATH (tests/prepare-host installs it)";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {reason}");
-    }
-    eprintln!("\n*** SKIPPED (missing prerequisite: {reason})");
-    false
+/// Root, the tools of tests/prepare-host and podman (which it installs).
+#[track_caller]
+fn require_podman() {
+    require_root_and_tools(&["podman"]);
 }
 
 fn archives() -> &'static Archives {
@@ -100,24 +90,12 @@ fn archives() -> &'static Archives {
             .env("ROOTFS", &fixture().rootfs);
         let out = run_with_timeout(cmd, Duration::from_secs(300));
         assert_eq!(out.code, Some(0), "making the podman images: {out:#?}");
-        let path = dir.path().to_path_buf();
-        std::mem::forget(dir); // removed at exit below
-        extern "C" fn remove_archives() {
-            if let Some(a) = ARCHIVES.get() {
-                let _ = fs::remove_dir_all(&a.dir);
-            }
-        }
-        #[allow(unsafe_code)] // test clean-up at exit
-        // SAFETY: registers a plain extern "C" function with no arguments.
-        unsafe {
-            libc::atexit(remove_archives)
-        };
+        let path = dir.keep_until_exit();
         Archives {
             docker: path.join("docker.tar"),
             oci: path.join("oci.tar"),
             oci_zstd: path.join("oci-zstd.tar"),
             oci_layout: path.join("oci-layout"),
-            dir: path,
         }
     })
 }
@@ -164,16 +142,7 @@ fn run_as_user(
 
 fn one_error_line(out: &Outcome, must_name: &[&str]) {
     assert_ne!(out.code, Some(0), "must fail: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stderr: {out:#?}");
-    assert!(lines[0].starts_with("ferry: "), "{:?}", lines[0]);
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
+    out.one_ferry_line(must_name);
 }
 
 /// Files in `dir` whose names say ferry left them (staging folders, partial images).
@@ -187,10 +156,9 @@ fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host and podman: run tests/run, or as root cargo test -- --include-ignored"]
 fn layers_whiteouts_opaque_folders_links_and_replacements() {
-    if !require_podman() {
-        return;
-    }
+    require_podman();
     let _g = shared();
     let a = archives();
     let out_dir = TempDir::new_in(Path::new("/var/tmp"), "import");
@@ -231,10 +199,9 @@ fn layers_whiteouts_opaque_folders_links_and_replacements() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host and podman: run tests/run, or as root cargo test -- --include-ignored"]
 fn stored_config_is_the_images_and_the_env_follows_the_precedence() {
-    if !require_podman() {
-        return;
-    }
+    require_podman();
     let _g = shared();
     let a = archives();
     let out_dir = TempDir::new_in(Path::new("/var/tmp"), "config");
@@ -305,10 +272,9 @@ fn stored_config_is_the_images_and_the_env_follows_the_precedence() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn build_gives_the_same_bytes_for_the_same_tree() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let mut images = Vec::new();
@@ -341,10 +307,9 @@ fn build_gives_the_same_bytes_for_the_same_tree() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host and podman: run tests/run, or as root cargo test -- --include-ignored"]
 fn corrupt_and_truncated_archives_fail_with_one_line_and_leave_nothing() {
-    if !require_podman() {
-        return;
-    }
+    require_podman();
     let _g = shared();
     let a = archives();
     let dir = TempDir::new_in(Path::new("/var/tmp"), "corrupt");
@@ -407,10 +372,9 @@ fn corrupt_and_truncated_archives_fail_with_one_line_and_leave_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_bad_stored_config_is_one_line_naming_the_image() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let dir = TempDir::new_in(Path::new("/var/tmp"), "badcfg");
@@ -438,10 +402,9 @@ fn a_bad_stored_config_is_one_line_naming_the_image() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn an_image_without_a_shell_runs_a_command() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let dir = TempDir::new_in(Path::new("/var/tmp"), "distroless");
     let rootfs = dir.join("rootfs");
@@ -472,10 +435,9 @@ fn an_image_without_a_shell_runs_a_command() {
 }
 
 #[test]
+#[ignore = "needs root, tests/prepare-host and podman: run tests/run, or as root cargo test -- --include-ignored"]
 fn an_interrupted_import_leaves_nothing() {
-    if !require_podman() {
-        return;
-    }
+    require_podman();
     let _g = shared();
     let a = archives();
     // An OCI layout whose first layer blob is a pipe: the test decides when bytes come.

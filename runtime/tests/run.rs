@@ -1,11 +1,11 @@
 //! `ferry run` as a user sees it: what runs, who it runs as, what it can write, what it
 //! cannot, how bad input is refused, and that nothing stays on the host afterwards.
 //!
-//! Needs root and the tools of `tests/prepare-host`; without them each test prints a
-//! loud SKIPPED line and passes, except with CI=true, where it fails.
+//! Needs root and the tools of `tests/prepare-host`: the tests are ignored unless asked
+//! for, and fail, naming what is missing, when run without them.
 //!
 //!     sudo tests/prepare-host
-//!     cargo test -p ferry-runtime --test run
+//!     cargo test -p ferry-runtime --test run -- --include-ignored
 
 mod common;
 
@@ -42,10 +42,9 @@ fn as_user(image: &Path, cmd: &[&str]) -> Vec<String> {
 // What runs.
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn file_and_command_that_exist_only_in_the_image() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     assert!(
@@ -75,10 +74,9 @@ fn file_and_command_that_exist_only_in_the_image() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn exit_status_is_the_commands() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let cwd = user_workdir("status");
@@ -100,10 +98,9 @@ fn exit_status_is_the_commands() {
 // Who it runs as.
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn id_inside_matches_the_user_with_supplementary_groups() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let user = test_user();
@@ -158,10 +155,9 @@ fn id_inside_matches_the_user_with_supplementary_groups() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn setuid_root_binary_in_the_image_does_not_raise_privilege() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let user = test_user();
@@ -209,10 +205,9 @@ fn setuid_root_binary_in_the_image_does_not_raise_privilege() {
 // What it can write, and what it cannot.
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn home_and_working_directory_are_writable() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let user = test_user();
@@ -256,10 +251,9 @@ fn home_and_working_directory_are_writable() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn workdir_option_starts_the_command_there() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let cwd = user_workdir("wdopt");
@@ -272,10 +266,9 @@ fn workdir_option_starts_the_command_there() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn read_only_mounts_refuse_writes() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let user = test_user();
@@ -342,10 +335,9 @@ fn read_only_mounts_refuse_writes() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn the_image_itself_is_read_only() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = shared();
     let fx = fixture();
     let cwd = user_workdir("roimage");
@@ -380,10 +372,9 @@ fn the_image_itself_is_read_only() {
 // Joining one prepared container from several processes (the Slurm tasks' way).
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn two_processes_joining_one_prepared_container_see_the_same_root() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = exclusive();
     let fx = fixture();
     let user = test_user();
@@ -477,26 +468,8 @@ fn two_processes_joining_one_prepared_container_see_the_same_root() {
 fn assert_one_error_line(out: &Outcome, must_name: &[&str]) {
     assert_ne!(out.code, Some(0), "must fail: {out:#?}");
     assert_eq!(out.stdout, "", "no output on stdout: {out:#?}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "exactly one line on stderr: {:?}",
-        out.stderr
-    );
+    out.one_ferry_line(must_name);
     assert!(out.stderr.ends_with('\n'));
-    assert!(
-        lines[0].starts_with("ferry: "),
-        "the line says it is ferry's: {:?}",
-        lines[0]
-    );
-    for name in must_name {
-        assert!(
-            lines[0].contains(name),
-            "the line names {name:?}: {:?}",
-            lines[0]
-        );
-    }
 }
 
 /// Runs `ferry run [extra] IMAGE -- sh -c 'touch MARKER'` from a user-owned folder and
@@ -532,10 +505,9 @@ fn refused(image: &Path, extra: &[&str], user: Option<&str>, must_name: &[&str])
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn missing_image_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let dir = TempDir::new("missing");
     let image = dir.join("no-such-image.sqfs");
     let path = image.display().to_string();
@@ -546,10 +518,9 @@ fn missing_image_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn unreadable_image_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let fx = fixture();
     let dir = TempDir::new("secret");
     let image = dir.join("secret.sqfs");
@@ -562,10 +533,9 @@ fn unreadable_image_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_file_that_is_not_an_image_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let dir = TempDir::new("notimg");
     let file = dir.join("notes.txt");
     write_mode(&file, "just some text, not a SquashFS image\n", 0o644);
@@ -585,10 +555,9 @@ fn a_file_that_is_not_an_image_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_corrupt_squashfs_is_refused_and_frees_its_loop_device() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     // Right magic, wrong content: the refusal comes after a loop device was attached.
     let fx = fixture();
     let dir = TempDir::new("corrupt");
@@ -606,10 +575,9 @@ fn a_corrupt_squashfs_is_refused_and_frees_its_loop_device() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_folder_that_is_not_a_root_filesystem_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let dir = TempDir::new("notroot");
     let folder = dir.join("just-a-folder");
     mkdir_mode(&folder, 0o755);
@@ -621,10 +589,9 @@ fn a_folder_that_is_not_a_root_filesystem_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_mount_source_the_user_cannot_read_is_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let fx = fixture();
     let dir = TempDir::new("private");
     let private = dir.join("root-only");
@@ -668,10 +635,9 @@ fn a_mount_source_the_user_cannot_read_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn malformed_mount_options_are_refused() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let fx = fixture();
     let dir = TempDir::new("badspec");
     let src = dir.path().display().to_string();
@@ -691,10 +657,9 @@ fn malformed_mount_options_are_refused() {
 // Nothing stays behind.
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn concurrent_runs_each_get_their_own_container() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = exclusive();
     let fx = fixture();
     let cwd = user_workdir("concurrent");
@@ -735,10 +700,9 @@ fn concurrent_runs_each_get_their_own_container() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = exclusive();
     let fx = fixture();
     let cwd = user_workdir("hundred");
@@ -845,10 +809,9 @@ fn a_hundred_mixed_runs_leave_no_loop_device_mount_or_process() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn run_by_an_ordinary_user_says_it_needs_root() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let fx = fixture();
     let mut cmd = Command::new("runuser");
     cmd.args(["-u", TEST_USER, "--"])
@@ -868,10 +831,9 @@ fn run_by_an_ordinary_user_says_it_needs_root() {
 }
 
 #[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
 fn read_only_applies_to_mounts_below_the_source_too() {
-    if !require_root_and_tools() {
-        return;
-    }
+    require_root_and_tools(&[]);
     let _g = exclusive(); // mounts a tmpfs on the host for a moment
     let fx = fixture();
     let user = test_user();

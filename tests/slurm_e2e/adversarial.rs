@@ -45,10 +45,9 @@ fn run_root(program: &str, args: &[&str]) {
 /// cannot be opened. Under the default policy the image is served by squashfuse as the
 /// user; the squashfuse process is the user's, and nothing of it outlives the step.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
-    let Some(lab) = Lab::new("privs") else {
-        return;
-    };
+    let lab = Lab::new("privs");
     let image = crafted_image(&lab, "privs.sqfs", |root| {
         // Named busybox (it picks its applet by argv[0]), in folders of their own.
         fs::create_dir_all(root.join("suid")).unwrap();
@@ -73,7 +72,7 @@ fn setuid_capabilities_and_devices_in_an_image_grant_nothing() {
             );
         }
     });
-    let uid = host_user().uid;
+    let uid = test_user().uid;
     let out = lab.srun(&[
         &format!("--container={image}"),
         "--container-provenance=p.jsonl",
@@ -120,10 +119,9 @@ for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse_ll ];
 /// Symlinks in the image that name host paths lead into the image, never out of it;
 /// a bind whose destination goes through such a symlink lands inside the container.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn image_symlinks_cannot_reach_or_bind_host_paths() {
-    let Some(lab) = Lab::new("symlinks") else {
-        return;
-    };
+    let lab = Lab::new("symlinks");
     // A host secret only root can read, and a host folder nobody may bind over.
     let secret = lab.write("secret.txt", "HOST-SECRET\n", 0o600);
     std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
@@ -165,10 +163,9 @@ echo \"escape: $(cat /e2e/escape/marker.txt)\"; echo \"up: $(cat /bound/marker.t
 /// Corrupt and truncated SquashFS images, an image inside another user's 0700 folder
 /// and garbage option values: the step fails with one ferry line and nothing runs.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn corrupt_images_and_garbage_options_fail_with_one_line() {
-    let Some(lab) = Lab::new("garbage") else {
-        return;
-    };
+    let lab = Lab::new("garbage");
     let good = lab.image("good.sqfs", "GOOD");
     let bytes = fs::read(lab.path(&good)).unwrap();
     lab.write("empty.sqfs", "", 0o644);
@@ -283,10 +280,9 @@ fn corrupt_images_and_garbage_options_fail_with_one_line() {
 /// every step runs one whole image or refuses with one line, and a step pinned to
 /// image A never runs B.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn an_image_replaced_while_steps_start() {
-    let Some(lab) = Lab::new("replace") else {
-        return;
-    };
+    let lab = Lab::new("replace");
     let a = lab.image("a.sqfs", "A");
     let b = lab.image("b.sqfs", "B");
     let digest_a = sha256sum(&lab.path(&a));
@@ -372,10 +368,9 @@ impl Drop for TrustedDir {
 /// are refused; a site file a user could edit stops every step. Exclusive: the policy
 /// applies to every job meanwhile.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn the_site_policy_decides_which_images_run_and_where() {
-    let Some(lab) = Lab::exclusive("site-policy") else {
-        return;
-    };
+    let lab = Lab::exclusive("site-policy");
     let trusted = TrustedDir::new("trusted");
     let site_data = TrustedDir::new("site-data");
     fs::write(site_data.dir.join("motd"), "SITE-MOUNT\n").unwrap();
@@ -475,7 +470,7 @@ fn the_site_policy_decides_which_images_run_and_where() {
     fs::set_permissions(&trusted.dir, fs::Permissions::from_mode(0o755)).unwrap();
 
     // A site file the user owns is not believed: every step stops.
-    std::os::unix::fs::chown(&site_file, Some(host_user().uid), None).unwrap();
+    std::os::unix::fs::chown(&site_file, Some(test_user().uid), None).unwrap();
     let out = lab.srun(&[&vetted_arg, "echo", "SHOULD-NOT-RUN"]);
     out.expect_one_ferry_error("user-owned site file", "must be owned by root");
 }
@@ -485,10 +480,9 @@ fn the_site_policy_decides_which_images_run_and_where() {
 /// live process of the test user remains. (Zombies whose parent is init are not
 /// counted: this machine's init does not reap orphans; any init that does reaps them.)
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
-    let Some(lab) = Lab::exclusive("kill") else {
-        return;
-    };
+    let lab = Lab::exclusive("kill");
     let image = lab.image("kill.sqfs", "KILL");
     let container = format!("--container={image}");
     let before = live_pids_of_test_user();

@@ -373,10 +373,9 @@ fn provenance_fifo_attack(lab: &Lab, image: &str, tracker: &str) {
 /// The image path, a symlink to it, and bind sources through another user's (or
 /// root's) process are opened with the user's own rights: refused, nothing read.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_1_magic_links_to_other_users_files_are_refused() {
-    let Some(lab) = Lab::new("audit-magic") else {
-        return;
-    };
+    let lab = Lab::new("audit-magic");
     // The victim works in a folder of their 0700 home. (The working folder itself
     // must be searchable: a name is looked up in it after /proc/PID/cwd jumps there;
     // the magic link skips the 0700 folder above it.)
@@ -429,7 +428,7 @@ fn audit_1_magic_links_to_other_users_files_are_refused() {
     let rpid = root_proc.pid();
     let link = lab.path("link.sqfs");
     std::os::unix::fs::symlink(format!("/proc/{vpid}/cwd/secret.sqfs"), &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(host_user().uid), Some(host_user().gid)).unwrap();
+    std::os::unix::fs::lchown(&link, Some(test_user().uid), Some(test_user().gid)).unwrap();
 
     let mut cases = Cases::new();
     for (case, container, marker) in [
@@ -486,10 +485,9 @@ fn audit_1_magic_links_to_other_users_files_are_refused() {
 /// (before exec, where Slurm cannot always kill it): refused within seconds with one
 /// line, the node stays in service.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_2_provenance_fifo_is_refused() {
-    let Some(lab) = Lab::new("audit-fifo") else {
-        return;
-    };
+    let lab = Lab::new("audit-fifo");
     let image = lab.image("img.sqfs", "IMG");
     let tracker = if fs::read_to_string("/etc/slurm/slurm.conf")
         .unwrap_or_default()
@@ -535,7 +533,7 @@ impl ProctrackSwitch {
             "deploy/slurm-cluster restart failed:\n{said}"
         );
         let up = wait_until(Duration::from_secs(90), Duration::from_secs(1), || {
-            common::slurm_node_problem().is_none() && !node_state().contains('*')
+            slurm_node_problem().is_none() && !node_state().contains('*')
         });
         assert!(up, "the cluster did not come back: {}", node_state());
         // What the running slurmctld uses, not only what the file says.
@@ -578,10 +576,9 @@ impl Drop for ProctrackSwitch {
 /// kill: the node would drain with "Kill task failed"). Exclusive: restarts the
 /// cluster, and restores cgroup at the end.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_2_8_under_linuxproc_double_fork_and_provenance_fifo() {
-    let Some(lab) = Lab::exclusive("audit-linuxproc") else {
-        return;
-    };
+    let lab = Lab::exclusive("audit-linuxproc");
     let image = lab.image("img.sqfs", "IMG");
     let _switch = ProctrackSwitch::linuxproc();
     let mut cases = Cases::new();
@@ -618,10 +615,9 @@ fn audit_2_8_under_linuxproc_double_fork_and_provenance_fifo() {
 /// Audit item 3a: a pinned sparse image of 4 TiB. Hashing it would keep the root helper
 /// busy for hours; it must be refused within seconds.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_3a_pinned_sparse_image_is_refused() {
-    let Some(lab) = Lab::new("audit-sparse") else {
-        return;
-    };
+    let lab = Lab::new("audit-sparse");
     let good = lab.image("good.sqfs", "GOOD");
     let sparse = lab.path("sparse.sqfs");
     fs::copy(lab.path(&good), &sparse).unwrap();
@@ -664,10 +660,9 @@ fn audit_3a_pinned_sparse_image_is_refused() {
 /// (`AUDIT_SITE_WITHOUT_SETUP_TIMEOUT=1` leaves the key out of the site file, to see
 /// the hang on a build that does not know the key.)
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_3b_stopped_squashfuse_hits_setup_timeout() {
-    let Some(lab) = Lab::exclusive("audit-stopped-fuse") else {
-        return;
-    };
+    let lab = Lab::exclusive("audit-stopped-fuse");
     let image = lab.image("img.sqfs", "IMG");
     let json = if std::env::var_os("AUDIT_SITE_WITHOUT_SETUP_TIMEOUT").is_some() {
         "{}"
@@ -750,10 +745,9 @@ fn audit_3b_stopped_squashfuse_hits_setup_timeout() {
 /// GOOD (or a refusal), never MAL, and their provenance must not claim GOOD for MAL.
 /// Exclusive: site file with `untrusted_images: kernel`.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_4_loop_device_reuse_cannot_bypass_a_pin() {
-    let Some(lab) = Lab::exclusive("audit-loop") else {
-        return;
-    };
+    let lab = Lab::exclusive("audit-loop");
     let _site = SiteFile::new("audit-loop", r#"{"untrusted_images": "kernel"}"#);
     let mal = lab.path(&lab.image("mal.sqfs", "MAL"));
     let good = lab.path(&lab.image("good.sqfs", "GOOD"));
@@ -852,10 +846,9 @@ fn audit_4_loop_device_reuse_cannot_bypass_a_pin() {
 /// through the host root at /.ferry/host) must not tell a folder, a file and a missing
 /// name apart.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_5_workdir_does_not_reveal_other_users_files() {
-    let Some(lab) = Lab::new("audit-probe") else {
-        return;
-    };
+    let lab = Lab::new("audit-probe");
     let victim = VictimDir::new("probe");
     let probe = victim.dir.join("probe");
     fs::create_dir_all(probe.join("d")).unwrap();
@@ -903,10 +896,9 @@ fn audit_5_workdir_does_not_reveal_other_users_files() {
 /// the user's under /home pointing at /etc must not carry a bind into /etc.
 /// Exclusive: site files.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_6_user_mount_destinations_follow_symlinks() {
-    let Some(lab) = Lab::exclusive("audit-dest") else {
-        return;
-    };
+    let lab = Lab::exclusive("audit-dest");
     let image = super::adversarial::crafted_image(&lab, "datalink.sqfs", |root| {
         std::os::unix::fs::symlink("/", root.join("data")).unwrap();
     });
@@ -914,7 +906,7 @@ fn audit_6_user_mount_destinations_follow_symlinks() {
     lab.write("dir/marker", "BOUND-IN-ETC\n", 0o644);
     let link = lab.path("l");
     std::os::unix::fs::symlink("/etc", &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(host_user().uid), Some(host_user().gid)).unwrap();
+    std::os::unix::fs::lchown(&link, Some(test_user().uid), Some(test_user().gid)).unwrap();
     let mut cases = Cases::new();
     {
         let _site = SiteFile::new(
@@ -962,10 +954,9 @@ fn audit_6_user_mount_destinations_follow_symlinks() {
 /// Audit item 7: the user's squashfuse must not inherit slurmd's environment (read
 /// from inside the step through /proc/PID/environ): at most PATH.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_7_squashfuse_gets_no_slurmd_environment() {
-    let Some(lab) = Lab::new("audit-fuse-env") else {
-        return;
-    };
+    let lab = Lab::new("audit-fuse-env");
     let image = lab.image("img.sqfs", "IMG");
     let out = lab.srun(&[
         &format!("--container={image}"),
@@ -1010,10 +1001,9 @@ done"#,
 /// mounted without nodev) bound over /dev must not be usable: /dev's nodev exemption
 /// is for the host's /dev only.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_9a_device_nodes_bound_over_dev_do_not_open() {
-    let Some(lab) = Lab::new("audit-devs") else {
-        return;
-    };
+    let lab = Lab::new("audit-devs");
     let image = lab.image("img.sqfs", "IMG");
     let devs = lab.path("devs");
     fs::create_dir(&devs).unwrap();
@@ -1056,10 +1046,9 @@ fn audit_9a_device_nodes_bound_over_dev_do_not_open() {
 /// Audit item 9b: a root-owned site file inside a folder the user owns (the user can
 /// replace it) must not be believed: every step stops. Exclusive: site file.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_9b_site_file_in_a_users_folder_is_not_believed() {
-    let Some(lab) = Lab::exclusive("audit-site-folder") else {
-        return;
-    };
+    let lab = Lab::exclusive("audit-site-folder");
     let image = lab.image("img.sqfs", "IMG");
     let folder = lab.mkdir("site");
     let file = folder.join("site.json");
@@ -1074,10 +1063,9 @@ fn audit_9b_site_file_in_a_users_folder_is_not_believed() {
 /// Audit item 9c: an image's /etc/passwd naming the user with uid 0 must not survive
 /// next to the real entry: inside, exactly one line for the user, with their real uid.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_9c_image_passwd_cannot_redefine_the_user() {
-    let Some(lab) = Lab::new("audit-passwd") else {
-        return;
-    };
+    let lab = Lab::new("audit-passwd");
     let image = super::adversarial::crafted_image(&lab, "passwd.sqfs", |root| {
         fs::write(
             root.join("etc/passwd"),
@@ -1103,7 +1091,7 @@ fn audit_9c_image_passwd_cannot_redefine_the_user() {
     );
     assert_eq!(
         lines[0].split(':').nth(2),
-        Some(host_user().uid.to_string().as_str()),
+        Some(test_user().uid.to_string().as_str()),
         "{out}"
     );
 }
@@ -1111,10 +1099,9 @@ fn audit_9c_image_passwd_cannot_redefine_the_user() {
 /// Audit item 9d: `sbatch --export=NONE --container=REL.sqfs` from the lab: the relative
 /// image resolves against the submit folder although the job's environment is empty.
 #[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn audit_9d_export_none_with_a_relative_image() {
-    let Some(lab) = Lab::new("audit-export-none") else {
-        return;
-    };
+    let lab = Lab::new("audit-export-none");
     let image = lab.image("img.sqfs", "EXPORT-NONE");
     let job = lab.sbatch(
         &["--export=NONE", &format!("--container={image}")],

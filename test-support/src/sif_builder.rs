@@ -2,9 +2,7 @@
 //! (sylabs/sif, format version 01): a 128-byte global header, a table of 585-byte
 //! descriptors, then the data objects, each aligned to 4096 bytes. Written apart from
 //! the runtime's parser on purpose: a test must not share the code it checks.
-//! Shared by runtime/tests and tests/slurm_e2e.rs (included with `#[path]`).
-
-#![allow(dead_code)]
+//! Used by runtime/tests/formats.rs and tests/slurm_e2e.rs.
 
 pub const DEFFILE: u32 = 0x4001;
 pub const PARTITION: u32 = 0x4004;
