@@ -41,7 +41,7 @@ pub fn init() {
 fn utf8_image(value: std::ffi::OsString) -> Result<String, String> {
     value.into_string().map_err(|raw| {
         format!(
-            "ferry: --container={}: the path is not valid UTF-8; rename the file (or a folder above it) to a UTF-8 name",
+            "--container={}: the path is not valid UTF-8; rename the file (or a folder above it) to a UTF-8 name",
             raw.to_string_lossy()
         )
     })
@@ -58,15 +58,14 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         .and_then(|mut s| s.take())
         .map(utf8_image)
         .transpose()?;
-    let cwd = std::env::current_dir()
-        .map_err(|e| format!("ferry: cannot read the current folder: {e}"))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     if let Some(image) = from_command_line.or(inherited) {
         std::env::set_var(CONTAINER_VAR, absolute_image(&image, &cwd));
         std::env::set_var(CWD_VAR, &cwd);
     }
     if let Some(list) = options::mounts() {
-        MountSpec::parse_list(&list, &cwd)
-            .map_err(|e| format!("ferry: --container-mounts: {e}"))?;
+        MountSpec::parse_list(&list, &cwd).map_err(|e| format!("--container-mounts: {e}"))?;
         // Relative sources are taken from where the option was given: an srun inside a
         // job that inherits sbatch's option keeps sbatch's folder as their base.
         let inherited = std::env::var(MOUNTS_SPEC_VAR).ok().as_deref() == Some(list.as_str())
@@ -84,18 +83,18 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         }
     }
     if let Ok(image) = std::env::var(CONTAINER_VAR) {
-        let (path, pin) = ferry_runtime::digest::split_pinned(&image)
-            .map_err(|e| format!("ferry: --container={e}"))?;
+        let (path, pin) =
+            ferry_runtime::digest::split_pinned(&image).map_err(|e| format!("--container={e}"))?;
         // The site's rule, checked before submission too (slurmstepd checks it again).
         if image != NO_CONTAINER {
             check_pin_rule(path, pin.as_ref(), config.require_digest)
-                .map_err(|rule| format!("ferry: {rule}"))?;
+                .map_err(|rule| rule.to_string())?;
         }
     }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {
             return Err(format!(
-                "ferry: --container-workdir={dir}: give an absolute path inside the image"
+                "--container-workdir={dir}: give an absolute path inside the image"
             ));
         }
     }

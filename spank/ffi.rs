@@ -238,16 +238,17 @@ pub unsafe fn optarg(optarg: *const c_char) -> Result<String, String> {
     let value = unsafe { CStr::from_ptr(optarg) };
     value.to_str().map(str::to_string).map_err(|_| {
         format!(
-            "ferry: option value {:?} is not valid UTF-8; ferry takes paths and names in UTF-8 only",
+            "option value {:?} is not valid UTF-8; ferry takes paths and names in UTF-8 only",
             value.to_string_lossy()
         )
     })
 }
 
 /// Prints through Slurm's log: on the user's terminal from srun/sbatch, in the step's
-/// error output from slurmstepd.
+/// error output from slurmstepd. The one place the plugin's `ferry: ` prefix is added.
 pub fn error(message: &str) {
-    if let Ok(m) = CString::new(ferry_runtime::error::one_line(message)) {
+    let line = format!("ferry: {}", ferry_runtime::error::one_line(message));
+    if let Ok(m) = CString::new(line) {
         // SAFETY: a constant "%s" format with one C string argument.
         unsafe { bindings::slurm_error(c"%s".as_ptr(), m.as_ptr()) }
     }
@@ -279,7 +280,7 @@ pub fn hook(
             -1
         }
         Err(_) => {
-            error("ferry: internal error (a bug: please report it with the job's output)");
+            error("internal error (a bug: please report it with the job's output)");
             -1
         }
     }

@@ -47,9 +47,9 @@ fn store(val: i32, arg: String, _remote: bool) -> Result<(), String> {
         MOUNTS => 0,
         WORKDIR => 1,
         PROVENANCE => 2,
-        _ => return Err(format!("ferry: unknown option value {val}")),
+        _ => return Err(format!("unknown option value {val}")),
     };
-    VALUES.lock().map_err(|_| "ferry: option state poisoned")?[slot] = Some(arg);
+    VALUES.lock().map_err(|_| "option state poisoned")?[slot] = Some(arg);
     Ok(())
 }
 

@@ -43,7 +43,7 @@ static STEP: Mutex<Option<Step>> = Mutex::new(None);
 fn with_step<T>(f: impl FnOnce(&mut Step) -> T) -> Result<T, String> {
     let mut guard = STEP
         .lock()
-        .map_err(|_| "ferry: internal state poisoned".to_string())?;
+        .map_err(|_| "internal state poisoned".to_string())?;
     Ok(f(guard.get_or_insert_with(Step::default)))
 }
 
@@ -105,8 +105,8 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
         Err(message) => {
             let uid = spank.uid().map_or("?".into(), |u| u.to_string());
             syslog::log(syslog::ERR, &format!("{ids} uid {uid}: {message}"));
-            ffi::error(&format!("ferry: {message}"));
-            with_step(|s| s.failure = Some(format!("ferry: {message}")))
+            ffi::error(&message);
+            with_step(|s| s.failure = Some(message))
         }
     }
 }
@@ -184,7 +184,7 @@ pub fn task_join(spank: &Spank) -> Result<(), String> {
         let joined = container
             .join()
             .and_then(|_| container.start_task_deadline())
-            .map_err(|e| format!("ferry: {e}"));
+            .map_err(|e| e.to_string());
         (Some(joined), None)
     })?;
     if let Some(message) = failure {
@@ -241,7 +241,7 @@ fn enter(spank: &Spank) -> Result<(), String> {
             format!("bind it with --container-mounts={}", workdir.display())
         };
         format!(
-            "ferry: working directory {} is not usable in image {} ({e}); {hint}",
+            "working directory {} is not usable in image {} ({e}); {hint}",
             workdir.display(),
             image.display()
         )
@@ -302,7 +302,7 @@ fn write_provenance_file(spank: &Spank) -> Result<(), String> {
     // Slurm cannot kill it. O_NONBLOCK makes such an open fail or return at once.
     let not_regular = || {
         format!(
-            "ferry: --container-provenance={spec}: {} is not a regular file; name a regular file (it is created if missing)",
+            "--container-provenance={spec}: {} is not a regular file; name a regular file (it is created if missing)",
             file.display()
         )
     };
@@ -314,7 +314,7 @@ fn write_provenance_file(spank: &Spank) -> Result<(), String> {
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ENXIO) => not_regular(),
             _ => format!(
-                "ferry: --container-provenance={spec}: cannot write {} ({e})",
+                "--container-provenance={spec}: cannot write {} ({e})",
                 file.display()
             ),
         })?;
@@ -323,7 +323,7 @@ fn write_provenance_file(spank: &Spank) -> Result<(), String> {
     }
     std::io::Write::write_all(&mut out, format!("{record}\n").as_bytes()).map_err(|e| {
         format!(
-            "ferry: --container-provenance={spec}: cannot write {} ({e})",
+            "--container-provenance={spec}: cannot write {} ({e})",
             file.display()
         )
     })

@@ -63,10 +63,10 @@ impl Config {
     pub fn parse(args: &[String]) -> Result<Config, String> {
         let mut config = Config::default();
         for arg in args {
-            let (key, value) = arg.split_once('=').ok_or_else(|| {
-                format!("ferry: plugstack.conf argument {arg:?}: expected key=value")
-            })?;
-            let bad = |why: &str| format!("ferry: plugstack.conf argument {key}={value:?}: {why}");
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("plugstack.conf argument {arg:?}: expected key=value"))?;
+            let bad = |why: &str| format!("plugstack.conf argument {key}={value:?}: {why}");
             match key {
                 "launcher" if value.starts_with('/') => config.launcher = value.into(),
                 "launcher" => return Err(bad("give an absolute path")),
@@ -93,7 +93,7 @@ impl Config {
                 "accounts" => config.accounts = value.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
                 _ => {
                     return Err(format!(
-                        "ferry: plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config)"
+                        "plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config)"
                     ))
                 }
             }
