@@ -45,16 +45,19 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<(Imag
     })?;
     let image = image::examine(&req.image, image_fd, &user.name)?;
     let method = image::method_for(&image, &req.image_policy)?;
-    let (facts, verified) = verify_image(req, &image)?;
     let plan = plan::plan(req, image.format, method)?;
     let mut real = privileged::Real {
         req,
         as_user: &as_user,
         image: &image,
         fuse,
-        verified,
+        verified: None,
     };
-    let built = perform(&mut real, req, &plan)?;
+    // Before hashing, which can take long: a missing source fails at once.
+    let sources = open_sources(&mut real, req, &plan)?;
+    let (facts, verified) = verify_image(req, &image)?;
+    real.verified = verified;
+    let built = perform(&mut real, req, &plan, sources)?;
     drop(real);
     check_workdir(&as_user, user, &built.workdir, &req.image)?;
     let facts = ImageFacts {
@@ -96,10 +99,19 @@ impl Root {
     }
 }
 
-/// Performs `plan` through `sys`, in order. Every source is opened first: the staging
-/// tmpfs hides /tmp, and the user's sources are opened by the user's process.
-pub(crate) fn perform(sys: &mut impl Sys, req: &Request, plan: &Plan) -> Result<Built> {
-    let (mut sources, skipped) = open_sources(sys, req, plan)?;
+/// Performs `plan` through `sys`, in order, with the bind sources `open_sources` opened
+/// for it (before: the staging tmpfs hides /tmp, and the user's sources are opened by
+/// the user's process).
+pub(crate) fn perform<'p>(
+    sys: &mut impl Sys,
+    req: &Request,
+    plan: &'p Plan,
+    sources: Sources<'p>,
+) -> Result<Built> {
+    let Sources {
+        opened: mut sources,
+        skipped,
+    } = sources;
     let mut mounted = None;
     let mut root: Option<Root> = None;
     let mut config = None;
@@ -217,14 +229,20 @@ pub(crate) fn perform(sys: &mut impl Sys, req: &Request, plan: &Plan) -> Result<
 /// A bind whose source could not be opened, and why.
 type Skipped<'p> = Vec<(&'p Bind, std::io::Error)>;
 
+/// The plan's bind sources, opened: one entry per bind in plan order (None: skipped).
+pub(crate) struct Sources<'p> {
+    opened: Vec<Option<OpenedSource>>,
+    skipped: Skipped<'p>,
+}
+
 /// Opens the source of every bind of `plan` (the host's first, while the user's
 /// process starts), in plan order. A source that cannot be opened is skipped when its
 /// bind is optional and an error otherwise.
-fn open_sources<'p>(
+pub(crate) fn open_sources<'p>(
     sys: &mut impl Sys,
     req: &Request,
     plan: &'p Plan,
-) -> Result<(Vec<Option<OpenedSource>>, Skipped<'p>)> {
+) -> Result<Sources<'p>> {
     let binds: Vec<&Bind> = plan.binds().collect();
     let mut opened: Vec<Option<OpenedSource>> = binds.iter().map(|_| None).collect();
     let mut skipped = Vec::new();
@@ -259,7 +277,7 @@ fn open_sources<'p>(
             }
         }
     }
-    Ok((opened, skipped))
+    Ok(Sources { opened, skipped })
 }
 
 /// Missing on the host is fine (the image may have that folder: `check_workdir`
@@ -642,7 +660,9 @@ mod tests {
             Method::Bind => Format::Directory,
             _ => Format::Squashfs,
         };
-        perform(sys, req, &plan::plan(req, format, method)?)
+        let plan = plan::plan(req, format, method)?;
+        let sources = open_sources(sys, req, &plan)?;
+        perform(sys, req, &plan, sources)
     }
 
     fn remounts(sys: &Recording) -> Vec<(PathBuf, MsFlags)> {
