@@ -1,51 +1,33 @@
-//! Carries out a plan as root, inside the forked helper: opens every source (user input
-//! with the user's rights), makes a private mount namespace, mounts the image read-only
-//! under a small writable layer, binds and writes what the plan says, and pivots into
-//! the result. Runs in a single-threaded process that exits when the step ends.
+//! Carries out a plan as root, inside the forked helper: makes a private mount
+//! namespace, opens the image as the user, asks `plan` for the list of operations, and
+//! performs them in a short loop through `privileged::Sys` (the closed list of what
+//! root does). The loop adds only what needs the live system: opening each source
+//! with the right rights, resolving destinations inside the new root, and the
+//! fallback for kernels without mount_setattr. Runs in a single-threaded process that
+//! exits when the step ends.
 
 use crate::as_user::AsUser;
-use crate::digest::{self, Cache, Digest, Source};
+use crate::container::ImageFacts;
+use crate::digest::{self, Cache};
 use crate::error::{Error, Result};
-use crate::image::{self, Format, Method, OpenedImage};
+use crate::image::{self, Format, OpenedImage};
 use crate::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
-use crate::plan::{Bind, FileContent, Opener, Plan};
+use crate::plan::{self, Attrs, Bind, FileContent, Op, Plan};
+use crate::privileged::{self, image_err, image_file, remount_flags, FuseHandoff, Mounted, Sys};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
-use crate::share;
 use crate::site;
 use crate::sys;
 use crate::users;
 use nix::mount::MsFlags;
 use std::ffi::OsStr;
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
-/// The staging folder. Mounting a tmpfs over it in the new namespace hides nothing the
-/// container needs: every host source, /tmp included, is opened before that.
-const STAGING: &str = "/tmp";
-
-struct OpenedBind<'a> {
-    bind: &'a Bind,
-    source: OwnedFd,
-    is_dir: bool,
-}
-
-/// The FUSE device the caller opened and the socket on which it takes the image
-/// descriptor to start squashfuse (see `container::prepare`).
-pub struct FuseHandoff {
-    pub device: OwnedFd,
-    pub channel: OwnedFd,
-}
 
 /// Builds the container in the calling (forked, single-threaded) process and pivots
 /// into it. Also returns the user's process (see `as_user`): dropping it waits for it
 /// to exit, which the caller does after reporting, off the step's critical path.
-pub fn assemble(
-    req: &Request,
-    plan: &Plan,
-    fuse: Option<FuseHandoff>,
-) -> Result<(ImageFacts, AsUser)> {
+pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<(ImageFacts, AsUser)> {
     let user = &req.user;
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
@@ -55,423 +37,357 @@ pub fn assemble(
         .map_err(|e| Error::system("making the mount namespace private", e))?;
     let as_user = AsUser::start(user)
         .map_err(|e| Error::system(format!("starting a process as {}", user.name), e))?;
-    let mut skipped = Vec::new();
-    // Ferry's and the admin's sources first, while the user's process starts.
-    let host_sources = open_sources(
-        plan.binds
-            .iter()
-            .filter(|b| b.opener == Opener::Host)
-            .map(|b| (b, sys::open_path(&b.source, libc::O_PATH))),
-        "root",
-        &mut skipped,
-    )?;
-    let (image, user_sources) = open_user_inputs(&as_user, req, plan, &mut skipped)?;
-    let method = image::method_for(&image, &req.image_policy)?;
-    let (mut facts, verified) = verify_image(req, &image)?;
-    let mut sources: Vec<OpenedBind> = user_sources.into_iter().chain(host_sources).collect();
-    // Back into plan order (parents first), which the split by opener disturbed.
-    sources.sort_by_key(|s| plan.binds.iter().position(|b| std::ptr::eq(b, s.bind)));
-
-    let staging = Path::new(STAGING);
-    sys::mount_fs(
-        Path::new("ferry"),
-        staging,
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("mode=0700,size={}", req.writable_layer_size)),
-    )
-    .map_err(|e| Error::system("mounting the staging tmpfs", e))?;
-    for dir in ["image", "upper", "work", "root"] {
-        std::fs::create_dir(staging.join(dir))
-            .map_err(|e| Error::system("creating the staging folders", e))?;
-    }
-    let mounted = mount_image(req, &image, method, fuse, &staging.join("image"))?;
-    facts.mounted_by = mounted.name().into();
-    if let Some(version) = verified {
-        // What was hashed is what the loop device reads, unless the file changed since.
-        let now = image_file(&image).and_then(|f| digest::FileVersion::of(&f));
-        if now.ok().as_ref() != Some(&version) {
-            return Err(Error::ImageChanged {
-                path: req.image.clone(),
-            });
-        }
-    }
-    let overlay_opts = format!(
-        "lowerdir={0}/image,upperdir={0}/upper,workdir={0}/work",
-        staging.display()
-    );
-    let root_path = staging.join("root");
-    sys::mount_fs(
-        Path::new("ferry"),
-        &root_path,
-        "overlay",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&overlay_opts),
-    )
-    .map_err(|e| image_err(&image, "mounting the writable layer (overlay)", e))?;
-    // Unbindable (only now: overlayfs clones its layers' mounts, which must not be):
-    // recursive binds of / or /tmp skip the staging tree instead of copying the
-    // container into itself.
-    sys::make_unbindable(staging)
-        .map_err(|e| Error::system("making the staging tmpfs unbindable", e))?;
-    let root = sys::open_path(&root_path, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| Error::system("opening the new root", e))?;
-    let writable_dev = sys::fstat(root.as_fd())
-        .map_err(|e| Error::system("stat of the new root", e))?
-        .st_dev;
-    let in_root = InRoot {
-        root: &root,
-        writable_dev: Some(writable_dev),
-    };
-    // Read before any bind: only the image's own files can answer.
-    let config = read_image_config(&in_root, &req.image)?;
-    if mounted == Mounted::OwnFuse {
-        // Other steps of the job may take this mount from here (`share`).
-        keep_image_mount(&in_root, &staging.join("image"))?;
-    }
-    let workdir = effective_workdir(req, plan, config.as_ref());
-    if let Some((_, err)) = skipped
-        .iter()
-        // Missing on the host is fine (the image may have that folder: check_workdir
-        // decides); present but refused to the user is the user's problem to hear about.
-        .find(|(b, e)| {
-            b.dest == *workdir
-                && b.opener == Opener::User
-                && e.kind() != std::io::ErrorKind::NotFound
-        })
-    {
-        return Err(Error::Workdir {
-            path: workdir.clone(),
-            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", user.name),
-        });
-    }
-
-    for file in &plan.files {
-        let content = match &file.content {
-            FileContent::Passwd => std::iter::once(user)
-                .chain(&req.accounts)
-                .fold(read_in_root(&in_root, &file.dest), |text, u| {
-                    users::merge_passwd(&text, u)
-                }),
-            FileContent::Group => std::iter::once(user)
-                .chain(&req.accounts)
-                .fold(read_in_root(&in_root, &file.dest), |text, u| {
-                    users::merge_group(&text, u)
-                }),
-            FileContent::HostCopy(host) => match std::fs::read_to_string(host) {
-                Ok(text) => text,
-                Err(_) => continue, // the host has none: leave the image's
-            },
-        };
-        write_in_root(&in_root, &file.dest, &content).map_err(|e| {
-            Error::system(
-                format!("writing {} in the container", file.dest.display()),
-                e,
-            )
-        })?;
-    }
-    for link in &plan.links {
-        let (parent, name) = split(&link.dest);
-        let dir = in_root
-            .open(parent, Create::Dir)
-            .map_err(|e| Error::system(format!("creating {}", parent.display()), e))?;
-        let _ = sys::unlinkat(dir.as_fd(), name, false);
-        sys::symlinkat(&link.target, dir.as_fd(), name)
-            .map_err(|e| Error::system(format!("linking {}", link.dest.display()), e))?;
-    }
-    for opened in &sources {
-        bind_one(&in_root, &root_path, req, opened)?;
-    }
-    sys::remount_bind(
-        &root_path,
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )
-    .map_err(|e| Error::system("making the image root read-only", e))?;
-    sys::pivot_into(root.as_fd())
-        .map_err(|e| Error::system("switching to the container root", e))?;
-    drop(sources);
-    check_workdir(&as_user, user, &workdir, &req.image)?;
-    Ok((ImageFacts { config, ..facts }, as_user))
-}
-
-/// How the user's bind sources are opened: for reading, which checks read permission
-/// on the object itself (O_PATH would only check the folders above it), never waiting
-/// (a FIFO opens at once) and never becoming a controlling terminal.
-const USER_SOURCE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-
-/// Opens the image and the user's bind sources in a process that is the user (see
-/// `as_user`): whatever the paths name (symlinks, `/proc/PID/cwd` of someone else's
-/// process), only what the user could open themselves comes back.
-fn open_user_inputs<'a>(
-    as_user: &AsUser,
-    req: &Request,
-    plan: &'a Plan,
-    skipped: &mut Vec<(&'a Bind, std::io::Error)>,
-) -> Result<(OpenedImage, Vec<OpenedBind<'a>>)> {
-    let user = &req.user;
-    let gone = |e| {
+    let image_fd = as_user.open(&req.image, image::OPEN_FLAGS).map_err(|e| {
         Error::system(
             format!("opening the image and mount sources as {}", user.name),
             e,
         )
-    };
-    let image_fd = as_user.open(&req.image, image::OPEN_FLAGS).map_err(gone)?;
+    })?;
     let image = image::examine(&req.image, image_fd, &user.name)?;
-    let mut opened = Vec::new();
-    for bind in plan.binds.iter().filter(|b| b.opener == Opener::User) {
-        opened.push((
-            bind,
-            as_user
-                .open(&bind.source, USER_SOURCE_FLAGS)
-                .map_err(gone)?,
-        ));
-    }
-    let sources = open_sources(opened.into_iter(), &user.name, skipped)?;
-    Ok((image, sources))
+    let method = image::method_for(&image, &req.image_policy)?;
+    let plan = plan::plan(req, image.format, method)?;
+    let mut real = privileged::Real {
+        req,
+        as_user: &as_user,
+        image: &image,
+        fuse,
+        verified: None,
+    };
+    // Before hashing, which can take long: a missing source fails at once.
+    let sources = open_sources(&mut real, req, &plan)?;
+    let (facts, verified) = verify_image(req, &image)?;
+    real.verified = verified;
+    let built = perform(&mut real, req, &plan, sources)?;
+    drop(real);
+    check_workdir(&as_user, user, &built.workdir, &req.image)?;
+    let facts = ImageFacts {
+        mounted_by: built.mounted.name().into(),
+        config: built.config,
+        ..facts
+    };
+    Ok((facts, as_user))
 }
 
-/// Keeps each opened bind source with what it is; a source that could not be opened is
-/// skipped when its bind is optional and an error otherwise.
-fn open_sources<'a>(
-    opened: impl Iterator<Item = (&'a Bind, std::io::Result<OwnedFd>)>,
-    who: &str,
-    skipped: &mut Vec<(&'a Bind, std::io::Error)>,
-) -> Result<Vec<OpenedBind<'a>>> {
-    let mut out = Vec::new();
-    for (bind, result) in opened {
-        match result {
-            Ok(source) => {
-                let st = sys::fstat(source.as_fd())
-                    .map_err(|e| Error::system(format!("stat of {}", bind.source.display()), e))?;
-                out.push(OpenedBind {
-                    bind,
+/// What performing a plan found out.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub(crate) mounted: Mounted,
+    pub(crate) config: Option<ImageConfig>,
+    pub(crate) workdir: PathBuf,
+}
+
+struct OpenedSource {
+    fd: OwnedFd,
+    is_dir: bool,
+}
+
+/// The new root, once the plan has opened it.
+struct Root {
+    fd: OwnedFd,
+    /// Its host name (to tell where a destination resolved).
+    path: PathBuf,
+    /// The writable layer's device: only there may missing folders be made.
+    dev: u64,
+}
+
+impl Root {
+    fn resolver(&self) -> InRoot<'_> {
+        InRoot {
+            root: &self.fd,
+            writable_dev: Some(self.dev),
+        }
+    }
+}
+
+/// Performs `plan` through `sys`, in order, with the bind sources `open_sources` opened
+/// for it (before: the staging tmpfs hides /tmp, and the user's sources are opened by
+/// the user's process).
+pub(crate) fn perform<'p>(
+    sys: &mut impl Sys,
+    req: &Request,
+    plan: &'p Plan,
+    sources: Sources<'p>,
+) -> Result<Built> {
+    let Sources {
+        opened: mut sources,
+        skipped,
+    } = sources;
+    let mut mounted = None;
+    let mut root: Option<Root> = None;
+    let mut config = None;
+    let mut workdir = plan.workdir.clone();
+    let no_root = || {
+        Error::system(
+            "performing the plan",
+            std::io::Error::other("the plan uses the root before opening it"),
+        )
+    };
+    let mut binds = 0;
+    for op in &plan.ops {
+        match op {
+            Op::Tmpfs {
+                target,
+                size,
+                attrs,
+            } => sys
+                .mount_tmpfs(target, *size, *attrs)
+                .map_err(|e| Error::system("mounting the staging tmpfs", e))?,
+            Op::Mkdir { path } => sys
+                .mkdir(path)
+                .map_err(|e| Error::system("creating the staging folders", e))?,
+            Op::MountImage { how, target, attrs } => {
+                mounted = Some(sys.mount_image(how, target, *attrs)?)
+            }
+            Op::Overlay {
+                lower,
+                upper,
+                work,
+                target,
+                attrs,
+            } => sys
+                .mount_overlay(lower, upper, work, target, *attrs)
+                .map_err(|source| Error::ImageMount {
+                    path: req.image.clone(),
+                    what: "mounting the writable layer (overlay)",
                     source,
-                    is_dir: sys::is_dir(&st),
-                });
+                })?,
+            Op::MakeUnbindable { target } => sys
+                .make_unbindable(target)
+                .map_err(|e| Error::system("making the staging tmpfs unbindable", e))?,
+            Op::OpenRoot { path } => {
+                let fd = sys
+                    .open_staged(path)
+                    .map_err(|e| Error::system("opening the new root", e))?;
+                let stat_err = |e| Error::system("stat of the new root", e);
+                let dev = sys::fstat(fd.as_fd()).map_err(stat_err)?.st_dev;
+                let path = std::fs::read_link(sys::fd_path(fd.as_fd())).map_err(stat_err)?;
+                root = Some(Root { fd, path, dev });
             }
-            Err(e) if bind.optional => skipped.push((bind, e)),
-            Err(e) => {
-                return Err(Error::MountSource {
-                    path: bind.source.clone(),
-                    user: who.to_string(),
-                    source: e,
-                });
+            Op::ReadImageConfig => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                config = read_image_config(&root.resolver(), &req.image)?;
+                workdir = effective_workdir(req, config.as_ref());
+                refuse_unreadable_workdir(req, &workdir, &skipped)?;
+            }
+            Op::ShareImageMount {
+                source,
+                dest,
+                attrs,
+            } => {
+                if mounted == Some(Mounted::OwnFuse) {
+                    // Other steps of the job may take this mount from here (`share`).
+                    let root = root.as_ref().ok_or_else(no_root)?;
+                    share_image_mount(sys, root, source, dest, *attrs)?;
+                }
+            }
+            Op::WriteFile { dest, content } => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                write_file(sys, root, req, dest, content)?
+            }
+            Op::Symlink { dest, target } => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                let (parent, name) = split(dest);
+                let dir = root
+                    .resolver()
+                    .open(parent, Create::Dir)
+                    .map_err(|e| Error::system(format!("creating {}", parent.display()), e))?;
+                sys.symlink(dir.as_fd(), name, target)
+                    .map_err(|e| Error::system(format!("linking {}", dest.display()), e))?;
+            }
+            Op::Bind(bind) => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                if let Some(source) = sources[binds].take() {
+                    bind_one(sys, root, req, bind, &source)?;
+                }
+                binds += 1;
+            }
+            Op::RemountRoot { attrs } => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                sys.remount(root.fd.as_fd(), remount_flags(*attrs, MsFlags::empty()))
+                    .map_err(|e| Error::system("making the image root read-only", e))?
+            }
+            Op::Pivot => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                sys.pivot(root.fd.as_fd())
+                    .map_err(|e| Error::system("switching to the container root", e))?
             }
         }
     }
-    Ok(out)
+    let mounted = mounted.ok_or_else(|| {
+        Error::system(
+            "performing the plan",
+            std::io::Error::other("the plan mounts no image"),
+        )
+    })?;
+    Ok(Built {
+        mounted,
+        config,
+        workdir,
+    })
 }
 
-/// How the image came to be mounted (the provenance record's `mounted_by`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mounted {
-    Kernel,
-    /// By a squashfuse started for this container.
-    OwnFuse,
-    /// A copy of the batch step's FUSE mount (`share`).
-    SharedFuse,
-    Bind,
+/// A bind whose source could not be opened, and why.
+type Skipped<'p> = Vec<(&'p Bind, std::io::Error)>;
+
+/// The plan's bind sources, opened: one entry per bind in plan order (None: skipped).
+pub(crate) struct Sources<'p> {
+    opened: Vec<Option<OpenedSource>>,
+    skipped: Skipped<'p>,
 }
 
-impl Mounted {
-    fn name(self) -> &'static str {
-        match self {
-            Mounted::Kernel => "kernel",
-            Mounted::OwnFuse => "fuse",
-            Mounted::SharedFuse => "fuse-shared",
-            Mounted::Bind => "bind",
-        }
-    }
-}
-
-fn mount_image(
+/// Opens the source of every bind of `plan` (the host's first, while the user's
+/// process starts), in plan order. A source that cannot be opened is skipped when its
+/// bind is optional and an error otherwise.
+pub(crate) fn open_sources<'p>(
+    sys: &mut impl Sys,
     req: &Request,
-    image: &OpenedImage,
-    method: Method,
-    fuse: Option<FuseHandoff>,
-    target: &Path,
-) -> Result<Mounted> {
-    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let kernel = |result: std::io::Result<()>, what| {
-        result
-            .map(|_| Mounted::Kernel)
-            .map_err(|e| image_err(image, what, e))
-    };
-    match (method, image.format) {
-        (Method::Fuse, Format::Squashfs | Format::Sif { .. }) => {
-            if borrow_batch_mount(req, image, target)? {
-                // The caller learns from the closed channel that no server is needed.
-                drop(fuse);
-                return Ok(Mounted::SharedFuse);
+    plan: &'p Plan,
+) -> Result<Sources<'p>> {
+    let binds: Vec<&Bind> = plan.binds().collect();
+    let mut opened: Vec<Option<OpenedSource>> = binds.iter().map(|_| None).collect();
+    let mut skipped = Vec::new();
+    for as_user in [false, true] {
+        for (i, bind) in binds.iter().enumerate() {
+            if bind.source.as_user() != as_user {
+                continue;
             }
-            let offset = match image.format {
-                // squashfuse reads the root partition straight from the file.
-                Format::Sif { offset, .. } => offset,
-                _ => 0,
+            let who = if as_user {
+                req.user.name.as_str()
+            } else {
+                "root"
             };
-            mount_with_fuse(req, image, offset, fuse, target).map(|_| Mounted::OwnFuse)
+            match sys.open_source(&bind.source)? {
+                Ok(fd) => {
+                    let st = sys::fstat(fd.as_fd()).map_err(|e| {
+                        Error::system(format!("stat of {}", bind.source.path().display()), e)
+                    })?;
+                    opened[i] = Some(OpenedSource {
+                        fd,
+                        is_dir: sys::is_dir(&st),
+                    });
+                }
+                Err(e) if bind.optional => skipped.push((*bind, e)),
+                Err(e) => {
+                    return Err(Error::MountSource {
+                        path: bind.source.path().to_path_buf(),
+                        user: who.to_string(),
+                        source: e,
+                    })
+                }
+            }
         }
-        (Method::Bind, Format::Directory) => {
-            sys::mount_bind(&sys::fd_path(image.fd.as_fd()), target, false)
-                .and_then(|_| sys::remount_bind(target, ro))
-                .map(|_| Mounted::Bind)
-                .map_err(|e| image_err(image, "binding the root folder", e))
-        }
-        (Method::Kernel, Format::Squashfs) => {
-            let device = loop_device(image, 0, 0)?;
-            // The mount holds the device; with autoclear it frees itself when the
-            // namespace and so the mount go away, so our handle can close now.
-            kernel(
-                sys::mount_fs(&device.path, target, "squashfs", ro, None),
-                "mounting the SquashFS",
-            )
-        }
-        (Method::Kernel, Format::Sif { offset, size }) => {
-            // The root partition straight from the file: the loop device shows only it.
-            let device = loop_device(image, offset, size)?;
-            kernel(
-                sys::mount_fs(&device.path, target, "squashfs", ro, None),
-                "mounting the SIF's SquashFS partition",
-            )
-        }
-        (Method::Kernel, Format::Ext) => {
-            // The ext4 driver reads ext2 and ext3 too. `noload`: never replay the
-            // journal of an image that was not unmounted cleanly (the device is
-            // read-only: replaying would fail the mount, and root must not write into
-            // a user's file).
-            let device = loop_device(image, 0, 0)?;
-            kernel(
-                sys::mount_fs(&device.path, target, "ext4", ro, Some("noload")),
-                "mounting the ext image",
-            )
-        }
-        // `image::method_for` never pairs these.
-        (method, format) => Err(Error::system(
-            format!("image {}", image.path.display()),
-            std::io::Error::other(format!(
-                "no way to mount a {} image by {method:?}",
-                format.name()
-            )),
-        )),
+    }
+    Ok(Sources { opened, skipped })
+}
+
+/// Missing on the host is fine (the image may have that folder: `check_workdir`
+/// decides); present but refused to the user is the user's problem to hear about.
+fn refuse_unreadable_workdir(req: &Request, workdir: &Path, skipped: &Skipped) -> Result<()> {
+    let refused = skipped.iter().find(|(b, e)| {
+        b.dest == workdir && b.source.as_user() && e.kind() != std::io::ErrorKind::NotFound
+    });
+    match refused {
+        Some((_, err)) => Err(Error::Workdir {
+            path: workdir.to_path_buf(),
+            reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", req.user.name),
+        }),
+        None => Ok(()),
     }
 }
 
-/// For a step of a batch job: mounts a copy of the batch step's FUSE mount of this very
-/// image at `target` when there is one on this node (see `share`). False: start a
-/// server of our own.
-fn borrow_batch_mount(req: &Request, image: &OpenedImage, target: &Path) -> Result<bool> {
-    let Some(job) = req.share_with_batch_step_of else {
-        return Ok(false);
-    };
-    let Some(peer) = share::batch_step_namespace(
-        job,
-        req.user.uid,
-        image.fd.as_fd(),
-        &req.image_policy.fuse_helper,
-    ) else {
-        return Ok(false);
-    };
-    share::borrow_image_mount(peer, target)
-        .map_err(|e| Error::system("returning from the batch step's mount namespace", e))
-}
-
-/// Binds the image mount read-only at `share::SHARED_IMAGE` inside the new root (the
-/// folder resolved and made inside the root: the image's own symlinks cannot move it).
-fn keep_image_mount(in_root: &InRoot, image: &Path) -> Result<()> {
-    let failed = |e| Error::system(format!("binding the image at {}", share::SHARED_IMAGE), e);
-    let at = Path::new(share::SHARED_IMAGE.trim_start_matches('/'));
-    let dest = in_root.open(at, Create::Dir).map_err(failed)?;
-    let source = sys::open_path(image, libc::O_PATH | libc::O_DIRECTORY).map_err(failed)?;
-    let read_only = sys::MountAttrs {
-        readonly: true,
-        nosuid: true,
-        nodev: true,
-    };
-    match sys::bind_through_fds(source.as_fd(), dest.as_fd(), false, read_only) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
-        done => return done.map_err(failed),
-    }
-    sys::mount_bind(image, &sys::fd_path(dest.as_fd()), false).map_err(failed)?;
-    // Reopen: the name now leads to the new mount's root, which is what we remount.
-    let mounted = in_root.open(at, Create::Nothing).map_err(failed)?;
-    sys::remount_bind(
-        &sys::fd_path(mounted.as_fd()),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )
-    .map_err(failed)
-}
-
-/// Mounts FUSE on `target` with the device the caller opened and hands the caller the
-/// image (and where its SquashFS starts), which starts squashfuse as the user and
-/// closes its copy of the device. Ours closes here too, so the server holds the only
-/// one: if it cannot start (or dies), the connection aborts and every access fails at
-/// once instead of hanging.
-fn mount_with_fuse(
+fn write_file(
+    sys: &mut impl Sys,
+    root: &Root,
     req: &Request,
-    image: &OpenedImage,
-    offset: u64,
-    fuse: Option<FuseHandoff>,
-    target: &Path,
+    dest: &Path,
+    content: &FileContent,
 ) -> Result<()> {
-    let failed = |reason: String| Error::FuseFailed {
-        path: image.path.clone(),
-        helper: req.image_policy.fuse_helper.clone(),
-        reason,
-    };
-    let Some(FuseHandoff { device, channel }) = fuse else {
-        return Err(failed("/dev/fuse is not available on this node".into()));
-    };
+    let in_root = root.resolver();
     let user = &req.user;
-    sys::mount_fuse(device.as_fd(), target, user.uid, user.gid)
-        .map_err(|e| image_err(image, "mounting FUSE", e))?;
-    drop(device);
-    sys::send_fd(channel.as_fd(), image.fd.as_fd(), offset)
-        .map_err(|e| Error::system("handing the image to squashfuse", e))?;
-    drop(channel);
-    // The first look waits for the server's answer: a dead server reads ENOTCONN here.
-    std::fs::metadata(target).map_err(|e| failed(e.to_string()))?;
-    Ok(())
+    let text = match content {
+        FileContent::Passwd => std::iter::once(user)
+            .chain(&req.accounts)
+            .fold(read_in_root(&in_root, dest), |text, u| {
+                users::merge_passwd(&text, u)
+            }),
+        FileContent::Group => std::iter::once(user)
+            .chain(&req.accounts)
+            .fold(read_in_root(&in_root, dest), |text, u| {
+                users::merge_group(&text, u)
+            }),
+        FileContent::HostCopy(host) => match std::fs::read_to_string(host) {
+            Ok(text) => text,
+            Err(_) => return Ok(()), // the host has none: leave the image's
+        },
+    };
+    let (parent, name) = split(dest);
+    in_root
+        .open(parent, Create::Dir)
+        .and_then(|dir| sys.write_file(dir.as_fd(), name, &text))
+        .map_err(|e| Error::system(format!("writing {} in the container", dest.display()), e))
 }
 
-/// A read-only loop device over `image` from `offset`, `size` bytes long (0: to the
-/// end): one another step already made for the same file and range, or a new one.
-fn loop_device(image: &OpenedImage, offset: u64, size: u64) -> Result<sys::LoopDevice> {
-    let version = image_file(image)
-        .and_then(|f| digest::FileVersion::of(&f))
-        .map_err(|e| image_err(image, "reading the image's version", e))?;
-    let stamp = loop_stamp(&version);
-    match sys::find_shared_loop(image.fd.as_fd(), offset, size, &stamp) {
-        Some(shared) => Ok(shared),
-        None => sys::attach_loop(image.fd.as_fd(), offset, size, &stamp)
-            .map_err(|e| image_err(image, "attaching a loop device", e)),
+/// Which part of a restricted bind failed.
+enum BindStep {
+    Bind,
+    Reopen,
+    Remount,
+}
+
+/// Binds `source` onto `dest` (open inside the root at `at`) with `attrs` on it and,
+/// when `recursive`, on every mount below it. Through descriptors where the kernel can
+/// (the restriction is in place before the bind is visible); before Linux 5.12 a plain
+/// bind, then a remount of what the name now leads to, keeping the host's own flags.
+fn bind_restricted(
+    sys: &mut impl Sys,
+    root: &Root,
+    source: BorrowedFd<'_>,
+    dest: BorrowedFd<'_>,
+    at: &Path,
+    recursive: bool,
+    attrs: Attrs,
+) -> std::result::Result<(), (BindStep, std::io::Error)> {
+    match sys.bind_restricted(source, dest, recursive, attrs) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        done => return done.map_err(|e| (BindStep::Bind, e)),
     }
+    sys.bind(source, dest, recursive)
+        .map_err(|e| (BindStep::Bind, e))?;
+    // Reopen: the name now leads to the new mount's root, which is what we remount.
+    let mounted = root
+        .resolver()
+        .open(at, Create::Nothing)
+        .map_err(|e| (BindStep::Reopen, e))?;
+    let flags = remount_flags(attrs, kept_flags(&mounted));
+    sys.remount(mounted.as_fd(), flags)
+        .map_err(|e| (BindStep::Remount, e))
 }
 
-/// The name a loop device made from this version of a file carries: a hash of the
-/// version (device, inode, size, mtime and ctime, which only a write changes, and a
-/// write always does). Another step shares the device only for the very same version.
-fn loop_stamp(version: &digest::FileVersion) -> sys::LoopStamp {
-    use sha2::Digest as _;
-    let text = serde_json::to_string(version).unwrap_or_default();
-    let hash = sha2::Sha256::digest(text.as_bytes());
-    let name = format!("ferry1:{:x}", hash);
-    let mut stamp = [0u8; 64];
-    // 7 + 64 characters: keep 63 and the terminating NUL.
-    let len = name.len().min(stamp.len() - 1);
-    stamp[..len].copy_from_slice(&name.as_bytes()[..len]);
-    stamp
+/// Binds the image mount read-only at `dest` inside the new root (the folder resolved
+/// and made inside the root: the image's own symlinks cannot move it).
+fn share_image_mount(
+    sys: &mut impl Sys,
+    root: &Root,
+    image: &Path,
+    dest: &Path,
+    attrs: Attrs,
+) -> Result<()> {
+    let failed = |e| Error::system(format!("binding the image at {}", dest.display()), e);
+    let at = dest.strip_prefix("/").unwrap_or(dest);
+    let dest_fd = root.resolver().open(at, Create::Dir).map_err(failed)?;
+    let source = sys.open_staged(image).map_err(failed)?;
+    bind_restricted(sys, root, source.as_fd(), dest_fd.as_fd(), at, false, attrs)
+        .map_err(|(_, e)| failed(e))
 }
 
-fn image_err(image: &OpenedImage, what: &'static str, source: std::io::Error) -> Error {
-    Error::ImageMount {
-        path: image.path.clone(),
-        what,
-        source,
-    }
-}
-
-fn bind_one(in_root: &InRoot, root_path: &Path, req: &Request, opened: &OpenedBind) -> Result<()> {
-    let bind = opened.bind;
+fn bind_one(
+    sys: &mut impl Sys,
+    root: &Root,
+    req: &Request,
+    bind: &Bind,
+    opened: &OpenedSource,
+) -> Result<()> {
+    let source_path = bind.source.path();
     let create = if opened.is_dir {
         Create::Dir
     } else {
@@ -481,13 +397,13 @@ fn bind_one(in_root: &InRoot, root_path: &Path, req: &Request, opened: &OpenedBi
         path: bind.dest.clone(),
         reason,
     };
-    let dest = in_root.open(&bind.dest, create).map_err(|e| {
+    let dest = root.resolver().open(&bind.dest, create).map_err(|e| {
         dest_err(format!("cannot be created in the container ({e}); choose a destination in the image's own folders"))
     })?;
     if bind.user_destination {
         // The image's symlinks (`/data -> /`) and the user's (`~/l -> /etc`) were
         // followed inside the root: judge where the destination really is.
-        let resolved = in_container_path(dest.as_fd(), root_path)
+        let resolved = in_container_path(dest.as_fd(), &root.path)
             .ok_or_else(|| dest_err("cannot be told apart from the container's root".into()))?;
         site::destination_allowed(
             req.user_mount_destinations.as_deref(),
@@ -505,51 +421,34 @@ fn bind_one(in_root: &InRoot, root_path: &Path, req: &Request, opened: &OpenedBi
         };
         return Err(dest_err(format!(
             "source {} is {} but the destination is {}",
-            bind.source.display(),
+            source_path.display(),
             kinds.0,
             kinds.1
         )));
     }
-    let failed = |what: &str, e: std::io::Error| {
-        Error::system(
+    bind_restricted(
+        sys,
+        root,
+        opened.fd.as_fd(),
+        dest.as_fd(),
+        &bind.dest,
+        bind.recursive,
+        bind.attrs,
+    )
+    .map_err(|(step, e)| match step {
+        BindStep::Bind => Error::system(
             format!(
-                "{what} {} to {}",
-                bind.source.display(),
+                "binding {} to {}",
+                source_path.display(),
                 bind.dest.display()
             ),
             e,
-        )
-    };
-    let attrs = sys::MountAttrs {
-        readonly: bind.readonly,
-        nosuid: true,
-        nodev: !bind.device_nodes,
-    };
-    match sys::bind_through_fds(opened.source.as_fd(), dest.as_fd(), bind.recursive, attrs) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(failed("binding", e)),
-        Err(_) => {} // before Linux 5.12: bind, then remount by name
-    }
-    sys::mount_bind(
-        &sys::fd_path(opened.source.as_fd()),
-        &sys::fd_path(dest.as_fd()),
-        bind.recursive,
-    )
-    .map_err(|e| failed("binding", e))?;
-    // Reopen: the name now leads to the new mount's root, which is what we remount.
-    let mounted = in_root
-        .open(&bind.dest, Create::Nothing)
-        .map_err(|e| dest_err(e.to_string()))?;
-    let mut flags = MsFlags::MS_NOSUID | kept_flags(&mounted);
-    if attrs.nodev {
-        flags |= MsFlags::MS_NODEV;
-    }
-    if bind.readonly {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    sys::remount_bind(&sys::fd_path(mounted.as_fd()), flags)
-        .map_err(|e| Error::system(format!("restricting the bind {}", bind.dest.display()), e))?;
-    Ok(())
+        ),
+        BindStep::Reopen => dest_err(e.to_string()),
+        BindStep::Remount => {
+            Error::system(format!("restricting the bind {}", bind.dest.display()), e)
+        }
+    })
 }
 
 /// Where the open object `fd` is inside the new root at `root_path` (as the container
@@ -601,25 +500,6 @@ fn read_in_root(in_root: &InRoot, path: &Path) -> String {
     text
 }
 
-/// Writes a regular file in the writable layer, replacing a symlink or file the image has.
-fn write_in_root(in_root: &InRoot, path: &Path, content: &str) -> std::io::Result<()> {
-    let (parent, name) = split(path);
-    let dir = in_root.open(parent, Create::Dir)?;
-    match sys::openat(Some(dir.as_fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-        Ok(existing) if !sys::is_regular(&sys::fstat(existing.as_fd())?) => {
-            sys::unlinkat(dir.as_fd(), name, false)?
-        }
-        _ => {}
-    }
-    let fd = sys::openat(
-        Some(dir.as_fd()),
-        name,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-        0o644,
-    )?;
-    std::fs::File::from(fd).write_all(content.as_bytes())
-}
-
 fn split(path: &Path) -> (&Path, &OsStr) {
     (
         path.parent().unwrap_or(Path::new("/")),
@@ -642,29 +522,12 @@ fn check_workdir(as_user: &AsUser, user: &users::User, workdir: &Path, image: &P
     })
 }
 
-/// What the caller learns about the image: for the environment and the provenance record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImageFacts {
-    pub format: String,
-    /// Who reads the image (`Mounted::name`): `kernel`, `fuse` (squashfuse as the user),
-    /// `fuse-shared` (the batch step's squashfuse) or `bind` (a root folder).
-    #[serde(default)]
-    pub mounted_by: String,
-    pub size: u64,
-    pub mtime_unix: i64,
-    pub digest: Option<Digest>,
-    pub digest_source: Option<Source>,
-    /// The image's stored configuration (`/.ferry/image.json`), when it has one.
-    #[serde(default)]
-    pub config: Option<ImageConfig>,
-}
-
 /// Where the command starts: an explicit request, else the image's WorkingDir, else
 /// the plan's default (the caller's folder).
-pub fn effective_workdir(req: &Request, plan: &Plan, config: Option<&ImageConfig>) -> PathBuf {
+pub(crate) fn effective_workdir(req: &Request, config: Option<&ImageConfig>) -> PathBuf {
     match (&req.workdir, config.and_then(ImageConfig::workdir)) {
         (None, Some(image_dir)) => image_dir,
-        _ => plan.workdir.clone(),
+        _ => plan::default_workdir(req),
     }
 }
 
@@ -704,10 +567,6 @@ fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfi
 
 /// Holes a hashed image may have (and still more than its data) before it is refused.
 const MAX_HOLES: u64 = 1 << 30;
-
-fn image_file(image: &OpenedImage) -> std::io::Result<std::fs::File> {
-    Ok(std::fs::File::from(image.fd.try_clone()?))
-}
 
 /// Checks a pinned digest against the opened file (and hashes small unpinned images for
 /// the record). Returns the file version that was verified, to re-check after mounting.
@@ -764,4 +623,304 @@ fn verify_image(
     facts.digest = Some(found);
     facts.digest_source = Some(source);
     Ok((facts, Some(version)))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The executor over the recording fake: what root would do, in which order, with
+    //! which flags, without root.
+    use super::*;
+    use crate::image::Method;
+    use crate::plan::{ImageMount, Source};
+    use crate::privileged::fake::{Call, Recording};
+    use crate::request::MountSpec;
+    use crate::users::User;
+
+    fn request() -> Request {
+        let alice = User {
+            name: "alice".into(),
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+            home: "/home/alice".into(),
+            gecos: String::new(),
+        };
+        let mut req = Request::new("/images/a.sqfs".into(), alice);
+        req.cwd = Some("/home/alice/project".into());
+        req.mounts = vec![MountSpec {
+            source: "/data".into(),
+            dest: "/data".into(),
+            readonly: true,
+        }];
+        req
+    }
+
+    fn run(sys: &mut Recording, req: &Request, method: Method) -> Result<Built> {
+        let format = match method {
+            Method::Bind => Format::Directory,
+            _ => Format::Squashfs,
+        };
+        let plan = plan::plan(req, format, method)?;
+        let sources = open_sources(sys, req, &plan)?;
+        perform(sys, req, &plan, sources)
+    }
+
+    fn remounts(sys: &Recording) -> Vec<(PathBuf, MsFlags)> {
+        sys.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Remount { target, flags } => Some((target.clone(), *flags)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn performs_the_plan_in_order_and_pivots_last() {
+        let mut sys = Recording::new();
+        let built = run(&mut sys, &request(), Method::Kernel).unwrap();
+        assert_eq!(built.mounted, Mounted::Kernel);
+        assert_eq!(built.workdir, PathBuf::from("/home/alice/project"));
+        assert!(matches!(
+            sys.calls[0],
+            Call::Tmpfs {
+                attrs: Attrs::SAFE,
+                ..
+            }
+        ));
+        assert!(matches!(
+            sys.calls[5],
+            Call::MountImage {
+                how: ImageMount::Kernel { .. },
+                attrs: Attrs::READ_ONLY,
+                ..
+            }
+        ));
+        assert!(matches!(
+            sys.calls[6],
+            Call::Overlay {
+                attrs: Attrs::SAFE,
+                ..
+            }
+        ));
+        assert_eq!(sys.calls[7], Call::Unbindable("/tmp".into()));
+        let binds: Vec<PathBuf> = sys.binds().into_iter().map(|(_, d, _)| d).collect();
+        assert_eq!(
+            binds,
+            ["/proc", "/sys", "/dev", "/tmp", "/data", "/home/alice"].map(PathBuf::from)
+        );
+        let n = sys.calls.len();
+        assert_eq!(
+            sys.calls[n - 2],
+            Call::Remount {
+                target: "/".into(),
+                flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+            }
+        );
+        assert_eq!(sys.calls[n - 1], Call::Pivot);
+    }
+
+    #[test]
+    fn binds_are_restricted_before_they_are_attached() {
+        let mut sys = Recording::new();
+        run(&mut sys, &request(), Method::Kernel).unwrap();
+        for (source, dest, attrs) in sys.binds() {
+            assert!(attrs.nosuid, "{dest:?}");
+            assert_eq!(attrs.nodev, dest != Path::new("/dev"), "{dest:?}");
+            assert_eq!(attrs.readonly, dest == Path::new("/data"), "{dest:?}");
+            assert_eq!(source, dest); // every source here binds onto its own name
+        }
+        assert!(remounts(&sys).len() == 1, "only the root is remounted");
+    }
+
+    #[test]
+    fn old_kernels_bind_then_remount_each_bind_with_its_flags() {
+        let mut sys = Recording::new();
+        sys.old_kernel = true;
+        run(&mut sys, &request(), Method::Kernel).unwrap();
+        let plain: Vec<PathBuf> = sys
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Bind {
+                    dest,
+                    recursive: true,
+                    ..
+                } => Some(dest.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(plain.len(), 6);
+        let remounts = remounts(&sys);
+        // Each bind is followed by its remount; the root's comes last.
+        assert_eq!(remounts.len(), plain.len() + 1);
+        for (dest, flags) in &remounts {
+            assert!(flags.contains(MsFlags::MS_NOSUID), "{dest:?}");
+            // /dev keeps whatever its host mount has (here, the fake's folder's).
+            if dest != Path::new("/dev") {
+                assert!(flags.contains(MsFlags::MS_NODEV), "{dest:?}");
+            }
+        }
+        let data = remounts
+            .iter()
+            .find(|(d, _)| d == Path::new("/data"))
+            .unwrap();
+        assert!(data.1.contains(MsFlags::MS_RDONLY));
+        let home = remounts
+            .iter()
+            .find(|(d, _)| d == Path::new("/home/alice"))
+            .unwrap();
+        assert!(!home.1.contains(MsFlags::MS_RDONLY));
+        let bind_at = sys
+            .calls
+            .iter()
+            .position(|c| matches!(c, Call::Bind { dest, .. } if dest == Path::new("/data")))
+            .unwrap();
+        assert!(
+            matches!(&sys.calls[bind_at + 1], Call::Remount { target, .. } if target == Path::new("/data"))
+        );
+    }
+
+    #[test]
+    fn a_missing_optional_source_is_skipped_and_a_required_one_fails() {
+        let mut sys = Recording::new();
+        sys.missing = vec!["/home/alice".into()];
+        run(&mut sys, &request(), Method::Kernel).unwrap();
+        assert!(!sys
+            .binds()
+            .iter()
+            .any(|(_, d, _)| d == Path::new("/home/alice")));
+
+        let mut sys = Recording::new();
+        sys.missing = vec!["/data".into()];
+        let err = run(&mut sys, &request(), Method::Kernel).unwrap_err();
+        assert!(
+            matches!(&err, Error::MountSource { user, .. } if user == "alice"),
+            "{err}"
+        );
+        assert!(
+            !sys.calls.iter().any(|c| matches!(c, Call::Tmpfs { .. })),
+            "nothing mounted"
+        );
+    }
+
+    #[test]
+    fn a_working_folder_the_user_may_not_read_is_refused() {
+        let mut req = request();
+        req.cwd = Some("/scratch/secret".into());
+        let mut sys = Recording::new();
+        sys.refused = vec!["/scratch/secret".into()];
+        let err = run(&mut sys, &req, Method::Kernel).unwrap_err();
+        assert!(matches!(err, Error::Workdir { .. }), "{err}");
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::BindRestricted { .. })));
+    }
+
+    #[test]
+    fn user_destinations_are_judged_where_they_resolve() {
+        let mut req = request();
+        req.user_mount_destinations = Some(vec!["/data".into(), "/scratch".into()]);
+        let mut sys = Recording::new();
+        run(&mut sys, &req, Method::Kernel).unwrap();
+        assert!(sys.binds().iter().any(|(_, d, _)| d == Path::new("/data")));
+
+        req.mounts[0].dest = "/etc/ssl".into();
+        let mut sys = Recording::new();
+        let err = run(&mut sys, &req, Method::Kernel).unwrap_err();
+        assert!(matches!(err, Error::MountDestination { .. }), "{err}");
+        assert!(!sys.calls.contains(&Call::Pivot));
+    }
+
+    #[test]
+    fn a_file_source_needs_a_file_destination() {
+        let mut req = request();
+        req.mounts[0] = MountSpec {
+            source: "/home/alice/notes.txt".into(),
+            dest: "/etc".into(),
+            readonly: false,
+        };
+        let mut sys = Recording::new();
+        sys.files = vec!["/home/alice/notes.txt".into()];
+        // /etc was made a folder by the account files written before.
+        let err = run(&mut sys, &req, Method::Kernel).unwrap_err().to_string();
+        assert!(
+            err.contains("is a file but the destination is a folder"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_fuse_mount_is_kept_for_the_job_only_when_this_container_serves_it() {
+        let mut sys = Recording::new();
+        let built = run(&mut sys, &request(), Method::Fuse).unwrap();
+        assert_eq!(built.mounted, Mounted::OwnFuse);
+        let binds = sys.binds();
+        assert_eq!(
+            binds[0],
+            (
+                "/tmp/image".into(),
+                "/.ferry/image".into(),
+                Attrs::READ_ONLY
+            )
+        );
+
+        let mut sys = Recording::new();
+        sys.fuse_mounted = Mounted::SharedFuse;
+        run(&mut sys, &request(), Method::Fuse).unwrap();
+        assert!(!sys
+            .binds()
+            .iter()
+            .any(|(_, d, _)| d == Path::new("/.ferry/image")));
+    }
+
+    #[test]
+    fn folders_and_files_reach_the_writable_layer_before_binds() {
+        let mut sys = Recording::new();
+        let mut req = request();
+        req.slurm_clients = Some(crate::request::SlurmClients {
+            launcher: "/usr/libexec/ferry/ferry-host-exec".into(),
+            commands: vec!["srun".into()],
+        });
+        let built = run(&mut sys, &req, Method::Bind).unwrap();
+        assert_eq!(built.mounted, Mounted::Bind);
+        let first_bind = sys
+            .calls
+            .iter()
+            .position(|c| matches!(c, Call::BindRestricted { .. }))
+            .unwrap();
+        let passwd = sys
+            .calls
+            .iter()
+            .position(|c| *c == Call::WriteFile("/etc/passwd".into()))
+            .unwrap();
+        let link = sys
+            .calls
+            .iter()
+            .position(|c| {
+                *c == Call::Symlink {
+                    dest: "/.ferry/bin/srun".into(),
+                    target: "ferry-host-exec".into(),
+                }
+            })
+            .unwrap();
+        assert!(passwd < link && link < first_bind);
+        let host_root = sys
+            .binds()
+            .into_iter()
+            .find(|(_, d, _)| d == Path::new(crate::request::HOST_ROOT))
+            .unwrap();
+        assert_eq!(host_root.0, PathBuf::from("/"));
+        assert_eq!(host_root.2, Attrs::READ_ONLY);
+        assert!(matches!(
+            plan::plan(&req, Format::Directory, Method::Bind)
+                .unwrap()
+                .binds()
+                .find(|b| b.dest == Path::new(crate::request::HOST_ROOT))
+                .unwrap()
+                .source,
+            Source::Host(_)
+        ));
+    }
 }

@@ -10,9 +10,11 @@
 //! when the namespace, and with it the FUSE mount, goes away.
 //! Forked children inherit the descriptor and `join` with setns.
 
-use crate::assemble::{self, FuseHandoff, ImageFacts};
+use crate::assemble;
+use crate::digest::{Digest, Source};
 use crate::error::{Error, Result};
-use crate::plan::{self, Plan};
+use crate::image_config::ImageConfig;
+use crate::privileged::FuseHandoff;
 use crate::request::Request;
 use crate::site::Untrusted;
 use crate::sys;
@@ -39,7 +41,50 @@ pub struct Container {
     pub setup_timeout: Duration,
 }
 
-const READY: &str = "ready";
+/// What the caller learns about the image: for the environment and the provenance record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageFacts {
+    pub format: String,
+    /// Who reads the image (`Mounted::name`): `kernel`, `fuse` (squashfuse as the user),
+    /// `fuse-shared` (the batch step's squashfuse) or `bind` (a root folder).
+    #[serde(default)]
+    pub mounted_by: String,
+    pub size: u64,
+    pub mtime_unix: i64,
+    pub digest: Option<Digest>,
+    pub digest_source: Option<Source>,
+    /// The image's stored configuration (`/.ferry/image.json`), when it has one.
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+}
+
+/// What the setup helper sends back on its pipe, as one JSON value: the image's facts
+/// once the container is ready, or why it is not.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Report {
+    Ready(Box<ImageFacts>),
+    /// The line the user reads.
+    Failed(String),
+}
+
+impl Report {
+    /// The report as the parent reads it back: a value the helper did not write in
+    /// full (it died, or wrote something else) is an error, never defaults.
+    fn decode(text: &str) -> Result<ImageFacts> {
+        if text.trim().is_empty() {
+            return Err(Error::Helper(
+                "the setup helper died without a report".into(),
+            ));
+        }
+        match serde_json::from_str(text) {
+            Ok(Report::Ready(facts)) => Ok(*facts),
+            Ok(Report::Failed(message)) => Err(Error::Helper(message.trim().to_string())),
+            Err(e) => Err(Error::Helper(format!(
+                "the setup helper's report cannot be read ({e})"
+            ))),
+        }
+    }
+}
 
 /// Builds the container for `req`. Must be called as root; safe to call from a
 /// multi-threaded process (the work happens in a forked child).
@@ -49,7 +94,6 @@ const READY: &str = "ready";
 /// with it) and the image's server are killed and the step fails with one line.
 pub fn prepare(req: &Request) -> Result<Container> {
     let deadline = Instant::now() + req.setup_timeout;
-    let plan = plan::plan(req);
     let (result_read, result_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
     let (release_read, release_write) =
@@ -66,7 +110,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
                     channel: theirs.into(),
                 }
             });
-            helper(req, &plan, handoff, result_write, release_read)
+            helper(req, handoff, result_write, release_read)
         }
         sys::Forked::Parent(pid) => {
             drop(result_write);
@@ -80,27 +124,11 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 None => None,
             };
             let outcome = match read_report(result_read, deadline) {
-                Ok(Some(report)) => match report.strip_prefix(READY) {
-                    Some(facts) => {
-                        sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
-                            .map_err(|e| {
-                                Error::system("opening the container's mount namespace", e)
-                            })
-                            .map(|ns| {
-                                (
-                                    ns,
-                                    serde_json::from_str::<ImageFacts>(facts.trim())
-                                        .unwrap_or_default(),
-                                )
-                            })
-                    }
-                    None if !report.trim().is_empty() => {
-                        Err(Error::Helper(report.trim().to_string()))
-                    }
-                    None => Err(Error::Helper(
-                        "the setup helper died without a report".into(),
-                    )),
-                },
+                Ok(Some(report)) => Report::decode(&report).and_then(|facts| {
+                    sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
+                        .map_err(|e| Error::system("opening the container's mount namespace", e))
+                        .map(|ns| (ns, facts))
+                }),
                 Ok(None) => {
                     // Out of time: the helper may be waiting on the user's files or
                     // server, or hashing. Killing it frees its namespace (and mounts).
@@ -127,7 +155,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
             };
             Ok(Container {
                 namespace,
-                workdir: assemble::effective_workdir(req, &plan, facts.config.as_ref()),
+                workdir: assemble::effective_workdir(req, facts.config.as_ref()),
                 user: req.user.clone(),
                 image: req.image.clone(),
                 facts,
@@ -228,40 +256,27 @@ fn reap(pid: Pid, limit: Duration) {
 }
 
 /// The helper's whole life: assemble, report, wait for the parent to take the namespace.
-fn helper(
-    req: &Request,
-    plan: &Plan,
-    fuse: Option<FuseHandoff>,
-    result: OwnedFd,
-    release: OwnedFd,
-) -> ! {
+fn helper(req: &Request, fuse: Option<FuseHandoff>, result: OwnedFd, release: OwnedFd) -> ! {
     // Moved into assemble and closed when it returns, before the report: the parent
     // waits on the socket first.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assemble::assemble(req, plan, fuse)
+        assemble::assemble(req, fuse)
     }));
-    let mut result = std::fs::File::from(result);
     let mut user_process = None;
-    let code = match outcome {
+    let (report, code) = match outcome {
         Ok(Ok((facts, as_user))) => {
-            let report = format!(
-                "{READY}\n{}",
-                serde_json::to_string(&facts).unwrap_or_default()
-            );
-            let _ = result.write_all(report.as_bytes());
             user_process = Some(as_user);
-            0
+            (Report::Ready(Box::new(facts)), 0)
         }
-        Ok(Err(e)) => {
-            let _ = result.write_all(e.to_string().as_bytes());
-            1
-        }
-        Err(_) => {
-            let _ = result.write_all(b"internal error: the setup helper panicked");
-            2
-        }
+        Ok(Err(e)) => (Report::Failed(e.to_string()), 1),
+        Err(_) => (
+            Report::Failed("internal error: the setup helper panicked".into()),
+            2,
+        ),
     };
-    drop(result);
+    // A report that cannot be encoded reaches the parent as an unreadable one.
+    let text = serde_json::to_vec(&report).unwrap_or_default();
+    let _ = std::fs::File::from(result).write_all(&text);
     // Reaped now that the caller has the report: its exit costs the step nothing.
     drop(user_process);
     let mut byte = [0u8; 1];
@@ -352,5 +367,45 @@ impl Container {
         let u = &self.user;
         sys::become_user(u.uid, u.gid, &u.gids())
             .map_err(|e| Error::system(format!("becoming user {}", u.name), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_helpers_report_round_trips_and_nothing_defaults() {
+        let facts = ImageFacts {
+            format: "squashfs".into(),
+            mounted_by: "kernel".into(),
+            size: 4096,
+            ..Default::default()
+        };
+        let ready = serde_json::to_string(&Report::Ready(Box::new(facts.clone()))).unwrap();
+        assert_eq!(Report::decode(&ready).unwrap(), facts);
+
+        let failed =
+            serde_json::to_string(&Report::Failed("image /x: not found\n".into())).unwrap();
+        let err = Report::decode(&failed).unwrap_err();
+        assert!(
+            matches!(&err, Error::Helper(m) if m == "image /x: not found"),
+            "{err:?}"
+        );
+
+        let err = Report::decode("").unwrap_err();
+        assert!(matches!(&err, Error::Helper(m) if m == "the setup helper died without a report"));
+        // Cut short, or facts of another shape: an error, never default facts.
+        for broken in [
+            &ready[..ready.len() / 2],
+            r#"{"Ready":{"format":7}}"#,
+            "ready\n{}",
+        ] {
+            let err = Report::decode(broken).unwrap_err();
+            assert!(
+                matches!(&err, Error::Helper(m) if m.starts_with("the setup helper's report cannot be read")),
+                "{broken}: {err:?}"
+            );
+        }
     }
 }

@@ -6,19 +6,21 @@
 
 #![deny(unsafe_code)]
 
-pub mod as_user;
-pub mod assemble;
-pub mod container;
+// Root code that only the runtime itself calls: the setup helper's pieces.
+mod as_user;
+mod assemble;
+mod container;
 pub mod digest;
 pub mod error;
 pub mod image;
 pub mod image_config;
-pub mod plan;
+mod plan;
 pub mod plugin_config;
 pub mod policy;
+mod privileged;
 pub mod request;
 pub mod resolve;
-pub mod share;
+mod share;
 pub mod sif;
 pub mod site;
 pub mod step_request;
@@ -27,7 +29,7 @@ pub mod superblock;
 mod sys;
 pub mod users;
 
-pub use container::{prepare, Container};
+pub use container::{prepare, Container, ImageFacts};
 pub use error::{Error, Result};
 pub use request::{MountSpec, Request, SlurmClients};
 pub use users::User;

@@ -39,10 +39,7 @@ impl User {
         let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_string()))?;
         let gids = nix::unistd::getgrouplist(&cname, user.gid)
             .map_err(|e| Error::system(format!("listing the groups of {name}"), e.into()))?;
-        Ok(Self::from_parts(
-            &user,
-            gids.iter().map(|g| g.as_raw()).collect(),
-        ))
+        Ok(Self::from_parts(&user, gids.iter().map(|g| g.as_raw()).collect()).with_primary_group())
     }
 
     /// Looks the user up by uid; `gids` are the supplementary groups Slurm gives the job.
@@ -52,7 +49,21 @@ impl User {
             .ok_or_else(|| Error::UnknownUser(uid.to_string()))?;
         let mut user = Self::from_parts(&user, gids);
         user.gid = gid;
-        Ok(user)
+        Ok(user.with_primary_group())
+    }
+
+    /// Lists the primary group among the groups, named now: every name is looked up
+    /// (NSS: files, sssd, LDAP) when the user is, in the caller, never after the fork
+    /// that builds the container (a forked child of a threaded process must not).
+    fn with_primary_group(mut self) -> User {
+        if !self.groups.iter().any(|g| g.gid == self.gid) {
+            let primary = Group {
+                gid: self.gid,
+                name: group_name(self.gid),
+            };
+            self.groups.insert(0, primary);
+        }
+        self
     }
 
     fn from_parts(user: &nix::unistd::User, gids: Vec<u32>) -> User {
@@ -74,6 +85,7 @@ impl User {
     }
 }
 
+/// The group's name from the host's name service, or `gidN` when it has none.
 fn group_name(gid: u32) -> String {
     match nix::unistd::Group::from_gid(gid.into()) {
         Ok(Some(g)) => g.name,
@@ -110,11 +122,13 @@ pub fn merge_group(image: &str, user: &User) -> String {
     let mut lines: Vec<String> = image.lines().map(str::to_string).collect();
     let mut wanted: Vec<Group> = user.groups.clone();
     if !wanted.iter().any(|g| g.gid == user.gid) {
+        // The lookups list it (`with_primary_group`); no name service is asked here,
+        // after the fork.
         wanted.insert(
             0,
             Group {
                 gid: user.gid,
-                name: group_name(user.gid),
+                name: format!("gid{}", user.gid),
             },
         );
     }
