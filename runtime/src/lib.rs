@@ -13,6 +13,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod image_config;
+pub mod oci;
 pub mod plan;
 pub mod plugin_config;
 pub mod request;
