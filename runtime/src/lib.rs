@@ -13,11 +13,14 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod image_config;
+pub mod node_checks;
 pub mod oci;
 pub mod plan;
 pub mod plugin_config;
 pub mod request;
 pub mod resolve;
+#[cfg(test)]
+mod scratch;
 pub mod share;
 pub mod sif;
 pub mod site;

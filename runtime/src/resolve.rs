@@ -207,6 +207,7 @@ pub fn components(path: &Path) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use std::os::unix::fs::symlink;
 
     fn root_of(dir: &Path) -> OwnedFd {
@@ -303,32 +304,7 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
-    /// A scratch folder removed when the test ends.
-    struct Scratch(std::path::PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = std::path::PathBuf;
-        fn deref(&self) -> &Self::Target {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn tempdir() -> Scratch {
-        let base = std::env::temp_dir().join(format!(
-            "ferry-resolve-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&base).unwrap();
-        Scratch(base.canonicalize().unwrap())
+        Scratch::new("resolve")
     }
 }

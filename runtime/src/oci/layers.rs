@@ -323,6 +323,7 @@ pub fn make_writable(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
 
     /// One tar entry: name (written raw, so `..` gets through), type, content or link.
     fn entry(name: &str, kind: tar::EntryType, data: &str) -> (tar::Header, Vec<u8>) {
@@ -357,21 +358,13 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    struct Scratch(PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = remove_any(&self.0);
-        }
-    }
-
     fn scratch(tag: &str) -> (Scratch, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("ferry-unpack-{tag}-{}", std::process::id()));
-        let _ = remove_any(&dir);
+        let dir = Scratch::new(tag);
         let root = dir.join("root");
         fs::create_dir_all(&root).unwrap();
         // As `ferry import` makes it: private.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
-        (Scratch(dir), root)
+        (dir, root)
     }
 
     use tar::EntryType as T;
@@ -393,7 +386,7 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/written")).unwrap(), "a");
         assert_eq!(fs::read_to_string(root.join("beside")).unwrap(), "b");
-        assert!(!scratch.0.join("beside").exists());
+        assert!(!scratch.join("beside").exists());
         // `..` in a name and hard links out of the image are refused.
         let e = u
             .apply_layer(layer(&[("../out", T::Regular, "x")]).as_slice())
@@ -403,7 +396,7 @@ mod tests {
             .apply_layer(layer(&[("hl", T::Link, "../../etc/passwd")]).as_slice())
             .unwrap_err();
         assert!(e.contains("leaves the image"), "{e}");
-        assert!(!scratch.0.join("out").exists());
+        assert!(!scratch.join("out").exists());
     }
 
     #[test]
