@@ -94,6 +94,18 @@ impl ImageConfig {
         Ok(config)
     }
 
+    /// Checks the stored file's bytes as `ferry run` does before using them: bounded in
+    /// size, then `parse`d. `ferry inspect` calls it so that both give one verdict.
+    pub fn check_stored(text: &[u8], image: &Path) -> Result<ImageConfig, String> {
+        if text.len() as u64 > MAX_CONFIG_SIZE {
+            return Err(format!(
+                "image {}: {CONFIG_PATH} is larger than {MAX_CONFIG_SIZE} bytes; rebuild the image with ferry import, or remove that file",
+                image.display()
+            ));
+        }
+        ImageConfig::parse(text, image)
+    }
+
     /// The image's working directory, when it names an absolute folder.
     pub fn workdir(&self) -> Option<PathBuf> {
         self.working_dir
