@@ -306,7 +306,7 @@ pub fn is_trusted(image: &OpenedImage, trusted_dirs: &[PathBuf]) -> bool {
 /// or others (a symlink's own mode means nothing: its owner counts). None: all root's.
 pub fn not_root_only(root: &Path, path: &Path) -> Option<PathBuf> {
     path.ancestors().find_map(|p| {
-        let at = root.join(p.strip_prefix("/").unwrap_or(p));
+        let at = crate::resolve::under(root, p);
         let safe = std::fs::symlink_metadata(at)
             .is_ok_and(|m| m.uid() == 0 && (m.file_type().is_symlink() || m.mode() & 0o022 == 0));
         (!safe).then(|| p.to_path_buf())

@@ -7,6 +7,7 @@
 //! A check is a function `fn(&Node) -> Vec<Finding>` listed in `CHECKS`; add one there.
 
 use crate::plugin_config::Config;
+use crate::resolve::under;
 use crate::site::{Site, Untrusted};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -508,11 +509,6 @@ fn pmix(node: &Node) -> Vec<Finding> {
             "install libpmix-dev (Debian) or pmix-devel (EL), then restart slurmd",
         )],
     }
-}
-
-/// `abs`, a path on the node whose `/` is `root`, as seen from here.
-fn under(root: &Path, abs: &Path) -> PathBuf {
-    root.join(abs.strip_prefix("/").unwrap_or(abs))
 }
 
 /// The site file the plugin will read (named by `site_config=`, else the default when

@@ -81,6 +81,12 @@ pub fn walk<L: Lookup>(lookup: &mut L, root: L::Handle, path: &Path) -> io::Resu
     Ok(last.unwrap_or_else(|| dirs.pop().expect("at least the root")))
 }
 
+/// `abs`, an absolute path inside the tree whose `/` is `root`, as a path here: joined
+/// by name, no symlink followed (see `in_tree` for that).
+pub fn under(root: &Path, abs: &Path) -> PathBuf {
+    root.join(abs.strip_prefix("/").unwrap_or(abs))
+}
+
 /// `path` (absolute as seen inside `root`) resolved by name under `root`, a tree nobody
 /// changes under us (the read-only host root at /.ferry/host): symlinks are followed as
 /// inside `root`, and missing components are kept as they are (the caller then finds
@@ -96,13 +102,13 @@ pub fn in_tree(root: &Path, path: &Path) -> io::Result<PathBuf> {
             _: bool,
         ) -> io::Result<Entry<PathBuf>> {
             let inside = parent.join(name);
-            Ok(match std::fs::read_link(self.0.join(&inside)) {
+            Ok(match std::fs::read_link(under(self.0, &inside)) {
                 Ok(target) => Entry::Symlink(target),
                 Err(_) => Entry::Dir(inside),
             })
         }
     }
-    walk(&mut ByName(root), PathBuf::new(), path).map(|inside| root.join(inside))
+    walk(&mut ByName(root), PathBuf::from("/"), path).map(|inside| under(root, &inside))
 }
 
 /// What to create when the last component is missing.

@@ -208,24 +208,12 @@ impl Source {
         };
         let config_name = safe_name(&manifest.config)?;
         let config: ConfigBlob = self.read_json(&config_name, None)?;
-        let diff_ids = config.diff_ids()?;
-        same_layer_count("manifest.json", manifest.layers.len(), diff_ids.len())?;
-        let layers = manifest
+        let blobs = manifest
             .layers
             .iter()
-            .zip(diff_ids)
-            .map(|(name, diff_id)| {
-                Ok(Layer {
-                    name: safe_name(name)?,
-                    blob_digest: None,
-                    diff_id: Some(diff_id),
-                })
-            })
+            .map(|name| Ok((safe_name(name)?, None)))
             .collect::<Result<_, String>>()?;
-        Ok(Image {
-            layers,
-            config: config.image_config(),
-        })
+        config.image("manifest.json", blobs)
     }
 
     fn oci_image(&self) -> Result<Image, String> {
@@ -248,13 +236,10 @@ impl Source {
         let manifest: OciManifest = self.read_json(&blob_name(&hex), Some(&hex))?;
         let config_hex = sha256_hex(&manifest.config.digest)?;
         let config: ConfigBlob = self.read_json(&blob_name(&config_hex), Some(&config_hex))?;
-        let diff_ids = config.diff_ids()?;
-        same_layer_count("the manifest", manifest.layers.len(), diff_ids.len())?;
-        let layers = manifest
+        let blobs = manifest
             .layers
             .iter()
-            .zip(diff_ids)
-            .map(|(layer, diff_id)| {
+            .map(|layer| {
                 if !layer.media_type.contains("tar") {
                     return Err(format!(
                         "layer {}: media type {} is not a filesystem layer",
@@ -262,17 +247,10 @@ impl Source {
                     ));
                 }
                 let hex = sha256_hex(&layer.digest)?;
-                Ok(Layer {
-                    name: blob_name(&hex),
-                    blob_digest: Some(hex),
-                    diff_id: Some(diff_id),
-                })
+                Ok((blob_name(&hex), Some(hex)))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Image {
-            layers,
-            config: config.image_config(),
-        })
+        config.image("the manifest", blobs)
     }
 
     /// Streams one layer blob through the digests and the decompressor (gzip or zstd, told
@@ -484,6 +462,33 @@ impl ConfigBlob {
             .unwrap_or_else(|| Err("the image configuration has no rootfs.diff_ids".into()))
     }
 
+    /// The image `manifest` describes: its layer blobs (name, and digest when the archive
+    /// names one) paired in order with the configuration's diff_ids, which must be as
+    /// many.
+    fn image(&self, manifest: &str, blobs: Vec<(String, Option<String>)>) -> Result<Image, String> {
+        let diff_ids = self.diff_ids()?;
+        if blobs.len() != diff_ids.len() {
+            return Err(format!(
+                "{manifest} has {} layers but the configuration lists {}; the archive is corrupt",
+                blobs.len(),
+                diff_ids.len()
+            ));
+        }
+        let layers = blobs
+            .into_iter()
+            .zip(diff_ids)
+            .map(|((name, blob_digest), diff_id)| Layer {
+                name,
+                blob_digest,
+                diff_id: Some(diff_id),
+            })
+            .collect();
+        Ok(Image {
+            layers,
+            config: self.image_config(),
+        })
+    }
+
     /// The configuration ferry keeps, without empty values.
     fn image_config(&self) -> ImageConfig {
         let c = self.config.clone().unwrap_or_default();
@@ -496,14 +501,4 @@ impl ConfigBlob {
             labels: c.labels.filter(|l| !l.is_empty()),
         }
     }
-}
-
-/// The manifest and the configuration must describe the same number of layers.
-fn same_layer_count(manifest: &str, layers: usize, diff_ids: usize) -> Result<(), String> {
-    if layers != diff_ids {
-        return Err(format!(
-            "{manifest} has {layers} layers but the configuration lists {diff_ids}; the archive is corrupt"
-        ));
-    }
-    Ok(())
 }
