@@ -199,6 +199,22 @@ mod tests {
     }
 
     #[test]
+    fn stored_files_are_bounded_then_parsed() {
+        let image = Path::new("/img.sqfs");
+        let mut big = b"{\"Env\": [\"A=".to_vec();
+        big.resize(MAX_CONFIG_SIZE as usize + 1, b'x');
+        let e = ImageConfig::check_stored(&big, image).unwrap_err();
+        assert!(e.contains("larger than") && e.contains("/img.sqfs"), "{e}");
+        let e = ImageConfig::check_stored(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err();
+        assert_eq!(
+            e,
+            ImageConfig::parse(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err()
+        );
+        let ok = ImageConfig::check_stored(br#"{"Env": ["PATH=/bin"]}"#, image).unwrap();
+        assert_eq!(ok.env, Some(vec!["PATH=/bin".to_string()]));
+    }
+
+    #[test]
     fn garbage_is_one_clear_line_naming_the_image() {
         for bad in [
             &b"not json"[..],
