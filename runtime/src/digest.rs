@@ -27,6 +27,11 @@ impl Digest {
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| Digest(format!("{PREFIX}{}", hex.to_ascii_lowercase())))
     }
+
+    /// The 64 lowercase hex digits, without `sha256:`.
+    pub fn hex(&self) -> &str {
+        &self.0[PREFIX.len()..]
+    }
 }
 
 impl TryFrom<String> for Digest {

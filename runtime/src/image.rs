@@ -94,66 +94,94 @@ pub fn examine(
     })
 }
 
-/// Tells an image file's format from its content (never its name).
+/// The kind of image file its first bytes (`PROBE_LEN` of them) announce, before
+/// anything is checked: what `probe` then checks, and what `ferry inspect` describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Magic {
+    Sif,
+    Squashfs,
+    Ext,
+}
+
+/// Tells the kind of an image file from its first bytes; None: not an image ferry knows.
+pub fn identify(head: &[u8]) -> Option<Magic> {
+    if sif::is_sif(head) {
+        Some(Magic::Sif)
+    } else if superblock::is_squashfs(head) {
+        Some(Magic::Squashfs)
+    } else if superblock::is_ext(head) {
+        Some(Magic::Ext)
+    } else {
+        None
+    }
+}
+
+/// Bytes `identify` and `probe` look at.
+pub const PROBE_LEN: usize = superblock::PROBE_LEN;
+
+/// Tells an image file's format from its content (never its name), and whether ferry
+/// can mount it: the one verdict `ferry run`, the plugin and `ferry inspect` give.
 pub fn probe(file: &File, path: &Path) -> Result<Format> {
     let file_size = file
         .metadata()
         .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?
         .len();
-    let head = read_head(file, superblock::PROBE_LEN).map_err(|e| read_err(path, e))?;
-    if sif::is_sif(&head) {
-        let found = read_sif(file, file_size, &head).map_err(|e| sif_err(path, e))?;
-        return match found.root() {
-            sif::Root::Squashfs { offset, size } => {
-                // Inside the file (checked by the parser); the superblock is 96 bytes.
-                let magic = read_at(file, offset, 4).unwrap_or_default();
-                if size < 96 || !superblock::is_squashfs(&magic) {
-                    return Err(sif_err(
-                        path,
-                        sif::SifError::Corrupt(format!(
-                            "the root partition at byte {offset} holds no SquashFS"
-                        )),
-                    ));
-                }
-                // The kernel reads SquashFS in 4096-byte blocks (mksquashfs pads its
-                // output to that); a device that ends mid-block fails with EIO. Round
-                // up: SquashFS never uses bytes past its own end, so what follows
-                // (padding, the next object) is never read as data. The file must hold
-                // that last block.
-                let padded_size = size.div_ceil(4096).saturating_mul(4096);
-                if offset.saturating_add(padded_size) > file_size {
-                    return Err(Error::SifPartitionTail {
-                        path: path.to_path_buf(),
-                    });
-                }
-                Ok(Format::Sif {
-                    offset,
-                    size: padded_size,
-                })
-            }
-            sif::Root::Encrypted => Err(Error::SifEncrypted {
-                path: path.to_path_buf(),
-            }),
-            sif::Root::Ext3 => Err(Error::SifExt3 {
-                path: path.to_path_buf(),
-            }),
-            sif::Root::OtherFs(fs) => Err(Error::SifUnsupportedFs {
-                path: path.to_path_buf(),
-                fs: sif::fs_name(fs),
-            }),
-            sif::Root::Missing => Err(Error::SifNoRoot {
-                path: path.to_path_buf(),
-            }),
-        };
-    }
-    if superblock::is_squashfs(&head) {
-        Ok(Format::Squashfs)
-    } else if superblock::is_ext(&head) {
-        Ok(Format::Ext)
-    } else {
-        Err(Error::NotAnImage {
+    let head = read_head(file, PROBE_LEN).map_err(|e| read_err(path, e))?;
+    match identify(&head) {
+        Some(Magic::Sif) => probe_sif(file, file_size, &head, path),
+        Some(Magic::Squashfs) => Ok(Format::Squashfs),
+        Some(Magic::Ext) => Ok(Format::Ext),
+        None => Err(Error::NotAnImage {
             path: path.to_path_buf(),
-        })
+        }),
+    }
+}
+
+/// A SIF file is runnable when its root partition is a SquashFS that the file holds
+/// whole, to the kernel's last block.
+fn probe_sif(file: &File, file_size: u64, head: &[u8], path: &Path) -> Result<Format> {
+    let found = read_sif(file, file_size, head).map_err(|e| sif_err(path, e))?;
+    match found.root() {
+        sif::Root::Squashfs { offset, size } => {
+            // Inside the file (checked by the parser); the superblock is 96 bytes.
+            let magic = read_at(file, offset, 4).unwrap_or_default();
+            if size < 96 || !superblock::is_squashfs(&magic) {
+                return Err(sif_err(
+                    path,
+                    sif::SifError::Corrupt(format!(
+                        "the root partition at byte {offset} holds no SquashFS"
+                    )),
+                ));
+            }
+            // The kernel reads SquashFS in 4096-byte blocks (mksquashfs pads its
+            // output to that); a device that ends mid-block fails with EIO. Round
+            // up: SquashFS never uses bytes past its own end, so what follows
+            // (padding, the next object) is never read as data. The file must hold
+            // that last block.
+            let padded_size = size.div_ceil(4096).saturating_mul(4096);
+            if offset.saturating_add(padded_size) > file_size {
+                return Err(Error::SifPartitionTail {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(Format::Sif {
+                offset,
+                size: padded_size,
+            })
+        }
+        sif::Root::Encrypted => Err(Error::SifEncrypted {
+            path: path.to_path_buf(),
+        }),
+        sif::Root::Ext3 => Err(Error::SifExt3 {
+            path: path.to_path_buf(),
+        }),
+        sif::Root::OtherFs(fs) => Err(Error::SifUnsupportedFs {
+            path: path.to_path_buf(),
+            fs: sif::fs_name(fs),
+        }),
+        sif::Root::Missing => Err(Error::SifNoRoot {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -278,7 +306,7 @@ pub fn is_trusted(image: &OpenedImage, trusted_dirs: &[PathBuf]) -> bool {
 /// or others (a symlink's own mode means nothing: its owner counts). None: all root's.
 pub fn not_root_only(root: &Path, path: &Path) -> Option<PathBuf> {
     path.ancestors().find_map(|p| {
-        let at = root.join(p.strip_prefix("/").unwrap_or(p));
+        let at = crate::resolve::under(root, p);
         let safe = std::fs::symlink_metadata(at)
             .is_ok_and(|m| m.uid() == 0 && (m.file_type().is_symlink() || m.mode() & 0o022 == 0));
         (!safe).then(|| p.to_path_buf())

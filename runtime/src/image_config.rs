@@ -94,6 +94,18 @@ impl ImageConfig {
         Ok(config)
     }
 
+    /// Checks the stored file's bytes as `ferry run` does before using them: bounded in
+    /// size, then `parse`d. `ferry inspect` calls it so that both give one verdict.
+    pub fn check_stored(text: &[u8], image: &Path) -> Result<ImageConfig, String> {
+        if text.len() as u64 > MAX_CONFIG_SIZE {
+            return Err(format!(
+                "image {}: {CONFIG_PATH} is larger than {MAX_CONFIG_SIZE} bytes; rebuild the image with ferry import, or remove that file",
+                image.display()
+            ));
+        }
+        ImageConfig::parse(text, image)
+    }
+
     /// The image's working directory, when it names an absolute folder.
     pub fn workdir(&self) -> Option<PathBuf> {
         self.working_dir
@@ -184,6 +196,22 @@ mod tests {
                 format!("/host/bin:{}", crate::request::STANDARD_PATH.join(":"))
             )]
         );
+    }
+
+    #[test]
+    fn stored_files_are_bounded_then_parsed() {
+        let image = Path::new("/img.sqfs");
+        let mut big = b"{\"Env\": [\"A=".to_vec();
+        big.resize(MAX_CONFIG_SIZE as usize + 1, b'x');
+        let e = ImageConfig::check_stored(&big, image).unwrap_err();
+        assert!(e.contains("larger than") && e.contains("/img.sqfs"), "{e}");
+        let e = ImageConfig::check_stored(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err();
+        assert_eq!(
+            e,
+            ImageConfig::parse(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err()
+        );
+        let ok = ImageConfig::check_stored(br#"{"Env": ["PATH=/bin"]}"#, image).unwrap();
+        assert_eq!(ok.env, Some(vec!["PATH=/bin".to_string()]));
     }
 
     #[test]

@@ -14,12 +14,16 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod image_config;
+pub mod node_checks;
+pub mod oci;
 mod plan;
 pub mod plugin_config;
 pub mod policy;
 mod privileged;
 pub mod request;
 pub mod resolve;
+#[cfg(test)]
+mod scratch;
 mod share;
 pub mod sif;
 pub mod site;

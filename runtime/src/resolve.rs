@@ -1,17 +1,115 @@
-//! Path resolution inside the container root, through file descriptors only.
+//! Path resolution inside a root (a container's, an image layer's, the host's under
+//! `/.ferry/host`): the one walker of symlinks that never leaves its root.
 //!
 //! An image may hold symlinks such as `/etc -> /host-secrets` or `../../..`. Resolving a
-//! mount destination by name on the host would follow them out of the root. Here every
-//! component is opened with O_NOFOLLOW relative to its parent, symlinks are expanded by
-//! hand against the container root, and `..` never climbs above it.
+//! path by name on the host would follow them out of the root. Here each component is
+//! looked up beside its parent, symlinks are expanded by hand against the root, and `..`
+//! never climbs above it. How a component is looked up is the caller's (`Lookup`): by
+//! file descriptor with O_NOFOLLOW for root's mounts (`InRoot`), by name in a private
+//! staging folder (`oci::layers`), by name under a read-only tree (`in_tree`).
 
 use crate::sys;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
-const MAX_SYMLINKS: usize = 40;
+/// Symlinks followed in one walk before it fails with ELOOP (Linux's own limit).
+pub const MAX_SYMLINKS: usize = 40;
+
+/// What one component of a path turned out to be.
+pub enum Entry<H> {
+    /// A folder: the walk goes on inside it.
+    Dir(H),
+    /// A symlink with this target: the walk goes on along the target, from the root when
+    /// the target is absolute.
+    Symlink(PathBuf),
+    /// Anything else: the walk may end here, and fails with ENOTDIR if it does not.
+    Other(H),
+}
+
+/// How a walk looks up one component beside the folder it has reached.
+pub trait Lookup {
+    /// A folder or file reached (a descriptor, a path).
+    type Handle;
+    /// Looks up `name` in `parent`; `is_last` when nothing follows it in the path.
+    fn lookup(
+        &mut self,
+        parent: &Self::Handle,
+        name: &OsStr,
+        is_last: bool,
+    ) -> io::Result<Entry<Self::Handle>>;
+}
+
+/// Resolves `path` (absolute or relative, both taken from `root`) inside `root`,
+/// expanding symlinks against it and clamping `..` at it.
+pub fn walk<L: Lookup>(lookup: &mut L, root: L::Handle, path: &Path) -> io::Result<L::Handle> {
+    let mut pending: Vec<OsString> = components(path);
+    pending.reverse(); // a stack: next component at the end
+    let mut dirs: Vec<L::Handle> = vec![root];
+    let mut symlinks = 0;
+    let mut last: Option<L::Handle> = None;
+    while let Some(name) = pending.pop() {
+        if last.is_some() {
+            // A previous component was not a folder but more components follow.
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        if name == ".." {
+            if dirs.len() > 1 {
+                dirs.pop();
+            }
+            continue;
+        }
+        let parent = dirs.last().expect("the root is never popped");
+        match lookup.lookup(parent, &name, pending.is_empty())? {
+            Entry::Dir(handle) => dirs.push(handle),
+            Entry::Other(handle) => last = Some(handle),
+            Entry::Symlink(target) => {
+                symlinks += 1;
+                if symlinks > MAX_SYMLINKS {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                if target.is_absolute() {
+                    dirs.truncate(1);
+                }
+                let mut more = components(&target);
+                more.reverse();
+                pending.extend(more);
+            }
+        }
+    }
+    Ok(last.unwrap_or_else(|| dirs.pop().expect("at least the root")))
+}
+
+/// `abs`, an absolute path inside the tree whose `/` is `root`, as a path here: joined
+/// by name, no symlink followed (see `in_tree` for that).
+pub fn under(root: &Path, abs: &Path) -> PathBuf {
+    root.join(abs.strip_prefix("/").unwrap_or(abs))
+}
+
+/// `path` (absolute as seen inside `root`) resolved by name under `root`, a tree nobody
+/// changes under us (the read-only host root at /.ferry/host): symlinks are followed as
+/// inside `root`, and missing components are kept as they are (the caller then finds
+/// nothing there). The launcher uses it to find the host's programs and libraries.
+pub fn in_tree(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    struct ByName<'a>(&'a Path);
+    impl Lookup for ByName<'_> {
+        type Handle = PathBuf;
+        fn lookup(
+            &mut self,
+            parent: &PathBuf,
+            name: &OsStr,
+            _: bool,
+        ) -> io::Result<Entry<PathBuf>> {
+            let inside = parent.join(name);
+            Ok(match std::fs::read_link(under(self.0, &inside)) {
+                Ok(target) => Entry::Symlink(target),
+                Err(_) => Entry::Dir(inside),
+            })
+        }
+    }
+    walk(&mut ByName(root), PathBuf::from("/"), path).map(|inside| under(root, &inside))
+}
 
 /// What to create when the last component is missing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,71 +126,57 @@ pub struct InRoot<'a> {
     pub writable_dev: Option<u64>,
 }
 
+/// `InRoot`'s lookup: every component opened with O_PATH | O_NOFOLLOW beside its parent.
+struct ByDescriptor<'r, 'a> {
+    in_root: &'r InRoot<'a>,
+    create: Create,
+}
+
+impl Lookup for ByDescriptor<'_, '_> {
+    type Handle = OwnedFd;
+
+    fn lookup(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        is_last: bool,
+    ) -> io::Result<Entry<OwnedFd>> {
+        let open = || {
+            sys::openat(
+                Some(parent.as_fd()),
+                name,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )
+        };
+        let fd = match open() {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && self.create != Create::Nothing => {
+                let what = if is_last { self.create } else { Create::Dir };
+                self.in_root.create_entry(parent, name, what)?;
+                open()?
+            }
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        Ok(if sys::is_symlink(&st) {
+            Entry::Symlink(sys::readlink_fd(fd.as_fd())?)
+        } else if sys::is_dir(&st) {
+            Entry::Dir(fd)
+        } else {
+            Entry::Other(fd)
+        })
+    }
+}
+
 impl InRoot<'_> {
     /// Opens `path` (absolute or relative to the root) inside the root, with O_PATH.
     pub fn open(&self, path: &Path, create: Create) -> io::Result<OwnedFd> {
-        let mut pending: Vec<OsString> = components(path);
-        pending.reverse(); // a stack: next component at the end
-        let mut dirs: Vec<OwnedFd> = vec![self.root.try_clone()?];
-        let mut symlinks = 0;
-        let mut last: Option<OwnedFd> = None;
-        while let Some(name) = pending.pop() {
-            if let Some(file) = last.take() {
-                // A previous component was not a directory but more components follow.
-                drop(file);
-                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
-            }
-            if name == ".." {
-                if dirs.len() > 1 {
-                    dirs.pop();
-                }
-                continue;
-            }
-            let is_last = pending.is_empty();
-            let parent = dirs.last().expect("the root is never popped");
-            let fd = match sys::openat(
-                Some(parent.as_fd()),
-                &name,
-                libc::O_PATH | libc::O_NOFOLLOW,
-                0,
-            ) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create != Create::Nothing => {
-                    self.create_entry(parent, &name, if is_last { create } else { Create::Dir })?;
-                    sys::openat(
-                        Some(parent.as_fd()),
-                        &name,
-                        libc::O_PATH | libc::O_NOFOLLOW,
-                        0,
-                    )?
-                }
-                Err(e) => return Err(e),
-            };
-            let st = sys::fstat(fd.as_fd())?;
-            if sys::is_symlink(&st) {
-                symlinks += 1;
-                if symlinks > MAX_SYMLINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = sys::readlink_fd(fd.as_fd())?;
-                if target.is_absolute() {
-                    dirs.truncate(1);
-                }
-                let mut more = components(&target);
-                more.reverse();
-                pending.extend(more);
-                continue;
-            }
-            if sys::is_dir(&st) {
-                dirs.push(fd);
-            } else {
-                last = Some(fd);
-            }
-        }
-        match last {
-            Some(file) => Ok(file),
-            None => Ok(dirs.pop().expect("at least the root")),
-        }
+        let mut lookup = ByDescriptor {
+            in_root: self,
+            create,
+        };
+        walk(&mut lookup, self.root.try_clone()?, path)
     }
 
     fn create_entry(&self, parent: &OwnedFd, name: &OsStr, what: Create) -> io::Result<()> {
@@ -129,6 +213,7 @@ pub fn components(path: &Path) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use std::os::unix::fs::symlink;
 
     fn root_of(dir: &Path) -> OwnedFd {
@@ -201,32 +286,31 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
-    /// A scratch folder removed when the test ends.
-    struct Scratch(std::path::PathBuf);
-
-    impl std::ops::Deref for Scratch {
-        type Target = std::path::PathBuf;
-        fn deref(&self) -> &Self::Target {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    #[test]
+    fn in_tree_follows_links_as_inside_the_tree() {
+        let t = tempdir();
+        std::fs::create_dir_all(t.join("usr/lib64")).unwrap();
+        std::fs::write(t.join("usr/lib64/ld.so"), "").unwrap();
+        symlink("usr/lib64", t.join("lib64")).unwrap();
+        symlink("/usr/lib64/ld.so", t.join("usr/lib64/ld-linux.so")).unwrap();
+        symlink("../../../../usr", t.join("usr/up")).unwrap();
+        let found = in_tree(&t, Path::new("/lib64/ld-linux.so")).unwrap();
+        assert_eq!(found, t.join("usr/lib64/ld.so"));
+        // `..` stops at the tree's root, and a missing name is kept as it is.
+        assert_eq!(
+            in_tree(&t, Path::new("/usr/up/lib64")).unwrap(),
+            t.join("usr/lib64")
+        );
+        assert_eq!(
+            in_tree(&t, Path::new("/opt/none")).unwrap(),
+            t.join("opt/none")
+        );
+        symlink("loop", t.join("loop")).unwrap();
+        let err = in_tree(&t, Path::new("/loop")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
 
     fn tempdir() -> Scratch {
-        let base = std::env::temp_dir().join(format!(
-            "ferry-resolve-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&base).unwrap();
-        Scratch(base.canonicalize().unwrap())
+        Scratch::new("resolve")
     }
 }

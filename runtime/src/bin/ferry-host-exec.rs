@@ -8,7 +8,7 @@
 
 use ferry_runtime::exec::execv;
 use ferry_runtime::request::HOST_ROOT;
-use ferry_runtime::resolve::components;
+use ferry_runtime::resolve::in_tree;
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ fn main() {
     let host = Path::new(HOST_ROOT);
     let Some(program) = SEARCH
         .iter()
-        .map(|d| host_path(host, &Path::new(d).join(&name)))
+        .filter_map(|d| in_tree(host, &Path::new(d).join(&name)).ok())
         .find(|p| p.is_file())
     else {
         fail(&format!(
@@ -43,7 +43,13 @@ fn main() {
         ));
     };
     let loader = match interpreter(&program) {
-        Some(interp) => host_path(host, &interp),
+        Some(interp) => in_tree(host, &interp).unwrap_or_else(|e| {
+            fail(&format!(
+                "{}: cannot find its ELF interpreter {}: {e}",
+                program.display(),
+                interp.display()
+            ))
+        }),
         None => fail(&format!(
             "{}: cannot read its ELF interpreter",
             program.display()
@@ -51,7 +57,7 @@ fn main() {
     };
     let libs: Vec<String> = LIB_DIRS
         .iter()
-        .map(|d| host_path(host, Path::new(d)))
+        .filter_map(|d| in_tree(host, Path::new(d)).ok())
         .filter(|p| p.is_dir())
         .map(|p| p.display().to_string())
         .collect();
@@ -64,35 +70,6 @@ fn main() {
     argv.extend(args[1..].iter().map(|a| cstr(a.as_bytes())));
     let err = execv(&argv[0], &argv);
     fail(&format!("cannot run {}: {err}", program.display()));
-}
-
-/// Resolves `path` (absolute on the host) under the host root, following symlinks as
-/// the host would: an absolute link target starts again at the host root.
-fn host_path(host: &Path, path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::from("/");
-    let mut pending: Vec<OsString> = components(path);
-    pending.reverse();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        match std::fs::read_link(host.join(candidate.strip_prefix("/").unwrap_or(&candidate))) {
-            Ok(target) if hops < 40 => {
-                hops += 1;
-                if target.is_absolute() {
-                    resolved = PathBuf::from("/");
-                }
-                let mut more = components(&target);
-                more.reverse();
-                pending.extend(more);
-            }
-            _ => resolved = candidate,
-        }
-    }
-    host.join(resolved.strip_prefix("/").unwrap_or(&resolved))
 }
 
 /// The PT_INTERP path of a 64-bit little-endian ELF executable.

@@ -1,6 +1,6 @@
 //! `ferry check-config [FILE]`: validate a site file and print the policy it makes.
 
-use crate::doctor::Level;
+use ferry_runtime::node_checks::{site_needs, Level};
 use ferry_runtime::site::{Site, DEFAULT_SITE_CONFIG};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +25,7 @@ pub fn check_config(file: Option<PathBuf>) -> ExitCode {
     print!("{}", site.describe());
     // Facts of this host that make the policy work, or not, right now (the checks
     // `ferry doctor` makes of a node's site file).
-    let problems: Vec<_> = crate::doctor::site_needs(Path::new("/"), &site)
+    let problems: Vec<_> = site_needs(Path::new("/"), &site)
         .into_iter()
         .filter(|f| f.level != Level::Ok)
         .collect();

@@ -2,19 +2,23 @@
 //! compression, SIF descriptors, ext superblock, folder contents) and the image config
 //! stored in it, as text or JSON. Needs no root: it reads only what the caller can read,
 //! and looks inside image files with unsquashfs and debugfs, never by mounting.
+//!
+//! Whether the image is runnable is `ferry run`'s own verdict: the library's
+//! `image::examine` (format and mountability) and `ImageConfig::check_stored` (the
+//! stored config), with run's words.
 
-use ferry_runtime::image;
+use ferry_runtime::image::{self, Magic};
+use ferry_runtime::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
 use ferry_runtime::{sif, superblock};
 use serde::Serialize;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-/// Where `ferry import`/`ferry build` keep the image config, inside the image.
-const CONFIG_PATH: &str = "/.ferry/image.json";
-/// A config is a few KiB; anything far bigger is not one.
-const MAX_CONFIG: usize = 1 << 20;
+/// Bytes of a stored config read at most (one more than any valid config).
+const MAX_CONFIG: usize = MAX_CONFIG_SIZE as usize;
 const NOT_VERIFIED: &str = "signed (signature not verified by ferry)";
 
 #[derive(Serialize)]
@@ -94,10 +98,15 @@ pub fn inspect(path: &Path, json: bool) -> Result<(), String> {
 
 fn examine(path: &Path) -> Result<Report, String> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("image {shown}: not found; check the path"),
-        _ => format!("image {shown}: cannot read it ({e}); make it readable to you"),
-    })?;
+    // Opened as `ferry run` opens it: a FIFO or a device does not block the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(image::OPEN_FLAGS & !libc::O_ACCMODE)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("image {shown}: not found; check the path"),
+            _ => format!("image {shown}: cannot read it ({e}); make it readable to you"),
+        })?;
     let meta = file.metadata().map_err(|e| format!("image {shown}: {e}"))?;
     let mut report = Report {
         path: shown.clone(),
@@ -112,14 +121,20 @@ fn examine(path: &Path) -> Result<Report, String> {
         config: None,
         config_error: None,
     };
+    // What `ferry run` would say about it (the same code).
+    let verdict = file
+        .try_clone()
+        .map(Into::into)
+        .map_err(|e| format!("image {shown}: {e}"))
+        .map(|fd| image::examine(path, Ok(fd), ""))?;
+    if let Err(e) = &verdict {
+        report.runnable = false;
+        report.problem = Some(e.to_string());
+    }
     if meta.is_dir() {
         report.format = "directory";
         report.folder = Some(folder_report(path)?);
-        if !report.folder.as_ref().is_some_and(|f| f.root_filesystem) {
-            report.runnable = false;
-            report.problem = Some("no bin/ or usr/bin/: not a root filesystem".into());
-        }
-        set_config(&mut report, config_in_folder(path));
+        set_config(&mut report, path, config_in_folder(path));
         return Ok(report);
     }
     if !meta.is_file() {
@@ -128,44 +143,48 @@ fn examine(path: &Path) -> Result<Report, String> {
         ));
     }
     report.size = Some(meta.len());
-    let head = image::read_head(&file, superblock::PROBE_LEN)
+    let head = image::read_head(&file, image::PROBE_LEN)
         .map_err(|e| format!("image {shown}: reading it: {e}"))?;
-    // What `ferry run` would say about it (same detection code).
-    let probed = image::probe(&file, path);
-    if sif::is_sif(&head) {
-        let parsed = image::read_sif(&file, meta.len(), &head)
-            .map_err(|e| format!("image {shown}: broken SIF file ({e}); copy or build it again"))?;
-        report.format = "sif";
-        let root = match parsed.root() {
-            sif::Root::Squashfs { offset, .. } => Some(offset),
-            _ => None,
-        };
-        report.squashfs = root.and_then(|offset| {
-            let mut sb = vec![0u8; 96];
-            file.read_exact_at(&mut sb, offset).ok()?;
-            superblock::squashfs(&sb)
-        });
-        report.sif = Some(sif_report(&parsed));
-        if let (Some(offset), true) = (root, probed.is_ok()) {
-            set_config(&mut report, config_in_squashfs(path, offset));
+    match image::identify(&head) {
+        Some(Magic::Sif) => {
+            let parsed = image::read_sif(&file, meta.len(), &head).map_err(|e| {
+                format!("image {shown}: broken SIF file ({e}); copy or build it again")
+            })?;
+            report.format = "sif";
+            let root = match parsed.root() {
+                sif::Root::Squashfs { offset, .. } => Some(offset),
+                _ => None,
+            };
+            report.squashfs = root.and_then(|offset| {
+                let mut sb = vec![0u8; 96];
+                file.read_exact_at(&mut sb, offset).ok()?;
+                superblock::squashfs(&sb)
+            });
+            report.sif = Some(sif_report(&parsed));
+            if let Ok(image::OpenedImage {
+                format: image::Format::Sif { offset, .. },
+                ..
+            }) = &verdict
+            {
+                set_config(&mut report, path, config_in_squashfs(path, *offset));
+            }
         }
-    } else if let Some(sq) = superblock::squashfs(&head) {
-        report.format = "squashfs";
-        report.squashfs = Some(sq);
-        set_config(&mut report, config_in_squashfs(path, 0));
-    } else if let Some(ext) = superblock::ext(&head) {
-        report.format = "ext";
-        report.ext = Some(ext);
-        set_config(&mut report, config_in_ext(path));
-    } else {
-        return Err(probed
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| format!("image {shown}: not a container image")));
-    }
-    if let Err(e) = probed {
-        report.runnable = false;
-        report.problem = Some(e.to_string());
+        Some(Magic::Squashfs) => {
+            report.format = "squashfs";
+            report.squashfs = superblock::squashfs(&head);
+            set_config(&mut report, path, config_in_squashfs(path, 0));
+        }
+        Some(Magic::Ext) => {
+            report.format = "ext";
+            report.ext = superblock::ext(&head);
+            set_config(&mut report, path, config_in_ext(path));
+        }
+        None => {
+            return Err(verdict
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| format!("image {shown}: not a container image")))
+        }
     }
     Ok(report)
 }
@@ -231,25 +250,30 @@ fn folder_report(path: &Path) -> Result<FolderReport, String> {
     })
 }
 
-type Config = Result<Option<serde_json::Value>, String>;
+/// The stored config's bytes, if the image has the file; Err: it could not be read.
+type Config = Result<Option<Vec<u8>>, String>;
 
-fn set_config(report: &mut Report, found: Config) {
-    match found {
-        Ok(value) => report.config = value,
-        Err(e) => report.config_error = Some(e),
+/// Shows the stored config, and judges it as `ferry run` does: a config run refuses
+/// makes the image not runnable, for run's reason.
+fn set_config(report: &mut Report, image: &Path, found: Config) {
+    let bytes = match found {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return,
+        Err(e) => {
+            report.config_error = Some(e);
+            return;
+        }
+    };
+    report.config = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(serde_json::Value::is_object);
+    if let Err(why) = ImageConfig::check_stored(&bytes, image) {
+        report.config_error = Some(why.clone());
+        if report.runnable {
+            report.runnable = false;
+            report.problem = Some(why);
+        }
     }
-}
-
-fn parse_config(bytes: &[u8]) -> Config {
-    if bytes.len() > MAX_CONFIG {
-        return Err(format!("{CONFIG_PATH} is larger than {MAX_CONFIG} bytes"));
-    }
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .map_err(|e| format!("{CONFIG_PATH} is not valid JSON ({e})"))
-        .and_then(|v| match v {
-            serde_json::Value::Object(_) => Ok(Some(v)),
-            _ => Err(format!("{CONFIG_PATH} is not a JSON object")),
-        })
 }
 
 /// In a root folder: the file itself, never through a symlink (the folder is user data).
@@ -265,7 +289,11 @@ fn config_in_folder(root: &Path) -> Config {
         Err(_) => Ok(None),
         Ok(m) if !m.is_file() => Err(format!("{CONFIG_PATH} is not a regular file")),
         Ok(_) => {
-            parse_config(&std::fs::read(&file).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?)
+            let mut bytes = Vec::new();
+            File::open(&file)
+                .and_then(|f| f.take(MAX_CONFIG as u64 + 1).read_to_end(&mut bytes))
+                .map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
+            Ok(Some(bytes))
         }
     }
 }
@@ -280,7 +308,7 @@ fn config_in_squashfs(image: &Path, offset: u64) -> Config {
         .map_err(|e| format!("cannot run unsquashfs ({e}); install squashfs-tools"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || out.stdout.len() > MAX_CONFIG {
-        return parse_config(&out.stdout);
+        return Ok(Some(out.stdout));
     }
     if stderr.contains("no matches for") {
         return Ok(None);
@@ -299,18 +327,17 @@ fn config_in_ext(image: &Path) -> Config {
         return Ok(None);
     }
     if out.stdout.len() > MAX_CONFIG {
-        return parse_config(&out.stdout);
+        return Ok(Some(out.stdout));
     }
     if !out.status.success() || out.stdout.is_empty() {
         return Err(format!("debugfs failed: {}", last_line(&stderr)));
     }
-    parse_config(&out.stdout)
+    Ok(Some(out.stdout))
 }
 
 /// Runs `cmd` and keeps at most MAX_CONFIG + 1 bytes of its output (a huge file in an
 /// image must not fill memory): past that, the tool is stopped.
 fn bounded_output(mut cmd: Command) -> std::io::Result<std::process::Output> {
-    use std::io::Read;
     use std::process::Stdio;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -471,9 +498,12 @@ fn print_text(r: &Report) {
         row("entries", f.entries.join(" "));
     }
     match (&r.config, &r.config_error) {
-        (_, Some(e)) => row("config", format!("unreadable: {e}")),
-        (Some(serde_json::Value::Object(map)), None) => {
-            row("config", CONFIG_PATH.to_string());
+        (None, Some(e)) => row("config", format!("unreadable: {e}")),
+        (Some(serde_json::Value::Object(map)), error) => {
+            match error {
+                Some(e) => row("config", format!("invalid: {e}")),
+                None => row("config", CONFIG_PATH.to_string()),
+            }
             for (key, value) in map {
                 let shown = match value {
                     serde_json::Value::String(s) => s.clone(),

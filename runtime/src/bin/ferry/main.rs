@@ -10,7 +10,6 @@ mod import;
 mod inspect;
 mod progress;
 mod run;
-mod unpack;
 mod version;
 
 use clap::Parser;

@@ -1,14 +1,15 @@
 //! Applying image layers (tar streams) in order onto a private staging folder.
 //!
 //! A layer is untrusted input: every path is resolved inside the staging root by hand
-//! (symlinks expanded against that root, never followed out of it; `..` in an entry's
+//! (`resolve::walk`: symlinks expanded against that root, never followed out of it; `..` in an entry's
 //! name is refused), the last component is never followed, and existing entries are
 //! removed rather than written through. Whiteouts (`.wh.NAME`) delete what lower layers
 //! made; an opaque marker (`.wh..wh..opq`) empties a folder of what lower layers put in
 //! it. The staging folder is ours alone (mode 0700), so nobody races these checks.
 
+use crate::resolve::{self, Entry, Lookup};
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -16,7 +17,6 @@ use std::path::{Component, Path, PathBuf};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const MAX_SYMLINKS: usize = 40;
 
 pub struct Unpacker {
     root: PathBuf,
@@ -52,7 +52,7 @@ impl Unpacker {
             .entries()
             .map_err(|e| format!("not a tar stream ({e})"))?;
         for entry in entries {
-            if ferry_runtime::interrupt::interrupted() {
+            if crate::interrupt::interrupted() {
                 return Err("interrupted".into());
             }
             let mut entry = entry.map_err(|e| format!("corrupt or truncated tar ({e})"))?;
@@ -199,57 +199,16 @@ impl Unpacker {
     /// against the root. Missing folders are created when `create`, else None. Returns
     /// the resolved path relative to the root, made of real folders only.
     fn resolve_dir(&mut self, path: &Path, create: bool) -> io::Result<Option<PathBuf>> {
-        let mut pending: Vec<OsString> = path.iter().map(OsStr::to_os_string).collect();
-        pending.reverse();
-        let mut current: Vec<OsString> = Vec::new();
-        let mut symlinks = 0;
-        while let Some(part) = pending.pop() {
-            if part == ".." {
-                current.pop();
-                continue;
-            }
-            if part == "." || part.is_empty() {
-                continue;
-            }
-            let rel: PathBuf = current.iter().chain([&part]).collect();
-            let full = self.root.join(&rel);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.is_dir() => current.push(part),
-                Ok(m) if m.file_type().is_symlink() => {
-                    symlinks += 1;
-                    if symlinks > MAX_SYMLINKS {
-                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                    }
-                    let target = fs::read_link(&full)?;
-                    if target.is_absolute() {
-                        current.clear();
-                    }
-                    let mut parts: Vec<OsString> = target
-                        .iter()
-                        .filter(|c| *c != "/")
-                        .map(OsStr::to_os_string)
-                        .collect();
-                    parts.reverse();
-                    pending.extend(parts);
-                }
-                Ok(_) => {
-                    return Err(io::Error::other(format!(
-                        "{} is not a folder",
-                        rel.display()
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    fs::DirBuilder::new().mode(0o700).create(&full)?;
-                    self.dir_modes.insert(rel.clone(), 0o755);
-                    current.push(part);
-                }
-                Err(e) => return Err(e),
-            }
+        let mut folders = StagingFolders {
+            root: &self.root,
+            dir_modes: &mut self.dir_modes,
+            create,
+        };
+        match resolve::walk(&mut folders, PathBuf::new(), path) {
+            Ok(rel) => Ok(Some(rel)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(Some(current.iter().collect()))
     }
 
     /// Resolves an existing entry (its folder followed, the entry itself not).
@@ -275,6 +234,38 @@ impl Unpacker {
             }
         }
         Ok(())
+    }
+}
+
+/// The staging root's folders looked up by name (the root is ours alone: nobody changes
+/// a name between its check and its use). Missing folders are made when `create`, 0755
+/// once the layers are applied.
+struct StagingFolders<'u> {
+    root: &'u Path,
+    dir_modes: &'u mut BTreeMap<PathBuf, u32>,
+    create: bool,
+}
+
+impl Lookup for StagingFolders<'_> {
+    type Handle = PathBuf;
+
+    fn lookup(&mut self, parent: &PathBuf, name: &OsStr, _: bool) -> io::Result<Entry<PathBuf>> {
+        let rel = parent.join(name);
+        let full = self.root.join(&rel);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.is_dir() => Ok(Entry::Dir(rel)),
+            Ok(m) if m.file_type().is_symlink() => Ok(Entry::Symlink(fs::read_link(&full)?)),
+            Ok(_) => Err(io::Error::other(format!(
+                "{} is not a folder",
+                rel.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.create => {
+                fs::DirBuilder::new().mode(0o700).create(&full)?;
+                self.dir_modes.insert(rel.clone(), 0o755);
+                Ok(Entry::Dir(rel))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -332,6 +323,7 @@ pub fn make_writable(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
 
     /// One tar entry: name (written raw, so `..` gets through), type, content or link.
     fn entry(name: &str, kind: tar::EntryType, data: &str) -> (tar::Header, Vec<u8>) {
@@ -366,21 +358,13 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    struct Scratch(PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = remove_any(&self.0);
-        }
-    }
-
     fn scratch(tag: &str) -> (Scratch, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("ferry-unpack-{tag}-{}", std::process::id()));
-        let _ = remove_any(&dir);
+        let dir = Scratch::new(tag);
         let root = dir.join("root");
         fs::create_dir_all(&root).unwrap();
         // As `ferry import` makes it: private.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
-        (Scratch(dir), root)
+        (dir, root)
     }
 
     use tar::EntryType as T;
@@ -402,7 +386,7 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/written")).unwrap(), "a");
         assert_eq!(fs::read_to_string(root.join("beside")).unwrap(), "b");
-        assert!(!scratch.0.join("beside").exists());
+        assert!(!scratch.join("beside").exists());
         // `..` in a name and hard links out of the image are refused.
         let e = u
             .apply_layer(layer(&[("../out", T::Regular, "x")]).as_slice())
@@ -412,7 +396,7 @@ mod tests {
             .apply_layer(layer(&[("hl", T::Link, "../../etc/passwd")]).as_slice())
             .unwrap_err();
         assert!(e.contains("leaves the image"), "{e}");
-        assert!(!scratch.0.join("out").exists());
+        assert!(!scratch.join("out").exists());
     }
 
     #[test]
