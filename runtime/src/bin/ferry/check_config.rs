@@ -16,10 +16,7 @@ pub fn check_config(file: Option<PathBuf>) -> ExitCode {
     }
     let site = match Site::load(&path) {
         Ok(site) => site,
-        Err(message) => {
-            eprintln!("ferry: {message}");
-            return ExitCode::from(1);
-        }
+        Err(message) => return crate::say::fail(&message, 1),
     };
     println!("{}: valid; effective policy:", path.display());
     print!("{}", site.describe());
@@ -30,7 +27,7 @@ pub fn check_config(file: Option<PathBuf>) -> ExitCode {
         .filter(|f| f.level != Level::Ok)
         .collect();
     for f in &problems {
-        eprintln!("ferry: warning: {}; fix: {}", f.what, f.fix);
+        crate::say::warning(&format!("{}; fix: {}", f.what, f.fix));
     }
     if problems.is_empty() {
         ExitCode::SUCCESS

@@ -10,6 +10,7 @@ mod import;
 mod inspect;
 mod progress;
 mod run;
+mod say;
 mod version;
 
 use clap::Parser;
@@ -29,10 +30,7 @@ fn main() -> ExitCode {
             command,
         } => match run::run(mounts, workdir, site_config, user, image, command) {
             Ok(never) => match never {},
-            Err(message) => {
-                eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
-                ExitCode::from(125)
-            }
+            Err(message) => say::fail(&message, 125),
         },
         Command::Build {
             force,
@@ -57,10 +55,7 @@ fn main() -> ExitCode {
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
                 Ok(code) => code,
-                Err(message) => {
-                    eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
-                    ExitCode::from(2)
-                }
+                Err(message) => say::fail(&message, 2),
             }
         }
         Command::Version => {
@@ -70,10 +65,7 @@ fn main() -> ExitCode {
         Command::Doctor { root, plugstack } => doctor::doctor(&root, &plugstack),
         Command::Inspect { json, image } => match inspect::inspect(&image, json) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
-                ExitCode::from(2)
-            }
+            Err(message) => say::fail(&message, 2),
         },
     }
 }
@@ -82,9 +74,6 @@ fn main() -> ExitCode {
 fn report(outcome: Result<(), String>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("ferry: {}", ferry_runtime::error::one_line(&message));
-            ExitCode::from(1)
-        }
+        Err(message) => say::fail(&message, 1),
     }
 }
