@@ -581,3 +581,51 @@ impl ConfigBlob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::Scratch;
+
+    /// The typed errors read exactly as the text `ferry import` printed before them.
+    #[test]
+    fn refusals_are_typed_and_read_as_before() {
+        let scratch = Scratch::new("archive");
+        let open = |name: &str, bytes: &[u8]| {
+            let path = scratch.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Archive::open(&path).err().unwrap()
+        };
+        let e = open("a.tar.gz", &[0x1f, 0x8b, 8, 0]);
+        assert!(matches!(e, ArchiveError::Gzip));
+        assert_eq!(
+            e.to_string(),
+            "is gzip-compressed; decompress it first (gunzip), then import the .tar"
+        );
+        let e = open("a.txt", &[b'x'; 600]);
+        assert!(matches!(e, ArchiveError::NotAnArchive));
+        assert_eq!(e.to_string(), "not an image archive; ferry imports docker-archive/podman save tars and OCI image layouts (folder or tar)");
+        let e = Archive::open(&scratch.join("missing")).err().unwrap();
+        assert_eq!(e.to_string(), "not found; check the path");
+
+        assert_eq!(
+            safe_name("../etc/passwd").unwrap_err().to_string(),
+            r#"manifest.json names "../etc/passwd", outside the archive; the archive is unsafe"#
+        );
+        assert_eq!(
+            sha256_hex("md5:00").unwrap_err().to_string(),
+            r#"digest "md5:00": only sha256 digests are supported"#
+        );
+        let e = ArchiveError::from(LayerError::Interrupted);
+        assert_eq!(e.to_string(), "interrupted");
+        assert_eq!(
+            ArchiveError::LayerCount {
+                manifest: "manifest.json",
+                blobs: 2,
+                diff_ids: 3
+            }
+            .to_string(),
+            "manifest.json has 2 layers but the configuration lists 3; the archive is corrupt"
+        );
+    }
+}
