@@ -8,10 +8,13 @@
 
 use crate::as_user::AsUser;
 use crate::container::ImageFacts;
-use crate::digest::{self, Cache};
-use crate::error::{Error, Result};
-use crate::image::{self, Format, OpenedImage};
-use crate::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
+use crate::digest::{self, Cache, DigestError};
+use crate::error::{Result, SetupError};
+use crate::image::{self, Format, ImageError, OpenedImage};
+use crate::image_config::{
+    ImageConfig, ImageConfigError, StoredProblem, CONFIG_PATH, MAX_CONFIG_SIZE,
+};
+use crate::mount_error::{MountError, MountStep};
 use crate::plan::{self, Attrs, Bind, FileContent, Op, Plan};
 use crate::privileged::{self, image_err, image_file, remount_flags, FuseHandoff, Mounted, Sys};
 use crate::request::Request;
@@ -32,17 +35,18 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<(Imag
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
     // opener is forked after this, so it opens them here too.
-    sys::unshare_mount_namespace().map_err(|e| Error::system("creating a mount namespace", e))?;
-    sys::make_tree_slave(Path::new("/"))
-        .map_err(|e| Error::system("making the mount namespace private", e))?;
-    let as_user = AsUser::start(user)
-        .map_err(|e| Error::system(format!("starting a process as {}", user.name), e))?;
-    let image_fd = as_user.open(&req.image, image::OPEN_FLAGS).map_err(|e| {
-        Error::system(
-            format!("opening the image and mount sources as {}", user.name),
-            e,
-        )
+    sys::unshare_mount_namespace().map_err(|e| MountStep::Namespace.failed(e))?;
+    sys::make_tree_slave(Path::new("/")).map_err(|e| MountStep::PrivateNamespace.failed(e))?;
+    let as_user = AsUser::start(user).map_err(|source| SetupError::StartAsUser {
+        user: user.name.clone(),
+        source,
     })?;
+    let image_fd = as_user
+        .open(&req.image, image::OPEN_FLAGS)
+        .map_err(|source| SetupError::OpenAsUser {
+            user: user.name.clone(),
+            source,
+        })?;
     let image = image::examine(&req.image, image_fd, &user.name)?;
     let method = image::method_for(&image, &req.image_policy)?;
     let plan = plan::plan(req, image.format, method)?;
@@ -116,12 +120,7 @@ pub(crate) fn perform<'p>(
     let mut root: Option<Root> = None;
     let mut config = None;
     let mut workdir = plan.workdir.clone();
-    let no_root = || {
-        Error::system(
-            "performing the plan",
-            std::io::Error::other("the plan uses the root before opening it"),
-        )
-    };
+    let no_root = || MountError::PlanOrder("the plan uses the root before opening it");
     let mut binds = 0;
     for op in &plan.ops {
         match op {
@@ -131,10 +130,10 @@ pub(crate) fn perform<'p>(
                 attrs,
             } => sys
                 .mount_tmpfs(target, *size, *attrs)
-                .map_err(|e| Error::system("mounting the staging tmpfs", e))?,
+                .map_err(|e| MountStep::StagingTmpfs.failed(e))?,
             Op::Mkdir { path } => sys
                 .mkdir(path)
-                .map_err(|e| Error::system("creating the staging folders", e))?,
+                .map_err(|e| MountStep::StagingFolders.failed(e))?,
             Op::MountImage { how, target, attrs } => {
                 mounted = Some(sys.mount_image(how, target, *attrs)?)
             }
@@ -146,19 +145,19 @@ pub(crate) fn perform<'p>(
                 attrs,
             } => sys
                 .mount_overlay(lower, upper, work, target, *attrs)
-                .map_err(|source| Error::ImageMount {
+                .map_err(|source| MountError::ImageMount {
                     path: req.image.clone(),
                     what: "mounting the writable layer (overlay)",
                     source,
                 })?,
             Op::MakeUnbindable { target } => sys
                 .make_unbindable(target)
-                .map_err(|e| Error::system("making the staging tmpfs unbindable", e))?,
+                .map_err(|e| MountStep::Unbindable.failed(e))?,
             Op::OpenRoot { path } => {
                 let fd = sys
                     .open_staged(path)
-                    .map_err(|e| Error::system("opening the new root", e))?;
-                let stat_err = |e| Error::system("stat of the new root", e);
+                    .map_err(|e| MountStep::OpenRoot.failed(e))?;
+                let stat_err = |e| MountStep::StatRoot.failed(e);
                 let dev = sys::fstat(fd.as_fd()).map_err(stat_err)?.st_dev;
                 let path = std::fs::read_link(sys::fd_path(fd.as_fd())).map_err(stat_err)?;
                 root = Some(Root { fd, path, dev });
@@ -190,9 +189,15 @@ pub(crate) fn perform<'p>(
                 let dir = root
                     .resolver()
                     .open(parent, Create::Dir)
-                    .map_err(|e| Error::system(format!("creating {}", parent.display()), e))?;
+                    .map_err(|source| MountError::CreateFolder {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
                 sys.symlink(dir.as_fd(), name, target)
-                    .map_err(|e| Error::system(format!("linking {}", dest.display()), e))?;
+                    .map_err(|source| MountError::Link {
+                        path: dest.clone(),
+                        source,
+                    })?;
             }
             Op::Bind(bind) => {
                 let root = root.as_ref().ok_or_else(no_root)?;
@@ -204,21 +209,16 @@ pub(crate) fn perform<'p>(
             Op::RemountRoot { attrs } => {
                 let root = root.as_ref().ok_or_else(no_root)?;
                 sys.remount(root.fd.as_fd(), remount_flags(*attrs, MsFlags::empty()))
-                    .map_err(|e| Error::system("making the image root read-only", e))?
+                    .map_err(|e| MountStep::RootReadOnly.failed(e))?
             }
             Op::Pivot => {
                 let root = root.as_ref().ok_or_else(no_root)?;
                 sys.pivot(root.fd.as_fd())
-                    .map_err(|e| Error::system("switching to the container root", e))?
+                    .map_err(|e| MountStep::Pivot.failed(e))?
             }
         }
     }
-    let mounted = mounted.ok_or_else(|| {
-        Error::system(
-            "performing the plan",
-            std::io::Error::other("the plan mounts no image"),
-        )
-    })?;
+    let mounted = mounted.ok_or(MountError::PlanOrder("the plan mounts no image"))?;
     Ok(Built {
         mounted,
         config,
@@ -258,8 +258,9 @@ pub(crate) fn open_sources<'p>(
             };
             match sys.open_source(&bind.source)? {
                 Ok(fd) => {
-                    let st = sys::fstat(fd.as_fd()).map_err(|e| {
-                        Error::system(format!("stat of {}", bind.source.path().display()), e)
+                    let st = sys::fstat(fd.as_fd()).map_err(|source| MountError::SourceStat {
+                        path: bind.source.path().to_path_buf(),
+                        source,
                     })?;
                     opened[i] = Some(OpenedSource {
                         fd,
@@ -268,11 +269,12 @@ pub(crate) fn open_sources<'p>(
                 }
                 Err(e) if bind.optional => skipped.push((*bind, e)),
                 Err(e) => {
-                    return Err(Error::MountSource {
+                    return Err(MountError::Source {
                         path: bind.source.path().to_path_buf(),
                         user: who.to_string(),
                         source: e,
-                    })
+                    }
+                    .into())
                 }
             }
         }
@@ -287,10 +289,11 @@ fn refuse_unreadable_workdir(req: &Request, workdir: &Path, skipped: &Skipped) -
         b.dest == workdir && b.source.as_user() && e.kind() != std::io::ErrorKind::NotFound
     });
     match refused {
-        Some((_, err)) => Err(Error::Workdir {
+        Some((_, err)) => Err(MountError::Workdir {
             path: workdir.to_path_buf(),
             reason: format!("{} cannot use it ({err}); start from a folder you can read or choose one inside the image", req.user.name),
-        }),
+        }
+        .into()),
         None => Ok(()),
     }
 }
@@ -324,7 +327,13 @@ fn write_file(
     in_root
         .open(parent, Create::Dir)
         .and_then(|dir| sys.write_file(dir.as_fd(), name, &text))
-        .map_err(|e| Error::system(format!("writing {} in the container", dest.display()), e))
+        .map_err(|source| {
+            MountError::WriteFile {
+                path: dest.to_path_buf(),
+                source,
+            }
+            .into()
+        })
 }
 
 /// Which part of a restricted bind failed.
@@ -372,12 +381,15 @@ fn share_image_mount(
     dest: &Path,
     attrs: Attrs,
 ) -> Result<()> {
-    let failed = |e| Error::system(format!("binding the image at {}", dest.display()), e);
+    let failed = |source| MountError::ShareImage {
+        dest: dest.to_path_buf(),
+        source,
+    };
     let at = dest.strip_prefix("/").unwrap_or(dest);
     let dest_fd = root.resolver().open(at, Create::Dir).map_err(failed)?;
     let source = sys.open_staged(image).map_err(failed)?;
     bind_restricted(sys, root, source.as_fd(), dest_fd.as_fd(), at, false, attrs)
-        .map_err(|(_, e)| failed(e))
+        .map_err(|(_, e)| failed(e).into())
 }
 
 fn bind_one(
@@ -393,7 +405,7 @@ fn bind_one(
     } else {
         Create::File
     };
-    let dest_err = |reason: String| Error::MountDestination {
+    let dest_err = |reason: String| MountError::Destination {
         path: bind.dest.clone(),
         reason,
     };
@@ -424,7 +436,8 @@ fn bind_one(
             source_path.display(),
             kinds.0,
             kinds.1
-        )));
+        ))
+        .into());
     }
     bind_restricted(
         sys,
@@ -436,18 +449,18 @@ fn bind_one(
         bind.attrs,
     )
     .map_err(|(step, e)| match step {
-        BindStep::Bind => Error::system(
-            format!(
-                "binding {} to {}",
-                source_path.display(),
-                bind.dest.display()
-            ),
-            e,
-        ),
-        BindStep::Reopen => dest_err(e.to_string()),
-        BindStep::Remount => {
-            Error::system(format!("restricting the bind {}", bind.dest.display()), e)
+        BindStep::Bind => MountError::Bind {
+            from: source_path.to_path_buf(),
+            to: bind.dest.clone(),
+            source: e,
         }
+        .into(),
+        BindStep::Reopen => dest_err(e.to_string()).into(),
+        BindStep::Remount => MountError::Restrict {
+            dest: bind.dest.clone(),
+            source: e,
+        }
+        .into(),
     })
 }
 
@@ -511,14 +524,20 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 /// process that is the user, so root's view of folders the user cannot search never
 /// shapes the answer.
 fn check_workdir(as_user: &AsUser, user: &users::User, workdir: &Path, image: &Path) -> Result<()> {
-    let gone = |e| Error::system(format!("checking the working folder as {}", user.name), e);
-    as_user.can_enter(workdir).map_err(gone)?.map_err(|e| Error::Workdir {
-        path: workdir.to_path_buf(),
-        reason: format!(
-            "{} cannot enter it in the container of image {} ({e}); choose a folder that exists there and that you can enter, or mount one there",
-            user.name,
-            image.display()
-        ),
+    let gone = |source| SetupError::CheckAsUser {
+        user: user.name.clone(),
+        source,
+    };
+    as_user.can_enter(workdir).map_err(gone)?.map_err(|e| {
+        MountError::Workdir {
+            path: workdir.to_path_buf(),
+            reason: format!(
+                "{} cannot enter it in the container of image {} ({e}); choose a folder that exists there and that you can enter, or mount one there",
+                user.name,
+                image.display()
+            ),
+        }
+        .into()
     })
 }
 
@@ -532,14 +551,13 @@ pub(crate) fn effective_workdir(req: &Request, config: Option<&ImageConfig>) -> 
 }
 
 /// The image's `/.ferry/image.json`, resolved inside the image and read as a bounded
-/// regular file (the image is user input).
+/// regular file (the image is user input), then judged by `ImageConfig::check_stored`,
+/// the validator `ferry inspect` uses too.
 fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfig>> {
     use std::io::Read;
-    let bad = |what: String| {
-        Error::ImageConfig(format!(
-            "image {}: {CONFIG_PATH} {what}; rebuild the image with ferry import, or remove that file",
-            image.display()
-        ))
+    let unreadable = |problem| ImageConfigError::Unreadable {
+        image: image.to_path_buf(),
+        problem,
     };
     let fd = match in_root.open(Path::new(CONFIG_PATH), Create::Nothing) {
         Ok(fd) => fd,
@@ -547,22 +565,18 @@ fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfi
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
             return Ok(None)
         }
-        Err(e) => return Err(bad(format!("cannot be opened ({e})"))),
+        Err(e) => return Err(unreadable(StoredProblem::Open(e)).into()),
     };
-    let st = sys::fstat(fd.as_fd()).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    let st = sys::fstat(fd.as_fd()).map_err(|e| unreadable(StoredProblem::Read(e)))?;
     if !sys::is_regular(&st) {
-        return Err(bad("is not a regular file".into()));
+        return Err(unreadable(StoredProblem::NotRegular).into());
     }
-    if st.st_size as u64 > MAX_CONFIG_SIZE {
-        return Err(bad(format!("is larger than {MAX_CONFIG_SIZE} bytes")));
-    }
+    // One byte past the limit: enough for the validator to see it is too large.
     let mut text = Vec::new();
     std::fs::File::open(sys::fd_path(fd.as_fd()))
-        .and_then(|f| f.take(MAX_CONFIG_SIZE).read_to_end(&mut text))
-        .map_err(|e| bad(format!("cannot be read ({e})")))?;
-    ImageConfig::parse(&text, image)
-        .map(Some)
-        .map_err(Error::ImageConfig)
+        .and_then(|f| f.take(MAX_CONFIG_SIZE + 1).read_to_end(&mut text))
+        .map_err(|e| unreadable(StoredProblem::Read(e)))?;
+    Ok(Some(ImageConfig::check_stored(&text, image)?))
 }
 
 /// Holes a hashed image may have (and still more than its data) before it is refused.
@@ -575,11 +589,11 @@ fn verify_image(
     image: &OpenedImage,
 ) -> Result<(ImageFacts, Option<digest::FileVersion>)> {
     use std::os::unix::fs::MetadataExt;
-    let file =
-        image_file(image).map_err(|e| Error::system("duplicating the image descriptor", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::system(format!("stat of {}", req.image.display()), e))?;
+    let file = image_file(image).map_err(ImageError::Duplicate)?;
+    let meta = file.metadata().map_err(|source| DigestError::Stat {
+        path: req.image.clone(),
+        source,
+    })?;
     let mut facts = ImageFacts {
         format: image.format.name().into(),
         size: meta.size(),
@@ -588,9 +602,10 @@ fn verify_image(
     };
     if image.format == Format::Directory {
         return match req.pinned {
-            Some(_) => Err(Error::PinnedFolder {
+            Some(_) => Err(DigestError::PinnedFolder {
                 path: req.image.clone(),
-            }),
+            }
+            .into()),
             None => Ok((facts, None)),
         };
     }
@@ -602,22 +617,24 @@ fn verify_image(
     let allocated = meta.blocks().saturating_mul(512);
     let holes = meta.size().saturating_sub(allocated);
     if holes > MAX_HOLES && holes > allocated {
-        return Err(Error::SparseImage {
+        return Err(DigestError::Sparse {
             path: req.image.clone(),
             holes,
             size: meta.size(),
-        });
+        }
+        .into());
     }
     let cache = req.digest_cache.as_ref().map(Cache::new);
     let (found, source, version) = digest::digest_of(&file, cache.as_ref())
         .map_err(|e| image_err(image, "reading the image to verify its digest", e))?;
     if let Some(expected) = &req.pinned {
         if *expected != found {
-            return Err(Error::DigestMismatch {
+            return Err(DigestError::Mismatch {
                 path: req.image.clone(),
                 expected: expected.to_string(),
                 actual: found.to_string(),
-            });
+            }
+            .into());
         }
     }
     facts.digest = Some(found);
@@ -630,6 +647,7 @@ mod tests {
     //! The executor over the recording fake: what root would do, in which order, with
     //! which flags, without root.
     use super::*;
+    use crate::error::Error;
     use crate::image::Method;
     use crate::plan::{ImageMount, Source};
     use crate::privileged::fake::{Call, Recording};
@@ -795,7 +813,7 @@ mod tests {
         sys.missing = vec!["/data".into()];
         let err = run(&mut sys, &request(), Method::Kernel).unwrap_err();
         assert!(
-            matches!(&err, Error::MountSource { user, .. } if user == "alice"),
+            matches!(&err, Error::Mount(MountError::Source { user, .. }) if user == "alice"),
             "{err}"
         );
         assert!(
@@ -811,7 +829,10 @@ mod tests {
         let mut sys = Recording::new();
         sys.refused = vec!["/scratch/secret".into()];
         let err = run(&mut sys, &req, Method::Kernel).unwrap_err();
-        assert!(matches!(err, Error::Workdir { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Mount(MountError::Workdir { .. })),
+            "{err}"
+        );
         assert!(!sys
             .calls
             .iter()
@@ -829,7 +850,10 @@ mod tests {
         req.mounts[0].dest = "/etc/ssl".into();
         let mut sys = Recording::new();
         let err = run(&mut sys, &req, Method::Kernel).unwrap_err();
-        assert!(matches!(err, Error::MountDestination { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Mount(MountError::Destination { .. })),
+            "{err}"
+        );
         assert!(!sys.calls.contains(&Call::Pivot));
     }
 
@@ -922,5 +946,63 @@ mod tests {
                 .source,
             Source::Host(_)
         ));
+    }
+
+    /// The executor reads the stored configuration through the validator `ferry
+    /// inspect` uses: one verdict, one message, whichever way the file is wrong.
+    #[test]
+    fn the_stored_configuration_is_judged_by_the_one_validator() {
+        let scratch = crate::scratch::Scratch::new("config");
+        let root = sys::open_path(&scratch, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let in_root = InRoot {
+            root: &root,
+            writable_dev: None,
+        };
+        let image = Path::new("/img.sqfs");
+        assert!(read_image_config(&in_root, image).unwrap().is_none());
+
+        std::fs::create_dir_all(scratch.join(".ferry/image.json")).unwrap();
+        let err = read_image_config(&in_root, image).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image /img.sqfs: /.ferry/image.json is not a regular file; rebuild the image with ferry import, or remove that file"
+        );
+        std::fs::remove_dir(scratch.join(".ferry/image.json")).unwrap();
+
+        let mut big = b"{\"Env\": [\"A=".to_vec();
+        big.resize(MAX_CONFIG_SIZE as usize + 10, b'x');
+        std::fs::write(scratch.join(".ferry/image.json"), &big).unwrap();
+        let err = read_image_config(&in_root, image).unwrap_err();
+        assert!(
+            matches!(err, Error::ImageConfig(ImageConfigError::TooLarge { .. })),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            ImageConfig::check_stored(&big, image)
+                .unwrap_err()
+                .to_string()
+        );
+
+        std::fs::write(
+            scratch.join(".ferry/image.json"),
+            br#"{"Env": "PATH=/bin"}"#,
+        )
+        .unwrap();
+        let err = read_image_config(&in_root, image).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ImageConfig::check_stored(br#"{"Env": "PATH=/bin"}"#, image)
+                .unwrap_err()
+                .to_string()
+        );
+
+        std::fs::write(
+            scratch.join(".ferry/image.json"),
+            br#"{"WorkingDir": "/srv"}"#,
+        )
+        .unwrap();
+        let config = read_image_config(&in_root, image).unwrap().unwrap();
+        assert_eq!(config.workdir(), Some(PathBuf::from("/srv")));
     }
 }

@@ -12,8 +12,11 @@
 
 use crate::assemble;
 use crate::digest::{Digest, Source};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::image_config::ImageConfig;
+use crate::mount_error::MountError;
+#[cfg(test)]
+use crate::mount_error::MountStep;
 use crate::privileged::FuseHandoff;
 use crate::request::Request;
 use crate::site::Untrusted;
@@ -58,30 +61,94 @@ pub struct ImageFacts {
     pub config: Option<ImageConfig>,
 }
 
+/// What fails in preparing a container outside the mounts themselves: the helper's
+/// life, its report, and the user's process that opens the user's files.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("image {path}: preparing the container took longer than {seconds} s and was stopped (the site's setup_timeout); check that the image's file system answers (and that its squashfuse is not stopped), then try again")]
+    Timeout { path: PathBuf, seconds: u64 },
+    #[error("the setup helper died without a report")]
+    HelperDied,
+    #[error("the setup helper's report cannot be read ({0})")]
+    ReportUnreadable(String),
+    #[error("forking the setup helper: {0}")]
+    Fork(std::io::Error),
+    #[error("reading the setup helper's report: {0}")]
+    ReadReport(std::io::Error),
+    #[error("opening the container's mount namespace: {0}")]
+    OpenNamespace(std::io::Error),
+    #[error("starting a process as {user}: {source}")]
+    StartAsUser {
+        user: String,
+        source: std::io::Error,
+    },
+    #[error("opening the image and mount sources as {user}: {source}")]
+    OpenAsUser {
+        user: String,
+        source: std::io::Error,
+    },
+    #[error("checking the working folder as {user}: {source}")]
+    CheckAsUser {
+        user: String,
+        source: std::io::Error,
+    },
+}
+
+/// What fails when a task enters a prepared container.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("joining the container's mount namespace: {0}")]
+    Join(std::io::Error),
+    #[error("setting no_new_privs: {0}")]
+    NoNewPrivs(std::io::Error),
+    #[error("arming the task's deadline: {0}")]
+    ArmDeadline(std::io::Error),
+    #[error("becoming user {user}: {source}")]
+    BecomeUser {
+        user: String,
+        source: std::io::Error,
+    },
+}
+
 /// What the setup helper sends back on its pipe, as one JSON value: the image's facts
 /// once the container is ready, or why it is not.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Report {
     Ready(Box<ImageFacts>),
-    /// The line the user reads.
-    Failed(String),
+    Failed(Failure),
+}
+
+/// A failed setup as it crosses the pipe: the error's category and the line the user
+/// reads. An `io::Error` cannot be sent, so the category is what stays typed.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
 }
 
 impl Report {
+    fn failed(error: &Error) -> Report {
+        Report::Failed(Failure {
+            kind: error.kind(),
+            message: error.to_string(),
+        })
+    }
+
     /// The report as the parent reads it back: a value the helper did not write in
-    /// full (it died, or wrote something else) is an error, never defaults.
+    /// full (it died, or wrote something else, or a kind this build does not know) is
+    /// an error, never defaults.
     fn decode(text: &str) -> Result<ImageFacts> {
         if text.trim().is_empty() {
-            return Err(Error::Helper(
-                "the setup helper died without a report".into(),
-            ));
+            return Err(SetupError::HelperDied.into());
         }
         match serde_json::from_str(text) {
             Ok(Report::Ready(facts)) => Ok(*facts),
-            Ok(Report::Failed(message)) => Err(Error::Helper(message.trim().to_string())),
-            Err(e) => Err(Error::Helper(format!(
-                "the setup helper's report cannot be read ({e})"
-            ))),
+            Ok(Report::Failed(Failure { kind, message })) => Err(Error::Helper {
+                kind,
+                message: message.trim().to_string(),
+            }),
+            Err(e) => Err(SetupError::ReportUnreadable(e.to_string()).into()),
         }
     }
 }
@@ -99,7 +166,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
     let (release_read, release_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
     let fuse = open_fuse(req)?;
-    match sys::fork().map_err(|e| Error::system("forking the setup helper", e))? {
+    match sys::fork().map_err(SetupError::Fork)? {
         sys::Forked::Child => {
             drop(result_read);
             drop(release_write);
@@ -126,19 +193,20 @@ pub fn prepare(req: &Request) -> Result<Container> {
             let outcome = match read_report(result_read, deadline) {
                 Ok(Some(report)) => Report::decode(&report).and_then(|facts| {
                     sys::open_path(Path::new(&format!("/proc/{pid}/ns/mnt")), libc::O_RDONLY)
-                        .map_err(|e| Error::system("opening the container's mount namespace", e))
+                        .map_err(|e| SetupError::OpenNamespace(e).into())
                         .map(|ns| (ns, facts))
                 }),
                 Ok(None) => {
                     // Out of time: the helper may be waiting on the user's files or
                     // server, or hashing. Killing it frees its namespace (and mounts).
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    Err(Error::SetupTimeout {
+                    Err(SetupError::Timeout {
                         path: req.image.clone(),
                         seconds: req.setup_timeout.as_secs(),
-                    })
+                    }
+                    .into())
                 }
-                Err(e) => Err(Error::system("reading the setup helper's report", e)),
+                Err(e) => Err(SetupError::ReadReport(e).into()),
             };
             drop(release_write); // lets the helper exit
             let _ = nix::sys::wait::waitpid(pid, None);
@@ -268,9 +336,12 @@ fn helper(req: &Request, fuse: Option<FuseHandoff>, result: OwnedFd, release: Ow
             user_process = Some(as_user);
             (Report::Ready(Box::new(facts)), 0)
         }
-        Ok(Err(e)) => (Report::Failed(e.to_string()), 1),
+        Ok(Err(e)) => (Report::failed(&e), 1),
         Err(_) => (
-            Report::Failed("internal error: the setup helper panicked".into()),
+            Report::Failed(Failure {
+                kind: ErrorKind::Internal,
+                message: "internal error: the setup helper panicked".into(),
+            }),
             2,
         ),
     };
@@ -334,9 +405,8 @@ impl Container {
     /// ever gaining privileges (setuid files, file capabilities). Needs root and a
     /// single-threaded caller (a forked task).
     pub fn join(&self) -> Result<()> {
-        sys::setns_mount(self.namespace.as_fd())
-            .map_err(|e| Error::system("joining the container's mount namespace", e))?;
-        sys::set_no_new_privs().map_err(|e| Error::system("setting no_new_privs", e))
+        sys::setns_mount(self.namespace.as_fd()).map_err(TaskError::Join)?;
+        sys::set_no_new_privs().map_err(|e| TaskError::NoNewPrivs(e).into())
     }
 
     /// For a task between joining and exec (Slurm's own chdir, ours, the provenance
@@ -345,7 +415,7 @@ impl Container {
     /// good (Slurm cannot kill a task that has not exec'd under every tracker).
     pub fn start_task_deadline(&self) -> Result<()> {
         let seconds = self.setup_timeout.as_secs().clamp(1, u32::MAX as u64) as u32;
-        sys::arm_deadline(seconds).map_err(|e| Error::system("arming the task's deadline", e))
+        sys::arm_deadline(seconds).map_err(|e| TaskError::ArmDeadline(e).into())
     }
 
     /// Ends `start_task_deadline` (the alarm would otherwise survive exec).
@@ -356,17 +426,25 @@ impl Container {
     /// Changes to the working directory, with the rights of the caller (run it after
     /// dropping to the user, so a folder the user may not enter fails here).
     pub fn enter_workdir(&self) -> Result<()> {
-        std::env::set_current_dir(&self.workdir).map_err(|e| Error::Workdir {
-            path: self.workdir.clone(),
-            reason: format!("{} cannot enter it ({e})", self.user.name),
+        std::env::set_current_dir(&self.workdir).map_err(|e| {
+            MountError::Workdir {
+                path: self.workdir.clone(),
+                reason: format!("{} cannot enter it ({e})", self.user.name),
+            }
+            .into()
         })
     }
 
     /// Drops to the container's user: groups, gid, uid.
     pub fn become_user(&self) -> Result<()> {
         let u = &self.user;
-        sys::become_user(u.uid, u.gid, &u.gids())
-            .map_err(|e| Error::system(format!("becoming user {}", u.name), e))
+        sys::become_user(u.uid, u.gid, &u.gids()).map_err(|source| {
+            TaskError::BecomeUser {
+                user: u.name.clone(),
+                source,
+            }
+            .into()
+        })
     }
 }
 
@@ -385,27 +463,89 @@ mod tests {
         let ready = serde_json::to_string(&Report::Ready(Box::new(facts.clone()))).unwrap();
         assert_eq!(Report::decode(&ready).unwrap(), facts);
 
-        let failed =
-            serde_json::to_string(&Report::Failed("image /x: not found\n".into())).unwrap();
-        let err = Report::decode(&failed).unwrap_err();
+        let err = Report::decode("").unwrap_err();
         assert!(
-            matches!(&err, Error::Helper(m) if m == "image /x: not found"),
+            matches!(err, Error::Setup(SetupError::HelperDied)),
             "{err:?}"
         );
-
-        let err = Report::decode("").unwrap_err();
-        assert!(matches!(&err, Error::Helper(m) if m == "the setup helper died without a report"));
-        // Cut short, or facts of another shape: an error, never default facts.
+        assert_eq!(err.to_string(), "the setup helper died without a report");
+        // Cut short, facts of another shape, a kind this build does not know, or a
+        // failure without its kind: an error, never default facts or a guessed kind.
         for broken in [
             &ready[..ready.len() / 2],
             r#"{"Ready":{"format":7}}"#,
             "ready\n{}",
+            r#"{"Failed":{"kind":"weather","message":"image /x: not found"}}"#,
+            r#"{"Failed":{"message":"image /x: not found"}}"#,
+            r#"{"Failed":"image /x: not found"}"#,
         ] {
             let err = Report::decode(broken).unwrap_err();
             assert!(
-                matches!(&err, Error::Helper(m) if m.starts_with("the setup helper's report cannot be read")),
+                matches!(&err, Error::Setup(SetupError::ReportUnreadable(_))),
                 "{broken}: {err:?}"
             );
+            assert!(
+                err.to_string()
+                    .starts_with("the setup helper's report cannot be read ("),
+                "{err}"
+            );
         }
+    }
+
+    /// What the helper reports comes back in the parent as the same line and kind.
+    fn across_the_pipe(error: Error) -> Error {
+        let text = serde_json::to_string(&Report::failed(&error)).unwrap();
+        Report::decode(&text).unwrap_err()
+    }
+
+    #[test]
+    fn a_failure_keeps_its_kind_and_line_across_the_pipe() {
+        let errors: Vec<Error> = vec![
+            crate::image::ImageError::NotFound { path: "/x".into() }.into(),
+            crate::policy::PolicyError::PinRequired { path: "/x".into() }.into(),
+            crate::digest::DigestError::Changed { path: "/x".into() }.into(),
+            MountStep::Pivot
+                .failed(std::io::Error::from_raw_os_error(libc::EINVAL))
+                .into(),
+            SetupError::CheckAsUser {
+                user: "alice".into(),
+                source: std::io::Error::from_raw_os_error(libc::EPIPE),
+            }
+            .into(),
+            crate::image_config::ImageConfig::check_stored(b"{", Path::new("/x"))
+                .unwrap_err()
+                .into(),
+            crate::users::UserError::Unknown("bob".into()).into(),
+        ];
+        for error in errors {
+            let (kind, line) = (error.kind(), error.to_string());
+            let back = across_the_pipe(error);
+            assert!(
+                matches!(&back, Error::Helper { kind: k, message } if *k == kind && *message == line),
+                "{back:?}"
+            );
+            assert_eq!(back.kind(), kind);
+        }
+        assert_eq!(
+            across_the_pipe(crate::image::ImageError::NotFound { path: "/x".into() }.into())
+                .to_string(),
+            "image /x: not found; check the path (it must exist on the compute node)"
+        );
+    }
+
+    #[test]
+    fn the_report_format_is_kind_and_message() {
+        let text = serde_json::to_string(&Report::failed(
+            &MountStep::Namespace
+                .failed(std::io::Error::from_raw_os_error(libc::EPERM))
+                .into(),
+        ))
+        .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["Failed"]["kind"], "mount");
+        assert!(value["Failed"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("creating a mount namespace: "));
     }
 }

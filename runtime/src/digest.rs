@@ -16,6 +16,30 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/cache/ferry/digests";
 const PREFIX: &str = "sha256:";
 const CHUNK: usize = 4 << 20;
 
+/// Why a pinned (or hashed) image is not the one to run.
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error("image {path}: digest mismatch: expected {expected}, found {actual}; the file is not the pinned image (check the path, or pin the new digest)")]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("image {path}: a root folder has no digest to pin; pin an image file instead (ferry digest IMAGE)")]
+    PinnedFolder { path: PathBuf },
+    #[error("image {path}: a sparse file ({holes} of its {size} bytes are holes); a pinned image is verified byte by byte and this one would take far longer than its data; copy it without holes (cp --sparse=never IMAGE NEW) and pin the copy")]
+    Sparse {
+        path: PathBuf,
+        holes: u64,
+        size: u64,
+    },
+    #[error("image {path}: the file changed while it was being verified; try again once nothing writes to it")]
+    Changed { path: PathBuf },
+    /// The opened image's size and times, which decide whether and how it is hashed.
+    #[error("stat of {path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+}
+
 /// `sha256:` and 64 lowercase hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -1,6 +1,7 @@
 //! Opening an image with the user's rights and telling what it is, by content.
 
 use crate::error::{Error, Result};
+use crate::policy::PolicyError;
 use crate::site::{ImagePolicy, Untrusted};
 use crate::{sif, superblock, sys};
 use std::ffi::OsStr;
@@ -8,6 +9,50 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+/// What is wrong with an image itself: missing, unreadable, or not one ferry runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {path}: not found; check the path (it must exist on the compute node)")]
+    NotFound { path: PathBuf },
+    #[error("image {path}: {user} cannot read it ({source}); make it readable (chmod o+r, or a group you are in)")]
+    Unreadable {
+        path: PathBuf,
+        user: String,
+        source: std::io::Error,
+    },
+    #[error("image {path}: not a container image; ferry accepts SquashFS files, Apptainer/Singularity SIF files, ext2/3/4 image files and root-filesystem folders (make one with mksquashfs ROOTFS IMAGE.sqfs)")]
+    NotAnImage { path: PathBuf },
+    #[error("image {path}: broken SIF file ({reason}); copy or build it again (apptainer build)")]
+    SifBroken {
+        path: PathBuf,
+        reason: sif::SifError,
+    },
+    #[error("image {path}: SIF file has no primary system partition (no root filesystem to run); build a runnable image (apptainer build) or use a SquashFS image")]
+    SifNoRoot { path: PathBuf },
+    #[error("image {path}: the SIF's root partition ends the file without padding to 4096 bytes, which the kernel needs to mount it; pad the file (truncate -s %4096 {path}) or build it again")]
+    SifPartitionTail { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is encrypted, which ferry does not support; build an unencrypted SIF (apptainer build without --encrypt)")]
+    SifEncrypted { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is ext3, which ferry does not run from a SIF; rebuild it as SquashFS (apptainer build new.sif {path})")]
+    SifExt3 { path: PathBuf },
+    #[error("image {path}: the SIF root filesystem is {fs}, which ferry does not run; rebuild it with a SquashFS root (apptainer build)")]
+    SifUnsupportedFs { path: PathBuf, fs: &'static str },
+    #[error("image {path}: folder is not a root filesystem (no bin/ or usr/bin/ in it); point to the folder that holds bin, etc and usr")]
+    NotARootfs { path: PathBuf },
+    #[error("image {path}: stat: {source}")]
+    Stat {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image {path}: reading it: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("duplicating the image descriptor: {0}")]
+    Duplicate(std::io::Error),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -58,34 +103,35 @@ pub fn examine(
     user_name: &str,
 ) -> Result<OpenedImage> {
     let fd = opened.map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::ImageNotFound {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => ImageError::NotFound {
             path: path.to_path_buf(),
         },
-        _ => Error::ImageUnreadable {
+        _ => ImageError::Unreadable {
             path: path.to_path_buf(),
             user: user_name.to_string(),
             source: e,
         },
     })?;
-    let st = sys::fstat(fd.as_fd())
-        .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?;
+    let st = sys::fstat(fd.as_fd()).map_err(|source| ImageError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let format = if sys::is_dir(&st) {
         if !looks_like_rootfs(&fd) {
-            return Err(Error::NotARootfs {
+            return Err(ImageError::NotARootfs {
                 path: path.to_path_buf(),
-            });
+            }
+            .into());
         }
         Format::Directory
     } else if sys::is_regular(&st) {
-        let file = std::fs::File::from(
-            fd.try_clone()
-                .map_err(|e| Error::system("duplicating the image descriptor", e))?,
-        );
+        let file = std::fs::File::from(fd.try_clone().map_err(ImageError::Duplicate)?);
         probe(&file, path)?
     } else {
-        return Err(Error::NotAnImage {
+        return Err(ImageError::NotAnImage {
             path: path.to_path_buf(),
-        });
+        }
+        .into());
     };
     Ok(OpenedImage {
         path: path.to_path_buf(),
@@ -124,22 +170,31 @@ pub const PROBE_LEN: usize = superblock::PROBE_LEN;
 pub fn probe(file: &File, path: &Path) -> Result<Format> {
     let file_size = file
         .metadata()
-        .map_err(|e| Error::system(format!("image {}: stat", path.display()), e))?
+        .map_err(|source| ImageError::Stat {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
     let head = read_head(file, PROBE_LEN).map_err(|e| read_err(path, e))?;
     match identify(&head) {
-        Some(Magic::Sif) => probe_sif(file, file_size, &head, path),
+        Some(Magic::Sif) => Ok(probe_sif(file, file_size, &head, path)?),
         Some(Magic::Squashfs) => Ok(Format::Squashfs),
         Some(Magic::Ext) => Ok(Format::Ext),
-        None => Err(Error::NotAnImage {
+        None => Err(ImageError::NotAnImage {
             path: path.to_path_buf(),
-        }),
+        }
+        .into()),
     }
 }
 
 /// A SIF file is runnable when its root partition is a SquashFS that the file holds
 /// whole, to the kernel's last block.
-fn probe_sif(file: &File, file_size: u64, head: &[u8], path: &Path) -> Result<Format> {
+fn probe_sif(
+    file: &File,
+    file_size: u64,
+    head: &[u8],
+    path: &Path,
+) -> std::result::Result<Format, ImageError> {
     let found = read_sif(file, file_size, head).map_err(|e| sif_err(path, e))?;
     match found.root() {
         sif::Root::Squashfs { offset, size } => {
@@ -160,7 +215,7 @@ fn probe_sif(file: &File, file_size: u64, head: &[u8], path: &Path) -> Result<Fo
             // that last block.
             let padded_size = size.div_ceil(4096).saturating_mul(4096);
             if offset.saturating_add(padded_size) > file_size {
-                return Err(Error::SifPartitionTail {
+                return Err(ImageError::SifPartitionTail {
                     path: path.to_path_buf(),
                 });
             }
@@ -169,17 +224,17 @@ fn probe_sif(file: &File, file_size: u64, head: &[u8], path: &Path) -> Result<Fo
                 size: padded_size,
             })
         }
-        sif::Root::Encrypted => Err(Error::SifEncrypted {
+        sif::Root::Encrypted => Err(ImageError::SifEncrypted {
             path: path.to_path_buf(),
         }),
-        sif::Root::Ext3 => Err(Error::SifExt3 {
+        sif::Root::Ext3 => Err(ImageError::SifExt3 {
             path: path.to_path_buf(),
         }),
-        sif::Root::OtherFs(fs) => Err(Error::SifUnsupportedFs {
+        sif::Root::OtherFs(fs) => Err(ImageError::SifUnsupportedFs {
             path: path.to_path_buf(),
             fs: sif::fs_name(fs),
         }),
-        sif::Root::Missing => Err(Error::SifNoRoot {
+        sif::Root::Missing => Err(ImageError::SifNoRoot {
             path: path.to_path_buf(),
         }),
     }
@@ -219,14 +274,17 @@ fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn read_err(path: &Path, e: std::io::Error) -> Error {
-    Error::system(format!("image {}: reading it", path.display()), e)
+fn read_err(path: &Path, source: std::io::Error) -> ImageError {
+    ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-fn sif_err(path: &Path, e: sif::SifError) -> Error {
-    Error::SifBroken {
+fn sif_err(path: &Path, reason: sif::SifError) -> ImageError {
+    ImageError::SifBroken {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     }
 }
 
@@ -266,18 +324,20 @@ pub fn method_for(image: &OpenedImage, policy: &ImagePolicy) -> Result<Method> {
         _ if trusted() => Ok(Method::Kernel),
         (_, Untrusted::Deny) => Err(denied(image, policy)),
         (Format::Squashfs | Format::Sif { .. }, Untrusted::Fuse) => Ok(Method::Fuse),
-        (Format::Ext, Untrusted::Fuse) => Err(Error::ExtNeedsTrust {
+        (Format::Ext, Untrusted::Fuse) => Err(PolicyError::ExtNeedsTrust {
             path: image.path.clone(),
             trusted: policy.trusted_list(),
-        }),
+        }
+        .into()),
     }
 }
 
 fn denied(image: &OpenedImage, policy: &ImagePolicy) -> Error {
-    Error::ImageDenied {
+    PolicyError::ImageDenied {
         path: image.path.clone(),
         hint: policy.where_trusted(),
     }
+    .into()
 }
 
 /// True when the open image lies in a trusted folder and nobody but root can change

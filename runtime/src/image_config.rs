@@ -15,12 +15,57 @@
 //!   job's user.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Where the configuration lives inside an image.
 pub const CONFIG_PATH: &str = "/.ferry/image.json";
 /// Larger files are refused: a configuration is a few kilobytes.
 pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// Why an image's stored configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageConfigError {
+    #[error("image {image}: {CONFIG_PATH} is not a valid image configuration (line {line}, column {column}: {what}); rebuild the image with ferry import, or remove that file")]
+    Invalid {
+        image: PathBuf,
+        line: usize,
+        column: usize,
+        /// "unexpected value", "truncated" or "not JSON".
+        what: &'static str,
+    },
+    #[error("image {image}: {CONFIG_PATH}: Env entry {entry:?} is not NAME=VALUE without NUL bytes; fix or remove that file")]
+    BadEnv {
+        image: PathBuf,
+        /// The entry's first 60 characters.
+        entry: String,
+    },
+    #[error("image {image}: {CONFIG_PATH} is larger than {MAX_CONFIG_SIZE} bytes; rebuild the image with ferry import, or remove that file")]
+    TooLarge { image: PathBuf },
+    #[error("image {image}: {CONFIG_PATH} {problem}; rebuild the image with ferry import, or remove that file")]
+    Unreadable {
+        image: PathBuf,
+        problem: StoredProblem,
+    },
+}
+
+/// What stopped root reading the stored file inside the image.
+#[derive(Debug)]
+pub enum StoredProblem {
+    Open(std::io::Error),
+    Read(std::io::Error),
+    NotRegular,
+}
+
+impl fmt::Display for StoredProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoredProblem::Open(e) => write!(f, "cannot be opened ({e})"),
+            StoredProblem::Read(e) => write!(f, "cannot be read ({e})"),
+            StoredProblem::NotRegular => f.write_str("is not a regular file"),
+        }
+    }
+}
 
 /// The parts of an OCI/Docker image configuration that ferry keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,43 +110,39 @@ fn reserved(name: &str) -> bool {
 
 impl ImageConfig {
     /// Parses the stored configuration; `image` names the image in the error.
-    pub fn parse(text: &[u8], image: &Path) -> Result<ImageConfig, String> {
-        let config: ImageConfig = serde_json::from_slice(text).map_err(|e| {
-            format!(
-                "image {}: {CONFIG_PATH} is not a valid image configuration (line {}, column {}: {}); rebuild the image with ferry import, or remove that file",
-                image.display(),
-                e.line(),
-                e.column(),
-                match e.classify() {
+    pub fn parse(text: &[u8], image: &Path) -> Result<ImageConfig, ImageConfigError> {
+        let config: ImageConfig =
+            serde_json::from_slice(text).map_err(|e| ImageConfigError::Invalid {
+                image: image.to_path_buf(),
+                line: e.line(),
+                column: e.column(),
+                what: match e.classify() {
                     serde_json::error::Category::Data => "unexpected value",
                     serde_json::error::Category::Eof => "truncated",
                     _ => "not JSON",
-                }
-            )
-        })?;
+                },
+            })?;
         if let Some(entry) = config
             .env
             .iter()
             .flatten()
             .find(|e| e.contains('\0') || e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
         {
-            return Err(format!(
-                "image {}: {CONFIG_PATH}: Env entry {:?} is not NAME=VALUE without NUL bytes; fix or remove that file",
-                image.display(),
-                entry.chars().take(60).collect::<String>()
-            ));
+            return Err(ImageConfigError::BadEnv {
+                image: image.to_path_buf(),
+                entry: entry.chars().take(60).collect(),
+            });
         }
         Ok(config)
     }
 
     /// Checks the stored file's bytes as `ferry run` does before using them: bounded in
     /// size, then `parse`d. `ferry inspect` calls it so that both give one verdict.
-    pub fn check_stored(text: &[u8], image: &Path) -> Result<ImageConfig, String> {
+    pub fn check_stored(text: &[u8], image: &Path) -> Result<ImageConfig, ImageConfigError> {
         if text.len() as u64 > MAX_CONFIG_SIZE {
-            return Err(format!(
-                "image {}: {CONFIG_PATH} is larger than {MAX_CONFIG_SIZE} bytes; rebuild the image with ferry import, or remove that file",
-                image.display()
-            ));
+            return Err(ImageConfigError::TooLarge {
+                image: image.to_path_buf(),
+            });
         }
         ImageConfig::parse(text, image)
     }
@@ -204,11 +245,16 @@ mod tests {
         let mut big = b"{\"Env\": [\"A=".to_vec();
         big.resize(MAX_CONFIG_SIZE as usize + 1, b'x');
         let e = ImageConfig::check_stored(&big, image).unwrap_err();
-        assert!(e.contains("larger than") && e.contains("/img.sqfs"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("image /img.sqfs: /.ferry/image.json is larger than {MAX_CONFIG_SIZE} bytes; rebuild the image with ferry import, or remove that file")
+        );
         let e = ImageConfig::check_stored(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err();
         assert_eq!(
-            e,
-            ImageConfig::parse(br#"{"Env": "PATH=/bin"}"#, image).unwrap_err()
+            e.to_string(),
+            ImageConfig::parse(br#"{"Env": "PATH=/bin"}"#, image)
+                .unwrap_err()
+                .to_string()
         );
         let ok = ImageConfig::check_stored(br#"{"Env": ["PATH=/bin"]}"#, image).unwrap();
         assert_eq!(ok.env, Some(vec!["PATH=/bin".to_string()]));
@@ -225,7 +271,9 @@ mod tests {
             b"{\"Env\": [\"A=",
             b"\xff\xfe",
         ] {
-            let e = ImageConfig::parse(bad, Path::new("/img.sqfs")).unwrap_err();
+            let e = ImageConfig::parse(bad, Path::new("/img.sqfs"))
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("image /img.sqfs: /.ferry/image.json"), "{e}");
             assert!(!e.contains('\n'), "{e}");
         }

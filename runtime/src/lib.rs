@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod image_config;
+pub mod mount_error;
 pub mod node_checks;
 pub mod oci;
 mod plan;

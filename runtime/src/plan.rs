@@ -14,8 +14,9 @@
 //!   a user's bind may cover a site's, never the other way round), then the root goes
 //!   read-only, and the pivot is last.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::{Format, Method};
+use crate::mount_error::MountError;
 use crate::request::{Request, BIN_DIR, HOST_ROOT};
 use crate::share::SHARED_IMAGE;
 use std::path::{Path, PathBuf};
@@ -212,14 +213,10 @@ pub fn plan(req: &Request, format: Format, method: Method) -> Result<Plan> {
     ops.extend(["image", "upper", "work", "root"].map(|d| Op::Mkdir {
         path: staging.join(d),
     }));
-    let how = image_mount(format, method).ok_or_else(|| {
-        Error::system(
-            format!("image {}", req.image.display()),
-            std::io::Error::other(format!(
-                "no way to mount a {} image by {method:?}",
-                format.name()
-            )),
-        )
+    let how = image_mount(format, method).ok_or_else(|| MountError::NoImageMount {
+        path: req.image.clone(),
+        format: format.name(),
+        method,
     })?;
     let fuse = matches!(how, ImageMount::Fuse { .. });
     ops.push(Op::MountImage {

@@ -14,6 +14,17 @@ pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
 /// Long enough to hash a pinned image of tens of GiB the first time.
 pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The site's policy refusing an image.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("image {path}: not in a trusted image folder; {hint}")]
+    ImageDenied { path: PathBuf, hint: String },
+    #[error("image {path}: ext images run only from this site's trusted image folders ({trusted}); no reader for ext runs with your rights here: convert it to SquashFS: mkdir DIR; /sbin/debugfs -R 'rdump / DIR' IMAGE; ferry build DIR OUT.sqfs")]
+    ExtNeedsTrust { path: PathBuf, trusted: String },
+    #[error("this site requires pinned images: use --container={path}@sha256:... (get the digest with: ferry digest {path})")]
+    PinRequired { path: String },
+}
+
 /// How an image outside the trusted folders is mounted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Untrusted {

@@ -8,9 +8,10 @@
 //! rights: `open_source` hands `Source::AsUser` to the process that is the user.
 
 use crate::as_user::AsUser;
-use crate::digest::{self, FileVersion};
-use crate::error::{Error, Result};
+use crate::digest::{self, DigestError, FileVersion};
+use crate::error::{Error, Result, SetupError};
 use crate::image::OpenedImage;
+use crate::mount_error::MountError;
 use crate::plan::{Attrs, ImageMount, Source};
 use crate::request::Request;
 use crate::share;
@@ -144,15 +145,16 @@ impl Sys for Real<'_> {
     fn open_source(&mut self, source: &Source) -> Result<io::Result<OwnedFd>> {
         match source {
             Source::Host(path) => Ok(sys::open_path(path, libc::O_PATH)),
-            Source::AsUser(path) => self.as_user.open(path, USER_SOURCE_FLAGS).map_err(|e| {
-                Error::system(
-                    format!(
-                        "opening the image and mount sources as {}",
-                        self.req.user.name
-                    ),
-                    e,
-                )
-            }),
+            Source::AsUser(path) => self
+                .as_user
+                .open(path, USER_SOURCE_FLAGS)
+                .map_err(|source| {
+                    SetupError::OpenAsUser {
+                        user: self.req.user.name.clone(),
+                        source,
+                    }
+                    .into()
+                }),
         }
     }
 
@@ -208,9 +210,10 @@ impl Sys for Real<'_> {
             // What was hashed is what the loop device reads, unless the file changed since.
             let now = image_file(image).and_then(|f| FileVersion::of(&f));
             if now.ok().as_ref() != Some(version) {
-                return Err(Error::ImageChanged {
+                return Err(DigestError::Changed {
                     path: self.req.image.clone(),
-                });
+                }
+                .into());
             }
         }
         Ok(mounted)
@@ -311,8 +314,7 @@ fn borrow_batch_mount(req: &Request, image: &OpenedImage, target: &Path) -> Resu
     ) else {
         return Ok(false);
     };
-    share::borrow_image_mount(peer, target)
-        .map_err(|e| Error::system("returning from the batch step's mount namespace", e))
+    share::borrow_image_mount(peer, target).map_err(|e| MountError::BorrowBatchMount(e).into())
 }
 
 /// Mounts FUSE on `target` with the device the caller opened and hands the caller the
@@ -327,20 +329,19 @@ fn mount_with_fuse(
     fuse: Option<FuseHandoff>,
     target: &Path,
 ) -> Result<()> {
-    let failed = |reason: String| Error::FuseFailed {
+    let failed = |reason: String| MountError::FuseFailed {
         path: image.path.clone(),
         helper: req.image_policy.fuse_helper.clone(),
         reason,
     };
     let Some(FuseHandoff { device, channel }) = fuse else {
-        return Err(failed("/dev/fuse is not available on this node".into()));
+        return Err(failed("/dev/fuse is not available on this node".into()).into());
     };
     let user = &req.user;
     sys::mount_fuse(device.as_fd(), target, user.uid, user.gid)
         .map_err(|e| image_err(image, "mounting FUSE", e))?;
     drop(device);
-    sys::send_fd(channel.as_fd(), image.fd.as_fd(), offset)
-        .map_err(|e| Error::system("handing the image to squashfuse", e))?;
+    sys::send_fd(channel.as_fd(), image.fd.as_fd(), offset).map_err(MountError::HandToFuse)?;
     drop(channel);
     // The first look waits for the server's answer: a dead server reads ENOTCONN here.
     std::fs::metadata(target).map_err(|e| failed(e.to_string()))?;
@@ -377,11 +378,12 @@ fn loop_stamp(version: &digest::FileVersion) -> sys::LoopStamp {
 }
 
 pub(crate) fn image_err(image: &OpenedImage, what: &'static str, source: io::Error) -> Error {
-    Error::ImageMount {
+    MountError::ImageMount {
         path: image.path.clone(),
         what,
         source,
     }
+    .into()
 }
 
 pub(crate) fn image_file(image: &OpenedImage) -> io::Result<std::fs::File> {

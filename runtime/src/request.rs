@@ -2,6 +2,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::mount_error::MountError;
 use crate::policy::{ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
@@ -130,9 +131,12 @@ impl MountSpec {
     /// Parses `SRC[:DST[:ro|rw]]`. A relative SRC is taken against `base` (the caller's
     /// working directory); DST defaults to SRC and must be absolute and free of `..`.
     pub fn parse(spec: &str, base: &Path) -> Result<MountSpec> {
-        let bad = |reason: &str| Error::BadMountSpec {
-            spec: spec.to_string(),
-            reason: reason.to_string(),
+        let bad = |reason: &str| -> Error {
+            MountError::BadSpec {
+                spec: spec.to_string(),
+                reason: reason.to_string(),
+            }
+            .into()
         };
         let parts: Vec<&str> = spec.split(':').collect();
         let (src, dst, flag) = match parts.as_slice() {

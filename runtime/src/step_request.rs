@@ -8,7 +8,7 @@
 use crate::digest::{split_pinned, Digest, DEFAULT_CACHE_DIR};
 use crate::error::Error;
 use crate::plugin_config::Config;
-use crate::policy::check_user_mount_destination;
+use crate::policy::{check_user_mount_destination, PolicyError};
 use crate::request::{MountSpec, Request, SlurmClients, SLURM_COMMANDS};
 use crate::site::Site;
 use crate::users::User;
@@ -79,9 +79,10 @@ pub fn requested_image(container: Option<&str>) -> Option<&str> {
 /// refused. srun and sbatch check it before submission; slurmstepd checks it again.
 pub fn check_pin_rule(path: &str, pin: Option<&Digest>, require_digest: bool) -> Result<(), Error> {
     if require_digest && pin.is_none() {
-        return Err(Error::PinRequired {
+        return Err(PolicyError::PinRequired {
             path: path.to_string(),
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -501,7 +502,7 @@ mod tests {
         assert!(check_pin_rule("/i", Some(&digest), true).is_ok());
         assert!(matches!(
             check_pin_rule("/i", None, true),
-            Err(Error::PinRequired { path }) if path == "/i"
+            Err(Error::Policy(PolicyError::PinRequired { path })) if path == "/i"
         ));
     }
 

@@ -1,9 +1,28 @@
 //! The user a container runs for, and the passwd/group entries that make that user and
 //! their groups resolve inside an image that has never heard of them.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::ffi::CString;
 use std::path::PathBuf;
+
+/// Looking the container's user up on the host (NSS).
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user {0}: not known on this host")]
+    Unknown(String),
+    #[error("looking up user {name}: {source}")]
+    LookUpName {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("listing the groups of {name}: {source}")]
+    ListGroups {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("looking up uid {uid}: {source}")]
+    LookUpUid { uid: u32, source: std::io::Error },
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
@@ -34,19 +53,28 @@ impl User {
     /// Looks the user up on the host (NSS), with the groups the host gives them.
     pub fn by_name(name: &str) -> Result<User> {
         let user = nix::unistd::User::from_name(name)
-            .map_err(|e| Error::system(format!("looking up user {name}"), e.into()))?
-            .ok_or_else(|| Error::UnknownUser(name.to_string()))?;
-        let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_string()))?;
-        let gids = nix::unistd::getgrouplist(&cname, user.gid)
-            .map_err(|e| Error::system(format!("listing the groups of {name}"), e.into()))?;
+            .map_err(|e| UserError::LookUpName {
+                name: name.to_string(),
+                source: e.into(),
+            })?
+            .ok_or_else(|| UserError::Unknown(name.to_string()))?;
+        let cname = CString::new(name).map_err(|_| UserError::Unknown(name.to_string()))?;
+        let gids =
+            nix::unistd::getgrouplist(&cname, user.gid).map_err(|e| UserError::ListGroups {
+                name: name.to_string(),
+                source: e.into(),
+            })?;
         Ok(Self::from_parts(&user, gids.iter().map(|g| g.as_raw()).collect()).with_primary_group())
     }
 
     /// Looks the user up by uid; `gids` are the supplementary groups Slurm gives the job.
     pub fn by_uid(uid: u32, gid: u32, gids: Vec<u32>) -> Result<User> {
         let user = nix::unistd::User::from_uid(uid.into())
-            .map_err(|e| Error::system(format!("looking up uid {uid}"), e.into()))?
-            .ok_or_else(|| Error::UnknownUser(uid.to_string()))?;
+            .map_err(|e| UserError::LookUpUid {
+                uid,
+                source: e.into(),
+            })?
+            .ok_or_else(|| UserError::Unknown(uid.to_string()))?;
         let mut user = Self::from_parts(&user, gids);
         user.gid = gid;
         Ok(user.with_primary_group())

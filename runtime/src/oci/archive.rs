@@ -3,13 +3,88 @@
 //! check them, and the image's configuration. Everything in the archive is untrusted:
 //! names are kept inside it, JSON documents are bounded, digests are checked.
 
-use super::layers::Unpacker;
+use super::layers::{LayerError, Unpacker};
 use crate::image_config::ImageConfig;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+
+/// What is wrong with an archive; `Display` is the reason, the caller names the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("not found; check the path")]
+    NotFound,
+    #[error("cannot read it ({0})")]
+    Unreadable(io::Error),
+    #[error("is gzip-compressed; decompress it first (gunzip), then import the .tar")]
+    Gzip,
+    #[error("is zstd-compressed; decompress it first (zstd -d), then import the .tar")]
+    Zstd,
+    #[error("not an image archive; ferry imports docker-archive/podman save tars and OCI image layouts (folder or tar)")]
+    NotAnArchive,
+    /// Seeking in or duplicating the opened tar file.
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("the archive is corrupt or truncated ({0})")]
+    Corrupt(io::Error),
+    #[error("the archive is truncated ({name} ends past the end of the file)")]
+    EntryPastEnd { name: String },
+    #[error("the archive is empty or corrupt")]
+    Empty,
+    #[error("{name}: cannot read it ({reason})")]
+    FileUnreadable { name: String, reason: io::Error },
+    #[error("{name}: missing from the archive; the archive is truncated or incomplete")]
+    Missing { name: String },
+    #[error("{name}: digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt")]
+    DocumentMismatch {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{name}: not valid JSON ({reason})")]
+    NotJson {
+        name: String,
+        reason: serde_json::Error,
+    },
+    #[error("neither index.json (OCI layout) nor manifest.json (docker archive) found (a truncated or incomplete archive?); ferry imports docker-archive/podman save tars and OCI image layouts")]
+    NoManifest,
+    #[error("manifest.json lists {0} images; save one image per archive")]
+    ManyDockerImages(usize),
+    #[error("image indexes nested too deep")]
+    NestedTooDeep,
+    #[error("layer {digest}: media type {media_type} is not a filesystem layer")]
+    NotFilesystemLayer { digest: String, media_type: String },
+    #[error("cannot start zstd decompression ({0})")]
+    ZstdStart(io::Error),
+    #[error("the layer is corrupt or truncated ({0})")]
+    LayerCorrupt(io::Error),
+    #[error("blob digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt")]
+    BlobMismatch { expected: String, found: String },
+    #[error("content digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt")]
+    ContentMismatch { expected: String, found: String },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("digest {0:?}: only sha256 digests are supported")]
+    UnsupportedDigest(String),
+    #[error("manifest.json names {0:?}, outside the archive; the archive is unsafe")]
+    UnsafeName(String),
+    #[error("index.json lists no image")]
+    NoImage,
+    #[error("none of the {count} images in index.json is for linux/{arch}")]
+    NoImageForArch { count: usize, arch: &'static str },
+    #[error("index.json lists {count} images for linux/{arch}; save one image per archive")]
+    ManyImagesForArch { count: usize, arch: &'static str },
+    #[error("the image configuration has no rootfs.diff_ids")]
+    NoDiffIds,
+    #[error("{manifest} has {blobs} layers but the configuration lists {diff_ids}; the archive is corrupt")]
+    LayerCount {
+        manifest: &'static str,
+        blobs: usize,
+        diff_ids: usize,
+    },
+}
 
 /// One layer to apply, as the archive names and checks it.
 pub struct Layer {
@@ -32,17 +107,17 @@ pub struct Archive(Source);
 
 impl Archive {
     /// Opens an archive (a folder or a tar file); errors say what is wrong with it.
-    pub fn open(path: &Path) -> Result<Archive, String> {
+    pub fn open(path: &Path) -> Result<Archive, ArchiveError> {
         Source::open(path).map(Archive)
     }
 
     /// Finds the image: an OCI layout (index.json) or a docker archive (manifest.json).
-    pub fn image(&self) -> Result<Image, String> {
+    pub fn image(&self) -> Result<Image, ArchiveError> {
         self.0.image()
     }
 
     /// Streams one layer of `image()` into `unpacker`, checking its digests.
-    pub fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), String> {
+    pub fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), ArchiveError> {
         self.0.apply_layer(layer, unpacker)
     }
 }
@@ -64,39 +139,29 @@ enum TarItem {
 const MAX_JSON: u64 = 16 << 20;
 
 impl Source {
-    fn open(path: &Path) -> Result<Source, String> {
+    fn open(path: &Path) -> Result<Source, ArchiveError> {
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => "not found; check the path".to_string(),
-            _ => format!("cannot read it ({e})"),
+            io::ErrorKind::NotFound => ArchiveError::NotFound,
+            _ => ArchiveError::Unreadable(e),
         })?;
         if meta.is_dir() {
             return Ok(Source::Dir(path.to_path_buf()));
         }
-        let mut file = File::open(path).map_err(|e| format!("cannot read it ({e})"))?;
-        let head =
-            crate::image::read_head(&file, 512).map_err(|e| format!("cannot read it ({e})"))?;
+        let mut file = File::open(path).map_err(ArchiveError::Unreadable)?;
+        let head = crate::image::read_head(&file, 512).map_err(ArchiveError::Unreadable)?;
         match &head[..head.len().min(4)] {
-            [0x1f, 0x8b, ..] => {
-                return Err(
-                    "is gzip-compressed; decompress it first (gunzip), then import the .tar".into(),
-                )
-            }
-            [0x28, 0xb5, 0x2f, 0xfd] => {
-                return Err(
-                    "is zstd-compressed; decompress it first (zstd -d), then import the .tar"
-                        .into(),
-                )
-            }
+            [0x1f, 0x8b, ..] => return Err(ArchiveError::Gzip),
+            [0x28, 0xb5, 0x2f, 0xfd] => return Err(ArchiveError::Zstd),
             _ => {}
         }
         if head.len() < 512 || &head[257..262] != b"ustar" {
-            return Err("not an image archive; ferry imports docker-archive/podman save tars and OCI image layouts (folder or tar)".into());
+            return Err(ArchiveError::NotAnArchive);
         }
-        file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        file.seek(SeekFrom::Start(0)).map_err(ArchiveError::Io)?;
         let size = meta.len();
         let mut entries = HashMap::new();
         let mut archive = tar::Archive::new(&mut file);
-        let bad = |e: io::Error| format!("the archive is corrupt or truncated ({e})");
+        let bad = ArchiveError::Corrupt;
         for entry in archive.entries_with_seek().map_err(bad)? {
             let entry = entry.map_err(bad)?;
             let name = clean_name(&entry.path().map_err(bad)?.to_string_lossy());
@@ -118,9 +183,7 @@ impl Source {
                     let offset = entry.raw_file_position();
                     let len = entry.size();
                     if offset.saturating_add(len) > size {
-                        return Err(format!(
-                            "the archive is truncated ({name} ends past the end of the file)"
-                        ));
+                        return Err(ArchiveError::EntryPastEnd { name });
                     }
                     TarItem::File { offset, size: len }
                 }
@@ -129,7 +192,7 @@ impl Source {
             entries.insert(name, item);
         }
         if entries.is_empty() {
-            return Err("the archive is empty or corrupt".into());
+            return Err(ArchiveError::Empty);
         }
         Ok(Source::Tar { file, entries })
     }
@@ -142,28 +205,28 @@ impl Source {
     }
 
     /// Opens the archive's file `name` (already checked to stay inside the archive).
-    fn open_file(&self, name: &str) -> Result<Box<dyn Read + '_>, String> {
+    fn open_file(&self, name: &str) -> Result<Box<dyn Read + '_>, ArchiveError> {
         match self {
             Source::Dir(dir) => File::open(dir.join(name))
                 .map(|f| Box::new(f) as Box<dyn Read>)
-                .map_err(|e| format!("{name}: cannot read it ({e})")),
+                .map_err(|reason| ArchiveError::FileUnreadable {
+                    name: name.to_string(),
+                    reason,
+                }),
             Source::Tar { file, entries } => {
                 let mut name = name.to_string();
                 for _ in 0..8 {
                     match entries.get(&name) {
                         Some(TarItem::File { offset, size }) => {
-                            let mut f = file.try_clone().map_err(|e| e.to_string())?;
-                            f.seek(SeekFrom::Start(*offset))
-                                .map_err(|e| e.to_string())?;
+                            let mut f = file.try_clone().map_err(ArchiveError::Io)?;
+                            f.seek(SeekFrom::Start(*offset)).map_err(ArchiveError::Io)?;
                             return Ok(Box::new(f.take(*size)));
                         }
                         Some(TarItem::Link(target)) => name = target.clone(),
                         None => break,
                     }
                 }
-                Err(format!(
-                    "{name}: missing from the archive; the archive is truncated or incomplete"
-                ))
+                Err(ArchiveError::Missing { name })
             }
         }
     }
@@ -172,39 +235,46 @@ impl Source {
         &self,
         name: &str,
         digest: Option<&str>,
-    ) -> Result<T, String> {
+    ) -> Result<T, ArchiveError> {
         let mut bytes = Vec::new();
         self.open_file(name)?
             .take(MAX_JSON)
             .read_to_end(&mut bytes)
-            .map_err(|e| format!("{name}: cannot read it ({e})"))?;
+            .map_err(|reason| ArchiveError::FileUnreadable {
+                name: name.to_string(),
+                reason,
+            })?;
         if let Some(expected) = digest {
             let found = format!("{:x}", Sha256::digest(&bytes));
             if found != expected {
-                return Err(format!("{name}: digest mismatch (expected sha256:{expected}, found sha256:{found}); the archive is corrupt"));
+                return Err(ArchiveError::DocumentMismatch {
+                    name: name.to_string(),
+                    expected: expected.to_string(),
+                    found,
+                });
             }
         }
-        serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not valid JSON ({e})"))
+        serde_json::from_slice(&bytes).map_err(|reason| ArchiveError::NotJson {
+            name: name.to_string(),
+            reason,
+        })
     }
 
     /// Finds the image: an OCI layout (index.json) or a docker archive (manifest.json).
-    fn image(&self) -> Result<Image, String> {
+    fn image(&self) -> Result<Image, ArchiveError> {
         if self.exists("index.json") {
             self.oci_image()
         } else if self.exists("manifest.json") {
             self.docker_image()
         } else {
-            Err("neither index.json (OCI layout) nor manifest.json (docker archive) found (a truncated or incomplete archive?); ferry imports docker-archive/podman save tars and OCI image layouts".into())
+            Err(ArchiveError::NoManifest)
         }
     }
 
-    fn docker_image(&self) -> Result<Image, String> {
+    fn docker_image(&self) -> Result<Image, ArchiveError> {
         let manifests: Vec<DockerManifest> = self.read_json("manifest.json", None)?;
         let [manifest] = manifests.as_slice() else {
-            return Err(format!(
-                "manifest.json lists {} images; save one image per archive",
-                manifests.len()
-            ));
+            return Err(ArchiveError::ManyDockerImages(manifests.len()));
         };
         let config_name = safe_name(&manifest.config)?;
         let config: ConfigBlob = self.read_json(&config_name, None)?;
@@ -212,11 +282,11 @@ impl Source {
             .layers
             .iter()
             .map(|name| Ok((safe_name(name)?, None)))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ArchiveError>>()?;
         config.image("manifest.json", blobs)
     }
 
-    fn oci_image(&self) -> Result<Image, String> {
+    fn oci_image(&self) -> Result<Image, ArchiveError> {
         let mut index: OciIndex = self.read_json("index.json", None)?;
         let mut depth = 0;
         let manifest_ref = loop {
@@ -227,7 +297,7 @@ impl Source {
             }
             depth += 1;
             if depth > 4 {
-                return Err("image indexes nested too deep".into());
+                return Err(ArchiveError::NestedTooDeep);
             }
             let hex = sha256_hex(&chosen.digest)?;
             index = self.read_json(&blob_name(&hex), Some(&hex))?;
@@ -241,15 +311,15 @@ impl Source {
             .iter()
             .map(|layer| {
                 if !layer.media_type.contains("tar") {
-                    return Err(format!(
-                        "layer {}: media type {} is not a filesystem layer",
-                        layer.digest, layer.media_type
-                    ));
+                    return Err(ArchiveError::NotFilesystemLayer {
+                        digest: layer.digest.clone(),
+                        media_type: layer.media_type.clone(),
+                    });
                 }
                 let hex = sha256_hex(&layer.digest)?;
                 Ok((blob_name(&hex), Some(hex)))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ArchiveError>>()?;
         config.image("the manifest", blobs)
     }
 
@@ -257,41 +327,48 @@ impl Source {
     /// by the first bytes) into `unpacker`,
     /// then checks the digests. A mismatch is reported before any unpacking error, as
     /// the likelier cause (a corrupt blob makes a broken stream).
-    fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), String> {
+    fn apply_layer(&self, layer: &Layer, unpacker: &mut Unpacker) -> Result<(), ArchiveError> {
         let mut blob = Hashing::new(self.open_file(&layer.name)?, layer.blob_digest.is_some());
         let (unpacked, diff_found) = {
             let mut buffered = BufReader::with_capacity(1 << 20, &mut blob);
-            let head = buffered
-                .fill_buf()
-                .map_err(|e| format!("cannot read it ({e})"))?;
+            let head = buffered.fill_buf().map_err(ArchiveError::Unreadable)?;
             let tar_stream: Box<dyn Read> = match head {
                 [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
                 [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
                     zstd::stream::read::Decoder::with_buffer(buffered)
-                        .map_err(|e| format!("cannot start zstd decompression ({e})"))?,
+                        .map_err(ArchiveError::ZstdStart)?,
                 ),
                 _ => Box::new(buffered),
             };
             let mut diff = Hashing::new(tar_stream, layer.diff_id.is_some());
-            let unpacked = unpacker.apply_layer(&mut diff).and_then(|()| {
-                io::copy(&mut diff, &mut io::sink())
-                    .map(|_| ())
-                    .map_err(|e| format!("the layer is corrupt or truncated ({e})"))
-            });
+            let unpacked = unpacker
+                .apply_layer(&mut diff)
+                .map_err(ArchiveError::Layer)
+                .and_then(|()| {
+                    io::copy(&mut diff, &mut io::sink())
+                        .map(|_| ())
+                        .map_err(ArchiveError::LayerCorrupt)
+                });
             (unpacked, diff.finish())
         };
         let drained = io::copy(&mut blob, &mut io::sink());
         let blob_found = blob.finish();
         if let Some(expected) = &layer.blob_digest {
             if drained.is_ok() && *expected != blob_found {
-                return Err(format!("blob digest mismatch (expected sha256:{expected}, found sha256:{blob_found}); the archive is corrupt"));
+                return Err(ArchiveError::BlobMismatch {
+                    expected: expected.clone(),
+                    found: blob_found,
+                });
             }
         }
         unpacked?;
-        drained.map_err(|e| format!("the layer is corrupt or truncated ({e})"))?;
+        drained.map_err(ArchiveError::LayerCorrupt)?;
         if let Some(expected) = &layer.diff_id {
             if *expected != diff_found {
-                return Err(format!("content digest mismatch (expected sha256:{expected}, found sha256:{diff_found}); the archive is corrupt"));
+                return Err(ArchiveError::ContentMismatch {
+                    expected: expected.clone(),
+                    found: diff_found,
+                });
             }
         }
         Ok(())
@@ -333,10 +410,10 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// `sha256:HEX` as the lowercase hex, refusing anything else (it becomes a file name).
-fn sha256_hex(digest: &str) -> Result<String, String> {
+fn sha256_hex(digest: &str) -> Result<String, ArchiveError> {
     crate::digest::Digest::parse(digest)
         .map(|d| d.hex().to_string())
-        .ok_or_else(|| format!("digest {digest:?}: only sha256 digests are supported"))
+        .ok_or_else(|| ArchiveError::UnsupportedDigest(digest.to_string()))
 }
 
 fn blob_name(hex: &str) -> String {
@@ -359,20 +436,18 @@ fn clean_name(raw: &str) -> String {
 }
 
 /// A name from manifest.json: relative and without `..`.
-fn safe_name(raw: &str) -> Result<String, String> {
+fn safe_name(raw: &str) -> Result<String, ArchiveError> {
     if raw.starts_with('/')
         || Path::new(raw)
             .components()
             .any(|c| c == Component::ParentDir)
     {
-        return Err(format!(
-            "manifest.json names {raw:?}, outside the archive; the archive is unsafe"
-        ));
+        return Err(ArchiveError::UnsafeName(raw.to_string()));
     }
     Ok(clean_name(raw))
 }
 
-fn choose_manifest(manifests: &[OciDescriptor]) -> Result<&OciDescriptor, String> {
+fn choose_manifest(manifests: &[OciDescriptor]) -> Result<&OciDescriptor, ArchiveError> {
     if let [only] = manifests {
         return Ok(only);
     }
@@ -392,15 +467,15 @@ fn choose_manifest(manifests: &[OciDescriptor]) -> Result<&OciDescriptor, String
         .collect();
     match matching.as_slice() {
         [one] => Ok(one),
-        [] if manifests.is_empty() => Err("index.json lists no image".into()),
-        [] => Err(format!(
-            "none of the {} images in index.json is for linux/{arch}",
-            manifests.len()
-        )),
-        more => Err(format!(
-            "index.json lists {} images for linux/{arch}; save one image per archive",
-            more.len()
-        )),
+        [] if manifests.is_empty() => Err(ArchiveError::NoImage),
+        [] => Err(ArchiveError::NoImageForArch {
+            count: manifests.len(),
+            arch,
+        }),
+        more => Err(ArchiveError::ManyImagesForArch {
+            count: more.len(),
+            arch,
+        }),
     }
 }
 
@@ -455,24 +530,28 @@ struct RootFs {
 }
 
 impl ConfigBlob {
-    fn diff_ids(&self) -> Result<Vec<String>, String> {
+    fn diff_ids(&self) -> Result<Vec<String>, ArchiveError> {
         self.rootfs
             .as_ref()
             .map(|r| r.diff_ids.iter().map(|d| sha256_hex(d)).collect())
-            .unwrap_or_else(|| Err("the image configuration has no rootfs.diff_ids".into()))
+            .unwrap_or(Err(ArchiveError::NoDiffIds))
     }
 
     /// The image `manifest` describes: its layer blobs (name, and digest when the archive
     /// names one) paired in order with the configuration's diff_ids, which must be as
     /// many.
-    fn image(&self, manifest: &str, blobs: Vec<(String, Option<String>)>) -> Result<Image, String> {
+    fn image(
+        &self,
+        manifest: &'static str,
+        blobs: Vec<(String, Option<String>)>,
+    ) -> Result<Image, ArchiveError> {
         let diff_ids = self.diff_ids()?;
         if blobs.len() != diff_ids.len() {
-            return Err(format!(
-                "{manifest} has {} layers but the configuration lists {}; the archive is corrupt",
-                blobs.len(),
-                diff_ids.len()
-            ));
+            return Err(ArchiveError::LayerCount {
+                manifest,
+                blobs: blobs.len(),
+                diff_ids: diff_ids.len(),
+            });
         }
         let layers = blobs
             .into_iter()
@@ -500,5 +579,53 @@ impl ConfigBlob {
             user: c.user.filter(|u| !u.is_empty()),
             labels: c.labels.filter(|l| !l.is_empty()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::Scratch;
+
+    /// The typed errors read exactly as the text `ferry import` printed before them.
+    #[test]
+    fn refusals_are_typed_and_read_as_before() {
+        let scratch = Scratch::new("archive");
+        let open = |name: &str, bytes: &[u8]| {
+            let path = scratch.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Archive::open(&path).err().unwrap()
+        };
+        let e = open("a.tar.gz", &[0x1f, 0x8b, 8, 0]);
+        assert!(matches!(e, ArchiveError::Gzip));
+        assert_eq!(
+            e.to_string(),
+            "is gzip-compressed; decompress it first (gunzip), then import the .tar"
+        );
+        let e = open("a.txt", &[b'x'; 600]);
+        assert!(matches!(e, ArchiveError::NotAnArchive));
+        assert_eq!(e.to_string(), "not an image archive; ferry imports docker-archive/podman save tars and OCI image layouts (folder or tar)");
+        let e = Archive::open(&scratch.join("missing")).err().unwrap();
+        assert_eq!(e.to_string(), "not found; check the path");
+
+        assert_eq!(
+            safe_name("../etc/passwd").unwrap_err().to_string(),
+            r#"manifest.json names "../etc/passwd", outside the archive; the archive is unsafe"#
+        );
+        assert_eq!(
+            sha256_hex("md5:00").unwrap_err().to_string(),
+            r#"digest "md5:00": only sha256 digests are supported"#
+        );
+        let e = ArchiveError::from(LayerError::Interrupted);
+        assert_eq!(e.to_string(), "interrupted");
+        assert_eq!(
+            ArchiveError::LayerCount {
+                manifest: "manifest.json",
+                blobs: 2,
+                diff_ids: 3
+            }
+            .to_string(),
+            "manifest.json has 2 layers but the configuration lists 3; the archive is corrupt"
+        );
     }
 }

@@ -15,6 +15,25 @@ use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+/// Why a layer cannot be applied; `Display` is the reason, the caller names the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("not a tar stream ({0})")]
+    NotTar(io::Error),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("corrupt or truncated tar ({0})")]
+    CorruptTar(io::Error),
+    #[error("an entry has an unusable name ({0})")]
+    UnusableName(io::Error),
+    #[error("entry {0}: the path leaves the image ('..'); the layer is unsafe")]
+    LeavesImage(PathBuf),
+    #[error("entry {entry}: {source}")]
+    Entry { entry: PathBuf, source: io::Error },
+    #[error("reading the layer to its end: {0}")]
+    ReadToEnd(io::Error),
+}
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -43,35 +62,26 @@ impl Unpacker {
 
     /// Applies one layer. `reader` yields the uncompressed tar stream; it is read to the
     /// end so the caller's digests cover every byte.
-    pub fn apply_layer(&mut self, reader: impl Read) -> Result<(), String> {
+    pub fn apply_layer(&mut self, reader: impl Read) -> Result<(), LayerError> {
         let mut archive = tar::Archive::new(reader);
         // Paths made by this layer (relative to the root, resolved): an opaque marker
         // only removes what lower layers made.
         let mut this_layer: HashSet<PathBuf> = HashSet::new();
-        let entries = archive
-            .entries()
-            .map_err(|e| format!("not a tar stream ({e})"))?;
+        let entries = archive.entries().map_err(LayerError::NotTar)?;
         for entry in entries {
             if crate::interrupt::interrupted() {
-                return Err("interrupted".into());
+                return Err(LayerError::Interrupted);
             }
-            let mut entry = entry.map_err(|e| format!("corrupt or truncated tar ({e})"))?;
-            let raw = entry
-                .path()
-                .map_err(|e| format!("an entry has an unusable name ({e})"))?
-                .into_owned();
-            let name = normalize(&raw).ok_or_else(|| {
-                format!(
-                    "entry {}: the path leaves the image ('..'); the layer is unsafe",
-                    raw.display()
-                )
-            })?;
+            let mut entry = entry.map_err(LayerError::CorruptTar)?;
+            let raw = entry.path().map_err(LayerError::UnusableName)?.into_owned();
+            let Some(name) = normalize(&raw) else {
+                return Err(LayerError::LeavesImage(raw));
+            };
             self.apply_entry(&mut entry, &name, &mut this_layer)
-                .map_err(|e| format!("entry {}: {e}", raw.display()))?;
+                .map_err(|source| LayerError::Entry { entry: raw, source })?;
         }
         let mut rest = archive.into_inner();
-        io::copy(&mut rest, &mut io::sink())
-            .map_err(|e| format!("reading the layer to its end: {e}"))?;
+        io::copy(&mut rest, &mut io::sink()).map_err(LayerError::ReadToEnd)?;
         Ok(())
     }
 
@@ -391,11 +401,15 @@ mod tests {
         let e = u
             .apply_layer(layer(&[("../out", T::Regular, "x")]).as_slice())
             .unwrap_err();
-        assert!(e.contains("leaves the image"), "{e}");
+        assert!(matches!(e, LayerError::LeavesImage(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "entry ../out: the path leaves the image ('..'); the layer is unsafe"
+        );
         let e = u
             .apply_layer(layer(&[("hl", T::Link, "../../etc/passwd")]).as_slice())
             .unwrap_err();
-        assert!(e.contains("leaves the image"), "{e}");
+        assert!(e.to_string().contains("leaves the image"), "{e}");
         assert!(!scratch.join("out").exists());
     }
 

@@ -11,8 +11,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-pub use archive::{Archive, Image, Layer};
-pub use layers::{remove_any, Unpacker};
+pub use archive::{Archive, ArchiveError, Image, Layer};
+pub use layers::{remove_any, LayerError, Unpacker};
 
 /// Writes `config` as `/.ferry/image.json` of the root folder `rootfs` (what
 /// `image_config` reads back), replacing whatever a layer put there.

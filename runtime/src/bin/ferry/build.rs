@@ -30,7 +30,7 @@ pub fn build_command(
     // A stored configuration is kept as it is, but only if the runtime can read it.
     let config = rootfs.join(CONFIG_PATH.trim_start_matches('/'));
     if let Ok(text) = std::fs::read(&config) {
-        ImageConfig::parse(&text, rootfs)?;
+        ImageConfig::parse(&text, rootfs).map_err(|e| e.to_string())?;
     }
     check_output(out, force)?;
     let inside = out

@@ -10,7 +10,7 @@
 use crate::build;
 use crate::cli::Compression;
 use ferry_runtime::image_config::CONFIG_PATH;
-use ferry_runtime::oci::{self, remove_any, Archive, Unpacker};
+use ferry_runtime::oci::{self, remove_any, Archive, ArchiveError, Unpacker};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub fn import_command(
 }
 
 fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> Result<(), String> {
-    let what = |e: String| format!("archive {}: {e}", archive.display());
+    let what = |e: ArchiveError| format!("archive {}: {e}", archive.display());
     let source = Archive::open(archive).map_err(what)?;
     let image = source.image().map_err(what)?;
 
@@ -69,7 +69,12 @@ fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> 
             if progress {
                 eprintln!(); // the error goes on a line of its own
             }
-            what(format!("layer {} of {count} ({}): {e}", i + 1, layer.name))
+            format!(
+                "archive {}: layer {} of {count} ({}): {e}",
+                archive.display(),
+                i + 1,
+                layer.name
+            )
         })?;
     }
     if progress {

@@ -268,6 +268,7 @@ fn set_config(report: &mut Report, image: &Path, found: Config) {
         .ok()
         .filter(serde_json::Value::is_object);
     if let Err(why) = ImageConfig::check_stored(&bytes, image) {
+        let why = why.to_string();
         report.config_error = Some(why.clone());
         if report.runnable {
             report.runnable = false;
