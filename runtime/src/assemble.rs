@@ -652,19 +652,9 @@ mod tests {
     use crate::plan::{ImageMount, Source};
     use crate::privileged::fake::{Call, Recording};
     use crate::request::MountSpec;
-    use crate::users::User;
 
     fn request() -> Request {
-        let alice = User {
-            name: "alice".into(),
-            uid: 1001,
-            gid: 1001,
-            groups: vec![],
-            home: "/home/alice".into(),
-            gecos: String::new(),
-        };
-        let mut req = Request::new("/images/a.sqfs".into(), alice);
-        req.cwd = Some("/home/alice/project".into());
+        let mut req = Request::example();
         req.mounts = vec![MountSpec {
             source: "/data".into(),
             dest: "/data".into(),

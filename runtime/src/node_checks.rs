@@ -7,6 +7,8 @@
 //! A check is a function `fn(&Node) -> Vec<Finding>` listed in `CHECKS`; add one there.
 
 use crate::plugin_config::Config;
+/// Slurm's plugin folders (Debian's and EL's layouts), for relative plugin paths.
+use crate::plugin_config::SLURM_PLUGIN_DIRS as PLUGIN_DIRS;
 use crate::resolve::under;
 use crate::site::{Site, Untrusted};
 use std::fs;
@@ -14,13 +16,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-/// Slurm's plugin folders (Debian's and EL's layouts), for relative plugin paths.
-const PLUGIN_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/slurm-wlm",
-    "/usr/lib/aarch64-linux-gnu/slurm-wlm",
-    "/usr/lib64/slurm",
-    "/usr/lib/slurm",
-];
 const LIB_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",

@@ -414,20 +414,9 @@ mod tests {
     use super::*;
     use crate::request::{MountSpec, SlurmClients};
     use crate::site::SiteMount;
-    use crate::users::User;
 
     fn request() -> Request {
-        let alice = User {
-            name: "alice".into(),
-            uid: 1001,
-            gid: 1001,
-            groups: vec![],
-            home: "/home/alice".into(),
-            gecos: String::new(),
-        };
-        let mut req = Request::new("/images/a.sqfs".into(), alice);
-        req.cwd = Some("/home/alice/project".into());
-        req
+        Request::example()
     }
 
     fn squashfs(req: &Request) -> Plan {

@@ -18,6 +18,14 @@ pub const DEFAULT_HOST_DIRS: &[&str] = &[
     "/run/munge",
     "/var/spool/slurmd",
     "/var/spool/slurm/d",
+    SLURM_PLUGIN_DIRS[0],
+    SLURM_PLUGIN_DIRS[1],
+    SLURM_PLUGIN_DIRS[2],
+    SLURM_PLUGIN_DIRS[3],
+];
+
+/// Where the distributions put Slurm's plugins (and so this plugin): Debian's and EL's.
+pub const SLURM_PLUGIN_DIRS: [&str; 4] = [
     "/usr/lib/x86_64-linux-gnu/slurm-wlm",
     "/usr/lib/aarch64-linux-gnu/slurm-wlm",
     "/usr/lib64/slurm",

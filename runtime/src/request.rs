@@ -72,6 +72,25 @@ impl Request {
     }
 }
 
+#[cfg(test)]
+impl Request {
+    /// For unit tests: alice (uid 1001, home /home/alice) runs /images/a.sqfs from
+    /// /home/alice/project, nothing else asked for.
+    pub(crate) fn example() -> Request {
+        let alice = User {
+            name: "alice".into(),
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+            home: "/home/alice".into(),
+            gecos: String::new(),
+        };
+        let mut req = Request::new("/images/a.sqfs".into(), alice);
+        req.cwd = Some("/home/alice/project".into());
+        req
+    }
+}
+
 /// Default for `Request::hash_unpinned_up_to`: 1 GiB (a few seconds, once per file version).
 pub const HASH_UNPINNED_UP_TO: u64 = 1 << 30;
 
