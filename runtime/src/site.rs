@@ -48,6 +48,13 @@ pub struct Site {
     /// Longest a step's setup may take (see `DEFAULT_SETUP_TIMEOUT`).
     pub setup_timeout: Duration,
     pub log_level: LogLevel,
+    /// Read-only image stores the admins fill (`ferry pull --store DIR`), searched
+    /// before the user's own for a pulled reference or a `sha256:` image.
+    pub image_stores: Vec<PathBuf>,
+    /// Where each user's own store is, as a template with `{user}` and `{home}` (a
+    /// folder the compute nodes see); None: the user's cache folder, which must then be
+    /// on a shared file system.
+    pub user_image_store: Option<String>,
 }
 
 impl Default for Site {
@@ -63,6 +70,8 @@ impl Default for Site {
             user_mount_destinations: None,
             setup_timeout: DEFAULT_SETUP_TIMEOUT,
             log_level: LogLevel::Info,
+            image_stores: Vec::new(),
+            user_image_store: None,
         }
     }
 }
@@ -78,6 +87,8 @@ struct RawSite {
     user_mount_destinations: Option<Vec<String>>,
     setup_timeout: Option<String>,
     log_level: Option<String>,
+    image_stores: Option<Vec<String>>,
+    user_image_store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +174,17 @@ impl Site {
                 .ok_or_else(|| {
                     format!("setup_timeout: {limit:?}: give a time from 1s to 24h, such as \"300s\" or \"5m\"")
                 })?;
+        }
+        if let Some(dirs) = raw.image_stores {
+            site.image_stores = path_list("image_stores", &dirs)?;
+        }
+        if let Some(template) = raw.user_image_store {
+            // Checked as the path it makes for a user with a plain name and home.
+            let example = fill_store_template(&template, "user", Path::new("/home/user"));
+            abs_path("user_image_store", &example).map_err(|_| {
+                format!("user_image_store: {template:?}: give an absolute folder, such as \"/shared/ferry/{{user}}\" or \"{{home}}/.cache/ferry/images\" (no '..', comma or colon)")
+            })?;
+            site.user_image_store = Some(template);
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -282,8 +304,38 @@ impl Site {
             "log_level",
             format!("{:?}", self.log_level).to_lowercase(),
         );
+        line(
+            &mut out,
+            "image_stores",
+            if self.image_stores.is_empty() {
+                "(none)".into()
+            } else {
+                join_paths(&self.image_stores)
+            },
+        );
+        line(
+            &mut out,
+            "user_image_store",
+            self.user_image_store
+                .clone()
+                .unwrap_or_else(|| "(the user's cache folder, on a shared file system)".into()),
+        );
         out
     }
+
+    /// The user's own image store as this site places it, if it does.
+    pub fn user_image_store_for(&self, user: &str, home: &Path) -> Option<PathBuf> {
+        self.user_image_store
+            .as_ref()
+            .map(|t| PathBuf::from(fill_store_template(t, user, home)))
+    }
+}
+
+/// `{user}` and `{home}` replaced in a store template.
+fn fill_store_template(template: &str, user: &str, home: &Path) -> String {
+    template
+        .replace("{user}", user)
+        .replace("{home}", &home.to_string_lossy())
 }
 
 /// `90`, `90s`, `5m`, `1h`.
@@ -510,5 +562,37 @@ mod tests {
             let e = parse(&format!(r#"{{"setup_timeout": "{bad}"}}"#)).unwrap_err();
             assert!(e.starts_with("setup_timeout: "), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn image_stores_and_the_users_store_template() {
+        let site = parse(
+            r#"{"image_stores": ["/shared/ferry/site-images/"],
+                "user_image_store": "/shared/ferry/{user}"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            site.image_stores,
+            vec![PathBuf::from("/shared/ferry/site-images")]
+        );
+        assert_eq!(
+            site.user_image_store_for("alice", Path::new("/home/alice")),
+            Some(PathBuf::from("/shared/ferry/alice"))
+        );
+        let site = parse(r#"{"user_image_store": "{home}/.cache/ferry/images"}"#).unwrap();
+        assert_eq!(
+            site.user_image_store_for("bob", Path::new("/home/b/bob")),
+            Some(PathBuf::from("/home/b/bob/.cache/ferry/images"))
+        );
+        assert_eq!(
+            Site::default().user_image_store_for("bob", Path::new("/h")),
+            None
+        );
+        for bad in ["relative/{user}", "/shared/../{user}", "/a:b/{user}"] {
+            let e = parse(&format!(r#"{{"user_image_store": "{bad}"}}"#)).unwrap_err();
+            assert!(e.starts_with("user_image_store: "), "{bad}: {e}");
+        }
+        let e = parse(r#"{"image_stores": ["rel"]}"#).unwrap_err();
+        assert!(e.starts_with("image_stores[0]: "), "{e}");
     }
 }
