@@ -3,6 +3,7 @@
 //! is submitted, so a typo fails at once on the user's terminal.
 
 use crate::options;
+use crate::resolve;
 use ferry_runtime::plugin_config::Config;
 use ferry_runtime::step_request::{check_pin_rule, NO_CONTAINER};
 use ferry_runtime::MountSpec;
@@ -61,7 +62,18 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     if let Some(image) = from_command_line.or(inherited) {
-        std::env::set_var(CONTAINER_VAR, absolute_image(&image, &cwd));
+        let value = if resolve::needs_resolving(&image) {
+            let site_config = (config.site_config_required || config.site_config.exists())
+                .then_some(config.site_config.as_path());
+            let resolved = resolve::resolve(&config.ferry, site_config, &image)?;
+            set_or_remove(resolve::REFERENCE_VAR, resolved.reference.as_deref());
+            set_or_remove(resolve::MANIFEST_VAR, resolved.manifest_digest.as_deref());
+            std::env::set_var(resolve::RESOLVED_VAR, &resolved.pinned);
+            resolved.pinned
+        } else {
+            absolute_image(&image, &cwd)
+        };
+        std::env::set_var(CONTAINER_VAR, value);
         std::env::set_var(CWD_VAR, &cwd);
     }
     if let Some(list) = options::mounts() {
@@ -99,6 +111,13 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn set_or_remove(var: &str, value: Option<&str>) {
+    match value {
+        Some(v) => std::env::set_var(var, v),
+        None => std::env::remove_var(var),
+    }
 }
 
 /// An image path relative to the folder the job was submitted from; `none` stays.

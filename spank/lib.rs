@@ -9,6 +9,7 @@ mod client;
 mod ffi;
 mod options;
 mod provenance;
+mod resolve;
 mod step;
 mod syslog;
 

@@ -15,9 +15,51 @@ pub struct StepIds {
     pub slurm_version: Option<String>,
 }
 
-pub fn record(ids: &StepIds, container: &Container, mounts: &[MountSpec]) -> Value {
+/// Where a pulled image came from, as srun/sbatch resolved it at submission. The
+/// job's environment carries it, so it is the user's word: the image itself is what
+/// the pinned digest verifies.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub reference: String,
+    pub manifest_digest: String,
+}
+
+/// Longest reference recorded (a registry reference is a host, a path and a tag).
+const MAX_REFERENCE: usize = 512;
+
+impl Origin {
+    /// The origin the job's environment gives, if it belongs to `container` (the
+    /// step's image as submitted) and reads as a reference and a digest.
+    pub fn from_job(
+        container: Option<&str>,
+        resolved: Option<&str>,
+        reference: Option<String>,
+        manifest_digest: Option<String>,
+    ) -> Option<Origin> {
+        if container.is_none() || container != resolved {
+            return None;
+        }
+        let reference = reference.filter(|r| {
+            !r.is_empty() && r.len() <= MAX_REFERENCE && r.chars().all(|c| c.is_ascii_graphic())
+        })?;
+        let manifest_digest = manifest_digest
+            .and_then(|d| ferry_runtime::digest::Digest::parse(&d))?
+            .to_string();
+        Some(Origin {
+            reference,
+            manifest_digest,
+        })
+    }
+}
+
+pub fn record(
+    ids: &StepIds,
+    container: &Container,
+    mounts: &[MountSpec],
+    origin: Option<&Origin>,
+) -> Value {
     let facts = &container.facts;
-    json!({
+    let mut record = json!({
         "type": "ferry-provenance",
         "version": 1,
         "time_unix": std::time::SystemTime::now()
@@ -49,5 +91,45 @@ pub fn record(ids: &StepIds, container: &Container, mounts: &[MountSpec]) -> Val
         "ferry_version": env!("CARGO_PKG_VERSION"),
         "slurm_version": ids.slurm_version,
         "slurm_built_for": env!("FERRY_SLURM_VERSION"),
-    })
+    });
+    if let Some(origin) = origin {
+        record["reference"] = json!(origin.reference);
+        record["manifest_digest"] = json!(origin.manifest_digest);
+    }
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+
+    #[test]
+    fn an_origin_is_recorded_only_for_the_image_it_was_resolved_to() {
+        let pinned = format!("/store/images/x.sqfs@sha256:{}", "ab".repeat(32));
+        let manifest = format!("sha256:{}", "cd".repeat(32));
+        let origin = |container: &str, reference: &str, digest: &str| {
+            Origin::from_job(
+                Some(container),
+                Some(&pinned),
+                Some(reference.to_string()),
+                Some(digest.to_string()),
+            )
+        };
+        assert_eq!(
+            origin(&pinned, "127.0.0.1:5000/app:1", &manifest),
+            Some(Origin {
+                reference: "127.0.0.1:5000/app:1".into(),
+                manifest_digest: manifest.clone(),
+            })
+        );
+        // Another image (an srun in the job with its own --container), a forged
+        // digest, a reference with spaces or control characters: nothing recorded.
+        assert_eq!(
+            origin("/other.sqfs", "127.0.0.1:5000/app:1", &manifest),
+            None
+        );
+        assert_eq!(origin(&pinned, "127.0.0.1:5000/app:1", "sha256:zz"), None);
+        assert_eq!(origin(&pinned, "app 1\n", &manifest), None);
+        assert_eq!(Origin::from_job(None, None, None, None), None);
+    }
 }

@@ -12,6 +12,7 @@ use crate::client::{
 use crate::ffi::{self, Spank};
 use crate::options;
 use crate::provenance;
+use crate::resolve;
 use crate::syslog;
 use ferry_runtime::plugin_config::Config;
 use ferry_runtime::request::BIN_DIR;
@@ -95,7 +96,16 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 uid: req.user.uid,
                 slurm_version: spank.slurm_version(),
             };
-            let record = provenance::record(&step_ids, &container, &req.mounts).to_string();
+            // What srun/sbatch resolved this image from, when it came from a registry:
+            // recorded only for the very image that resolution pinned.
+            let origin = provenance::Origin::from_job(
+                container_var.as_deref(),
+                spank.getenv(resolve::RESOLVED_VAR).as_deref(),
+                spank.getenv(resolve::REFERENCE_VAR),
+                spank.getenv(resolve::MANIFEST_VAR),
+            );
+            let record =
+                provenance::record(&step_ids, &container, &req.mounts, origin.as_ref()).to_string();
             syslog::log(syslog::INFO, &format!("provenance {record}"));
             with_step(|s| {
                 s.container = Some(container);

@@ -4,11 +4,15 @@
 //!
 //!   required /usr/lib/.../ferry.so [launcher=PATH] [host_dirs=DIR,DIR,...] [slurm_clients=yes|no]
 //!            [accounts=NAME,NAME,...] [require_digest=yes|no] [digest_cache=DIR]
-//!            [hash_unpinned_max=SIZE] [site_config=FILE]
+//!            [hash_unpinned_max=SIZE] [site_config=FILE] [ferry=PATH]
 
 use std::path::PathBuf;
 
 pub const DEFAULT_LAUNCHER: &str = crate::DEFAULT_LAUNCHER;
+
+/// The `ferry` command srun and sbatch run, as the user, to resolve a registry or
+/// `sha256:` image at submission (the plugin itself links no HTTP code).
+pub const DEFAULT_FERRY: &str = "/usr/bin/ferry";
 
 /// Host folders that Slurm's clients and PMI need inside the container, bound at the
 /// same path when they exist: configuration, munge's socket, the slurmd spool (batch
@@ -49,6 +53,8 @@ pub struct Config {
     /// The site policy file, and whether plugstack.conf named it (then it must exist).
     pub site_config: PathBuf,
     pub site_config_required: bool,
+    /// The `ferry` command that resolves registry and `sha256:` images at submission.
+    pub ferry: PathBuf,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             hash_unpinned_up_to: crate::request::HASH_UNPINNED_UP_TO,
             site_config: crate::site::DEFAULT_SITE_CONFIG.into(),
             site_config_required: false,
+            ferry: DEFAULT_FERRY.into(),
         }
     }
 }
@@ -78,6 +85,8 @@ impl Config {
             match key {
                 "launcher" if value.starts_with('/') => config.launcher = value.into(),
                 "launcher" => return Err(bad("give an absolute path")),
+                "ferry" if value.starts_with('/') => config.ferry = value.into(),
+                "ferry" => return Err(bad("give an absolute path")),
                 "host_dirs" => {
                     let dirs: Vec<PathBuf> = value.split(',').filter(|d| !d.is_empty()).map(PathBuf::from).collect();
                     if dirs.iter().any(|d| !d.is_absolute()) {
@@ -101,7 +110,7 @@ impl Config {
                 "accounts" => config.accounts = value.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
                 _ => {
                     return Err(format!(
-                        "plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config)"
+                        "plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config, ferry)"
                     ))
                 }
             }
