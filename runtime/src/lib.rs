@@ -28,6 +28,7 @@ mod scratch;
 mod share;
 pub mod sif;
 pub mod site;
+pub mod squash;
 pub mod step_request;
 pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line

@@ -113,7 +113,8 @@ pub enum Command {
     },
 }
 
-/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read.
+/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read
+/// (`ferry_runtime::squash::Compression` on the command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
     Gzip,
@@ -121,17 +122,4 @@ pub enum Compression {
     Lz4,
     Zstd,
     Xz,
-}
-
-impl Compression {
-    /// The name mksquashfs's `-comp` takes.
-    pub fn mksquashfs_name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Lzo => "lzo",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-            Compression::Xz => "xz",
-        }
-    }
 }
