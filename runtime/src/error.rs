@@ -13,6 +13,7 @@ pub use crate::mount_error::{MountError, MountStep};
 pub use crate::oci::ArchiveError;
 pub use crate::policy::PolicyError;
 pub use crate::squash::SquashError;
+pub use crate::store::StoreError;
 pub use crate::users::UserError;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum Error {
     Oci(#[from] ArchiveError),
     #[error(transparent)]
     Squash(#[from] SquashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// What the setup helper reported, rebuilt in the parent: the category of the
     /// helper's error and the line it wrote (its `io::Error` sources cannot cross the
     /// pipe, so the parent keeps the kind and the text, never a guess).
@@ -64,6 +67,7 @@ pub enum ErrorKind {
     User,
     Oci,
     Squash,
+    Store,
     System,
     /// The helper panicked: a bug, not the user's input.
     Internal,
@@ -87,6 +91,7 @@ impl Error {
             Error::User(_) => ErrorKind::User,
             Error::Oci(_) => ErrorKind::Oci,
             Error::Squash(_) => ErrorKind::Squash,
+            Error::Store(_) => ErrorKind::Store,
             Error::Helper { kind, .. } => *kind,
             Error::System { .. } => ErrorKind::System,
         }
