@@ -262,7 +262,7 @@ impl Store {
     /// An entry whose SquashFS file has this SHA-256, with the file in place: a regular
     /// file of the size the entry records.
     pub fn by_image(&self, image: &Digest) -> Result<Option<Entry>> {
-        let (entries, _) = self.scan()?;
+        let (entries, _) = self.records()?;
         for entry in entries {
             if entry.image_digest == *image && self.check_image(&entry)? {
                 return Ok(Some(entry));
@@ -417,6 +417,25 @@ impl Store {
     /// Every readable entry, sorted by reference, and what is wrong with each broken
     /// one (unreadable JSON, a missing or changed image), for the caller to report.
     pub fn scan(&self) -> Result<(Vec<Entry>, Vec<StoreError>)> {
+        let (records, mut broken) = self.records()?;
+        let mut entries = Vec::new();
+        for entry in records {
+            match self.check_image(&entry) {
+                Ok(true) => entries.push(entry),
+                Ok(false) => broken.push(StoreError::BrokenImage {
+                    path: entry.path.clone(),
+                    image: entry.image_digest.clone(),
+                    reason: "missing".into(),
+                }),
+                Err(e) => broken.push(e),
+            }
+        }
+        Ok((entries, broken))
+    }
+
+    /// Every entry whose JSON reads, sorted by reference, whatever the state of its
+    /// image, and the errors of those that do not read.
+    fn records(&self) -> Result<(Vec<Entry>, Vec<StoreError>)> {
         let dir = self.root.join(ENTRIES);
         let children = match fs::read_dir(&dir) {
             Ok(c) => c,
@@ -435,17 +454,8 @@ impl Store {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let loaded = self.load(&child.path()).and_then(|e| match e {
-                Some(e) => self.check_image(&e).map(|ok| (e, ok)).map(Some),
-                None => Ok(None),
-            });
-            match loaded {
-                Ok(Some((entry, true))) => entries.push(entry),
-                Ok(Some((entry, false))) => broken.push(StoreError::BrokenImage {
-                    path: entry.path.clone(),
-                    image: entry.image_digest.clone(),
-                    reason: "missing".into(),
-                }),
+            match self.load(&child.path()) {
+                Ok(Some(entry)) => entries.push(entry),
                 Ok(None) => {} // removed meanwhile
                 Err(e) => broken.push(e),
             }
@@ -457,11 +467,16 @@ impl Store {
     }
 
     /// Removes the entries that `what` names: a reference as stored, a manifest digest or
-    /// an image digest (`sha256:HEX`). An image file goes with its last entry.
+    /// an image digest (`sha256:HEX`), whatever the state of their images; an entry file
+    /// that does not read goes when its manifest digest is named. An image file goes with
+    /// its last entry. Never call it while holding an `EntryLock` of this store.
     pub fn remove(&self, what: &str) -> Result<Vec<Entry>> {
         self.require_writable()?;
         let digest = Digest::parse(what);
-        let (entries, _) = self.scan()?;
+        if let Some(manifest) = &digest {
+            self.remove_unreadable_entry(manifest)?;
+        }
+        let (entries, _) = self.records()?;
         let chosen: Vec<Entry> = entries
             .into_iter()
             .filter(|e| match &digest {
@@ -479,14 +494,26 @@ impl Store {
     }
 
     /// Removes least recently used entries until the images take at most `max_bytes`,
-    /// plus image files no entry names and staging folders left by killed pulls (both
-    /// once older than `STALE_AFTER`). Returns the entries removed.
+    /// plus entries whose image is missing, image files no entry names and staging
+    /// folders left by killed pulls (both once older than `STALE_AFTER`). Returns the
+    /// entries removed. Never call it while holding an `EntryLock` of this store.
     pub fn prune(&self, max_bytes: u64) -> Result<Vec<Entry>> {
         self.require_writable()?;
         self.remove_stale()?;
-        let (mut entries, _) = self.scan()?;
-        entries.sort_by_key(|e| (e.last_used, e.created));
+        let (records, _) = self.records()?;
         let mut removed = Vec::new();
+        let mut entries = Vec::new();
+        for entry in records {
+            // An entry without its image is of no use (a removal cut short).
+            if self.check_image(&entry).is_ok_and(|present| !present) {
+                if self.remove_entry(&entry)? {
+                    removed.push(entry);
+                }
+            } else {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by_key(|e| (e.last_used, e.created));
         let mut total = distinct_image_bytes(&entries);
         while total > max_bytes && !entries.is_empty() {
             let oldest = entries.remove(0);
@@ -496,6 +523,17 @@ impl Store {
             total = distinct_image_bytes(&entries);
         }
         Ok(removed)
+    }
+
+    /// Deletes the entry file of `manifest` if it does not read as an entry (the fix
+    /// `StoreError::BrokenEntry` suggests).
+    fn remove_unreadable_entry(&self, manifest: &Digest) -> Result<()> {
+        let _lock = self.lock(manifest)?;
+        let path = self.entry_path(manifest);
+        if matches!(self.load(&path), Err(StoreError::BrokenEntry { .. })) {
+            fs::remove_file(&path).map_err(io_error("cannot remove it", &path))?;
+        }
+        Ok(())
     }
 
     /// Removes one entry under its lock, then its image unless another entry names it.
@@ -508,7 +546,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_error("cannot remove it", &path)(e)),
         }
-        let (others, _) = self.scan()?;
+        let (others, _) = self.records()?;
         if !others.iter().any(|e| e.image_digest == entry.image_digest) {
             match fs::remove_file(&entry.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -522,7 +560,7 @@ impl Store {
 
     /// Image files no entry names and staging folders, once older than `STALE_AFTER`.
     fn remove_stale(&self) -> Result<()> {
-        let (entries, _) = self.scan()?;
+        let (entries, _) = self.records()?;
         let named: std::collections::HashSet<PathBuf> =
             entries.iter().map(|e| e.path.clone()).collect();
         let images = self.root.join(IMAGES);
@@ -749,4 +787,480 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::Scratch;
+    use std::os::unix::fs::symlink;
+
+    fn digest_of(text: &str) -> Digest {
+        use sha2::{Digest as _, Sha256};
+        Digest::parse(&format!("sha256:{:x}", Sha256::digest(text.as_bytes()))).unwrap()
+    }
+
+    /// Writes `bytes` as a file in a staging folder of `store` and stores it.
+    fn put(store: &Store, reference: &str, manifest: &Digest, bytes: &str) -> Entry {
+        let staging = store.staging().unwrap();
+        let file = staging.path().join("image.sqfs");
+        fs::write(&file, bytes).unwrap();
+        let lock = store.lock(manifest).unwrap();
+        store
+            .insert(&lock, reference, manifest, None, &file)
+            .unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn set_last_used(store: &Store, manifest: &Digest, last_used: u64) {
+        let entry = store.by_manifest(manifest).unwrap().unwrap();
+        let mut record = record_of(entry);
+        record.last_used = last_used;
+        store.write_record(&record).unwrap();
+    }
+
+    fn age(path: &Path, by: Duration) {
+        let then = SystemTime::now() - by;
+        File::open(path)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(then))
+            .unwrap();
+    }
+
+    #[test]
+    fn open_makes_the_layout_with_folders_only_the_owner_writes() {
+        let dir = Scratch::new("store-open");
+        let root = dir.join("a/b/store");
+        Store::open(&root).unwrap();
+        assert_eq!(names(&root), ["entries", "images", "locks", "staging"]);
+        for sub in ["", "entries", "images", "locks", "staging"] {
+            let mode = fs::metadata(root.join(sub)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755, "{sub}");
+        }
+        // Opening again changes nothing.
+        Store::open(&root).unwrap();
+    }
+
+    #[test]
+    fn an_inserted_image_is_found_by_manifest_and_by_image() {
+        let dir = Scratch::new("store-insert");
+        let store = Store::open(&dir).unwrap();
+        let manifest = digest_of("manifest");
+        let platform = digest_of("platform");
+        let staging = store.staging().unwrap();
+        let file = staging.path().join("image.sqfs");
+        fs::write(&file, "image bytes").unwrap();
+        let lock = store.lock(&manifest).unwrap();
+        let entry = store
+            .insert(
+                &lock,
+                "docker://python:3.12",
+                &manifest,
+                Some(&platform),
+                &file,
+            )
+            .unwrap();
+        drop(lock);
+        assert!(!file.exists(), "the file moves into the store");
+        assert_eq!(entry.image_digest, digest_of("image bytes"));
+        assert_eq!(
+            entry.path,
+            dir.join(format!("images/sha256-{}.sqfs", entry.image_digest.hex()))
+        );
+        assert_eq!(fs::read_to_string(&entry.path).unwrap(), "image bytes");
+        assert_eq!(
+            fs::metadata(&entry.path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(entry.size, 11);
+        assert_eq!(entry.reference, ["docker://python:3.12"]);
+        assert_eq!(entry.platform_manifest_digest, Some(platform));
+        assert!(entry.created > 0 && entry.last_used >= entry.created);
+        assert_eq!(store.by_manifest(&manifest).unwrap(), Some(entry.clone()));
+        assert_eq!(
+            store.by_image(&entry.image_digest).unwrap(),
+            Some(entry.clone())
+        );
+        assert_eq!(store.by_manifest(&digest_of("other")).unwrap(), None);
+        assert_eq!(store.by_image(&digest_of("other")).unwrap(), None);
+        assert_eq!(store.list().unwrap(), std::slice::from_ref(&entry));
+        // Nothing else is left in entries/: the temporary name was renamed.
+        assert_eq!(
+            names(&dir.join("entries")),
+            [format!("sha256-{}.json", manifest.hex())]
+        );
+        let json: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                dir.join("entries")
+                    .join(format!("sha256-{}.json", manifest.hex())),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for field in [
+            "reference",
+            "manifest_digest",
+            "platform_manifest_digest",
+            "image_digest",
+            "size",
+            "created",
+            "last_used",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn a_reference_is_listed_once_and_the_same_bytes_are_stored_once() {
+        let dir = Scratch::new("store-refs");
+        let store = Store::open(&dir).unwrap();
+        let manifest = digest_of("m1");
+        let first = put(&store, "docker://a:1", &manifest, "same bytes");
+        put(&store, "docker://a:1", &manifest, "same bytes");
+        let again = put(&store, "docker://a:latest", &manifest, "same bytes");
+        assert_eq!(again.reference, ["docker://a:1", "docker://a:latest"]);
+        assert_eq!(again.created, first.created);
+        let other = put(&store, "docker://b:1", &digest_of("m2"), "same bytes");
+        assert_eq!(other.path, first.path);
+        assert_eq!(names(&dir.join("images")).len(), 1);
+        assert_eq!(store.list().unwrap().len(), 2);
+
+        // Removing one entry keeps the image the other still names.
+        let removed = store.remove("docker://a:latest").unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].manifest_digest, manifest);
+        assert!(first.path.exists());
+        assert_eq!(store.by_manifest(&manifest).unwrap(), None);
+        let removed = store.remove(&other.manifest_digest.to_string()).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(!first.path.exists(), "the last entry takes its image along");
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.remove("docker://a:1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_by_image_digest_removes_every_entry_of_the_image() {
+        let dir = Scratch::new("store-rm-image");
+        let store = Store::open(&dir).unwrap();
+        let a = put(&store, "docker://a", &digest_of("m1"), "shared");
+        put(&store, "docker://b", &digest_of("m2"), "shared");
+        let kept = put(&store, "docker://c", &digest_of("m3"), "other");
+        let removed = store.remove(&a.image_digest.to_string()).unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(!a.path.exists());
+        assert_eq!(store.list().unwrap(), [kept]);
+    }
+
+    #[test]
+    fn prune_removes_least_recently_used_entries_until_the_images_fit() {
+        let dir = Scratch::new("store-prune");
+        let store = Store::open(&dir).unwrap();
+        let (m1, m2, m3) = (digest_of("m1"), digest_of("m2"), digest_of("m3"));
+        put(&store, "docker://old", &m1, "0123456789");
+        put(&store, "docker://new", &m2, "abcdefghij");
+        put(&store, "docker://mid", &m3, "ABCDEFGHIJ");
+        set_last_used(&store, &m1, 100);
+        set_last_used(&store, &m2, 300);
+        set_last_used(&store, &m3, 200);
+        assert!(store.prune(30).unwrap().is_empty());
+        let removed = store.prune(25).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].manifest_digest, m1);
+        let removed = store.prune(10).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].manifest_digest, m3);
+        assert_eq!(names(&dir.join("images")).len(), 1);
+        assert_eq!(store.prune(0).unwrap().len(), 1);
+        assert!(names(&dir.join("images")).is_empty());
+        assert!(names(&dir.join("entries")).is_empty());
+    }
+
+    #[test]
+    fn prune_removes_stale_staging_and_unnamed_images_but_not_fresh_ones() {
+        let dir = Scratch::new("store-stale");
+        let store = Store::open(&dir).unwrap();
+        let stale = store.staging().unwrap();
+        let stale_path = stale.path().to_path_buf();
+        std::mem::forget(stale); // as a killed pull leaves it
+        age(&stale_path, Duration::from_secs(2 * 24 * 3600));
+        let fresh = store.staging().unwrap();
+        let orphan = dir.join("images/sha256-orphan.sqfs");
+        fs::write(&orphan, "x").unwrap();
+        age(&orphan, Duration::from_secs(2 * 24 * 3600));
+        let young = dir.join("images/sha256-young.sqfs");
+        fs::write(&young, "x").unwrap();
+        let kept = put(&store, "docker://kept", &digest_of("m"), "kept");
+        age(&kept.path, Duration::from_secs(2 * 24 * 3600));
+        store.prune(u64::MAX).unwrap();
+        assert!(!stale_path.exists());
+        assert!(fresh.path().exists());
+        assert!(!orphan.exists());
+        assert!(young.exists(), "a pull may be about to name it");
+        assert!(kept.path.exists());
+    }
+
+    #[test]
+    fn touch_updates_last_used_and_a_read_only_store_is_never_written() {
+        let dir = Scratch::new("store-touch");
+        let store = Store::open(&dir).unwrap();
+        let manifest = digest_of("m");
+        put(&store, "docker://a", &manifest, "bytes");
+        set_last_used(&store, &manifest, 5);
+        let entry = store.by_manifest(&manifest).unwrap().unwrap();
+        assert_eq!(entry.last_used, 5);
+        store.touch(&entry);
+        let touched = store.by_manifest(&manifest).unwrap().unwrap();
+        assert!(touched.last_used >= entry.created);
+        assert_eq!(touched.reference, entry.reference);
+
+        set_last_used(&store, &manifest, 5);
+        let site = Store::open_read_only(&dir).unwrap();
+        assert!(site.is_read_only());
+        let entry = site.by_manifest(&manifest).unwrap().unwrap();
+        let before: Vec<_> = ["entries", "images", "locks", "staging"]
+            .iter()
+            .map(|d| names(&dir.join(d)))
+            .collect();
+        site.touch(&entry);
+        assert_eq!(site.by_manifest(&manifest).unwrap().unwrap().last_used, 5);
+        for refused in [
+            site.lock(&manifest).map(|_| ()),
+            site.staging().map(|_| ()),
+            site.remove("docker://a").map(|_| ()),
+            site.prune(0).map(|_| ()),
+        ] {
+            let err = refused.unwrap_err();
+            assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        }
+        let after: Vec<_> = ["entries", "images", "locks", "staging"]
+            .iter()
+            .map(|d| names(&dir.join(d)))
+            .collect();
+        assert_eq!(before, after);
+        let err = Store::open_read_only(&dir.join("absent")).err().unwrap();
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_skipped_by_list_and_refused_by_by_manifest() {
+        let dir = Scratch::new("store-corrupt");
+        let store = Store::open(&dir).unwrap();
+        let good = put(&store, "docker://good", &digest_of("good"), "good");
+        let bad = digest_of("bad");
+        put(&store, "docker://bad", &bad, "bad");
+        let path = dir.join(format!("entries/sha256-{}.json", bad.hex()));
+        fs::write(&path, "{\"reference\": [\"docker://bad\"], \"manifest_").unwrap();
+        // A writer's temporary file, half written, is not an entry.
+        fs::write(dir.join("entries/.sha256-x.json.1-1.tmp"), "{").unwrap();
+        assert_eq!(store.list().unwrap(), std::slice::from_ref(&good));
+        let (_, broken) = store.scan().unwrap();
+        assert_eq!(broken.len(), 1);
+        let err = store.by_manifest(&bad).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("not a valid entry"), "{text}");
+        assert!(text.contains("delete that file"), "{text}");
+
+        // An entry renamed to another manifest's name is not believed either.
+        fs::copy(
+            dir.join(format!(
+                "entries/sha256-{}.json",
+                good.manifest_digest.hex()
+            )),
+            &path,
+        )
+        .unwrap();
+        let err = store.by_manifest(&bad).unwrap_err();
+        assert!(
+            err.to_string().contains("not the one its name says"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn by_image_refuses_an_image_of_another_size_and_ignores_a_missing_one() {
+        let dir = Scratch::new("store-size");
+        let store = Store::open(&dir).unwrap();
+        let entry = put(&store, "docker://a", &digest_of("m"), "bytes");
+        fs::set_permissions(&entry.path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&entry.path, "bytes and more").unwrap();
+        let err = store.by_image(&entry.image_digest).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("14 bytes where the entry records 5"),
+            "{err}"
+        );
+        assert!(store.by_manifest(&entry.manifest_digest).is_err());
+        fs::remove_file(&entry.path).unwrap();
+        assert_eq!(store.by_image(&entry.image_digest).unwrap(), None);
+        assert_eq!(store.by_manifest(&entry.manifest_digest).unwrap(), None);
+        assert!(store.list().unwrap().is_empty());
+        // An entry without its image is still removed by name, and by prune.
+        assert_eq!(store.remove("docker://a").unwrap().len(), 1);
+        let other = put(&store, "docker://b", &digest_of("n"), "other");
+        fs::remove_file(&other.path).unwrap();
+        assert_eq!(store.prune(u64::MAX).unwrap(), [other]);
+        assert!(names(&dir.join("entries")).is_empty());
+    }
+
+    #[test]
+    fn links_never_lead_out_of_the_store() {
+        let dir = Scratch::new("store-links");
+        let outside = Scratch::new("store-links-outside");
+        let store = Store::open(&dir.join("store")).unwrap();
+        let entry = put(&store, "docker://a", &digest_of("m"), "bytes");
+        let entry_file = dir.join(format!(
+            "store/entries/sha256-{}.json",
+            entry.manifest_digest.hex()
+        ));
+
+        // An entry that is a link to a valid entry elsewhere.
+        fs::rename(&entry_file, outside.join("entry.json")).unwrap();
+        symlink(outside.join("entry.json"), &entry_file).unwrap();
+        let err = store.by_manifest(&entry.manifest_digest).unwrap_err();
+        assert!(err.to_string().contains("a symlink"), "{err}");
+        fs::remove_file(&entry_file).unwrap();
+        fs::rename(outside.join("entry.json"), &entry_file).unwrap();
+
+        // An image that is a link to a file of the same size elsewhere.
+        fs::write(outside.join("other"), "BYTES").unwrap();
+        fs::remove_file(&entry.path).unwrap();
+        symlink(outside.join("other"), &entry.path).unwrap();
+        let err = store.by_image(&entry.image_digest).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        // A store folder replaced by a link.
+        let images = dir.join("store/images");
+        fs::rename(&images, outside.join("images")).unwrap();
+        symlink(outside.join("images"), &images).unwrap();
+        assert!(matches!(
+            Store::open(&dir.join("store")).err().unwrap(),
+            StoreError::NotAFolder { .. }
+        ));
+        assert!(matches!(
+            Store::open_read_only(&dir.join("store")).err().unwrap(),
+            StoreError::NotAFolder { .. }
+        ));
+
+        // A link given to insert is not followed.
+        let store = Store::open(&dir.join("second")).unwrap();
+        let link = dir.join("link.sqfs");
+        symlink(outside.join("other"), &link).unwrap();
+        let lock = store.lock(&digest_of("m")).unwrap();
+        let err = store
+            .insert(&lock, "docker://a", &digest_of("m"), None, &link)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotAFile { .. }), "{err}");
+        let err = store
+            .insert(&lock, "docker://a", &digest_of("n"), None, &link)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::WrongLock { .. }), "{err}");
+    }
+
+    #[test]
+    fn staging_is_removed_on_drop_even_with_read_only_contents() {
+        let dir = Scratch::new("store-staging");
+        let store = Store::open(&dir).unwrap();
+        let staging = store.staging().unwrap();
+        let path = staging.path().to_path_buf();
+        assert!(path.starts_with(dir.join("staging")));
+        fs::create_dir(path.join("ro")).unwrap();
+        fs::write(path.join("ro/file"), "x").unwrap();
+        fs::set_permissions(path.join("ro/file"), fs::Permissions::from_mode(0o444)).unwrap();
+        fs::set_permissions(path.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+        let second = store.staging().unwrap();
+        assert_ne!(second.path(), path);
+        drop(staging);
+        assert!(!path.exists());
+        assert_eq!(names(&dir.join("staging")).len(), 1);
+    }
+
+    #[test]
+    fn the_lock_is_held_until_dropped() {
+        let dir = Scratch::new("store-lock");
+        let store = Store::open(&dir).unwrap();
+        let manifest = digest_of("m");
+        let held = store.lock(&manifest).unwrap();
+        assert_eq!(held.manifest(), &manifest);
+        let try_lock = || {
+            store
+                .lock_with(&manifest, FlockArg::LockExclusiveNonblock)
+                .unwrap()
+                .is_some()
+        };
+        assert!(!try_lock(), "a second lock of the same manifest waits");
+        assert!(store
+            .lock_with(&digest_of("other"), FlockArg::LockExclusiveNonblock)
+            .unwrap()
+            .is_some());
+        drop(held);
+        assert!(try_lock());
+    }
+
+    #[test]
+    fn concurrent_pulls_of_one_manifest_store_one_entry() {
+        let dir = Scratch::new("store-race");
+        let manifest = digest_of("m");
+        let pulled = std::sync::atomic::AtomicUsize::new(0);
+        let entries: Vec<Entry> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|i| {
+                    let dir = &dir;
+                    let manifest = &manifest;
+                    let pulled = &pulled;
+                    s.spawn(move || {
+                        let store = Store::open(dir).unwrap();
+                        let lock = store.lock(manifest).unwrap();
+                        if let Some(entry) = store.by_manifest(manifest).unwrap() {
+                            return entry;
+                        }
+                        pulled.fetch_add(1, Ordering::SeqCst);
+                        let staging = store.staging().unwrap();
+                        let file = staging.path().join("image.sqfs");
+                        fs::write(&file, "the image").unwrap();
+                        std::thread::sleep(Duration::from_millis(20));
+                        store
+                            .insert(&lock, &format!("docker://a:{i}"), manifest, None, &file)
+                            .unwrap()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            1,
+            "the others found the entry"
+        );
+        assert!(entries
+            .iter()
+            .all(|e| e.image_digest == entries[0].image_digest));
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(names(&dir.join("entries")).len(), 1);
+        assert_eq!(names(&dir.join("images")).len(), 1);
+        assert!(names(&dir.join("staging")).is_empty());
+    }
+
+    #[test]
+    fn the_user_store_lies_in_the_cache_folder() {
+        // Read-only use of the environment: the test compares with what it finds.
+        let found = Store::user_default().unwrap();
+        match std::env::var_os("XDG_CACHE_HOME").filter(|v| Path::new(v).is_absolute()) {
+            Some(cache) => assert_eq!(found, Path::new(&cache).join("ferry/images")),
+            None => assert!(
+                found.ends_with(".cache/ferry/images"),
+                "{}",
+                found.display()
+            ),
+        }
+    }
 }
