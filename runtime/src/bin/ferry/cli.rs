@@ -84,6 +84,18 @@ pub enum Command {
         /// SquashFS image to write
         out: PathBuf,
     },
+    /// List the image store (reference, manifest and image digests, size, last use);
+    /// `rm` and `prune` tidy it
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+        /// The store (default: $XDG_CACHE_HOME/ferry/images, else ~/.cache/ferry/images)
+        #[arg(long, value_name = "DIR", global = true)]
+        store: Option<PathBuf>,
+        /// Print JSON: every field of every entry, full digests and the image's path
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
     Inspect {
         /// Print JSON instead of text
@@ -110,6 +122,24 @@ pub enum Command {
         /// Slurm's plugstack.conf (under --root)
         #[arg(long, value_name = "FILE", default_value = "/etc/slurm/plugstack.conf")]
         plugstack: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImagesAction {
+    /// Remove entries, each named by a reference as listed, a manifest digest or an
+    /// image digest (sha256:HEX); an image file still named by another entry stays
+    Rm {
+        /// A reference as `ferry images` lists it, or sha256:HEX (a manifest or image digest)
+        #[arg(required = true, value_name = "WHAT")]
+        what: Vec<String>,
+    },
+    /// Remove the least recently used entries until the images take at most SIZE, plus
+    /// image files no entry names and work left by interrupted pulls (older than a day)
+    Prune {
+        /// The most the store's images may take: bytes, or with K, M, G, T (powers of 1024)
+        #[arg(long, value_name = "SIZE")]
+        max_size: String,
     },
 }
 
