@@ -324,7 +324,10 @@ impl Store {
 
     /// Stores the SquashFS file `sqfs` (moved into the store, or removed when the store
     /// holds those bytes already) as the image of `manifest`, pulled as `reference`.
-    /// An existing entry of the manifest gains the reference and the new image.
+    /// An existing entry of the manifest gains the reference and the new image. `sqfs`
+    /// must lie on the store's file system (make it in a `staging()` folder): it is
+    /// renamed, never copied. The caller holds `lock`, taken before it looked for the
+    /// entry, so that a second pull of the manifest waits and then finds this one's.
     pub fn insert(
         &self,
         lock: &EntryLock,
