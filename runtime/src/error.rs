@@ -1,7 +1,7 @@
 //! The crate's error: one variant per concern, each a typed error of the module that
 //! knows what failed (`image`, `policy`, `digest`, the mount plan, the setup helper,
-//! the task joining, `image_config`, `users`, `oci`). Every message is one line that
-//! names the image, path or option and says what to do.
+//! the task joining, `image_config`, `users`, `oci`, `squash`, `store`). Every message
+//! is one line that names the image, path or option and says what to do.
 
 use std::io;
 
@@ -12,6 +12,8 @@ pub use crate::image_config::ImageConfigError;
 pub use crate::mount_error::{MountError, MountStep};
 pub use crate::oci::ArchiveError;
 pub use crate::policy::PolicyError;
+pub use crate::squash::SquashError;
+pub use crate::store::StoreError;
 pub use crate::users::UserError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,10 @@ pub enum Error {
     User(#[from] UserError),
     #[error(transparent)]
     Oci(#[from] ArchiveError),
+    #[error(transparent)]
+    Squash(#[from] SquashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// What the setup helper reported, rebuilt in the parent: the category of the
     /// helper's error and the line it wrote (its `io::Error` sources cannot cross the
     /// pipe, so the parent keeps the kind and the text, never a guess).
@@ -60,6 +66,8 @@ pub enum ErrorKind {
     ImageConfig,
     User,
     Oci,
+    Squash,
+    Store,
     System,
     /// The helper panicked: a bug, not the user's input.
     Internal,
@@ -82,6 +90,8 @@ impl Error {
             Error::ImageConfig(_) => ErrorKind::ImageConfig,
             Error::User(_) => ErrorKind::User,
             Error::Oci(_) => ErrorKind::Oci,
+            Error::Squash(_) => ErrorKind::Squash,
+            Error::Store(_) => ErrorKind::Store,
             Error::Helper { kind, .. } => *kind,
             Error::System { .. } => ErrorKind::System,
         }

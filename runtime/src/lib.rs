@@ -28,7 +28,9 @@ mod scratch;
 mod share;
 pub mod sif;
 pub mod site;
+pub mod squash;
 pub mod step_request;
+pub mod store;
 pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;

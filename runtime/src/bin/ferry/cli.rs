@@ -84,6 +84,18 @@ pub enum Command {
         /// SquashFS image to write
         out: PathBuf,
     },
+    /// List the image store (reference, manifest and image digests, size, last use);
+    /// `rm` and `prune` tidy it
+    Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
+        /// The store (default: $XDG_CACHE_HOME/ferry/images, else ~/.cache/ferry/images)
+        #[arg(long, value_name = "DIR", global = true)]
+        store: Option<PathBuf>,
+        /// Print JSON: every field of every entry, full digests and the image's path
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
     Inspect {
         /// Print JSON instead of text
@@ -113,7 +125,26 @@ pub enum Command {
     },
 }
 
-/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read.
+#[derive(Subcommand)]
+pub enum ImagesAction {
+    /// Remove entries, each named by a reference as listed, a manifest digest or an
+    /// image digest (sha256:HEX); an image file still named by another entry stays
+    Rm {
+        /// A reference as `ferry images` lists it, or sha256:HEX (a manifest or image digest)
+        #[arg(required = true, value_name = "WHAT")]
+        what: Vec<String>,
+    },
+    /// Remove the least recently used entries until the images take at most SIZE, plus
+    /// image files no entry names and work left by interrupted pulls (older than a day)
+    Prune {
+        /// The most the store's images may take: bytes, or with K, M, G, T (powers of 1024)
+        #[arg(long, value_name = "SIZE")]
+        max_size: String,
+    },
+}
+
+/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read
+/// (`ferry_runtime::squash::Compression` on the command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
     Gzip,
@@ -121,17 +152,4 @@ pub enum Compression {
     Lz4,
     Zstd,
     Xz,
-}
-
-impl Compression {
-    /// The name mksquashfs's `-comp` takes.
-    pub fn mksquashfs_name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Lzo => "lzo",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-            Compression::Xz => "xz",
-        }
-    }
 }

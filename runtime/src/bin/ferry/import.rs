@@ -4,13 +4,14 @@
 //! The layers are applied in order onto a private staging folder next to OUT (the
 //! library's `oci` module reads the archive and applies them, each checked against the
 //! digests the archive names), the image's configuration is kept as
-//! `/.ferry/image.json`, then `build::squash` packs the result.
+//! `/.ferry/image.json`, then the library's `squash` packs the result.
 //! The staging folder goes away in every case: success, error, or Ctrl-C.
 
 use crate::build;
 use crate::cli::Compression;
 use ferry_runtime::image_config::CONFIG_PATH;
 use ferry_runtime::oci::{self, remove_any, Archive, ArchiveError, Unpacker};
+use ferry_runtime::squash;
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub fn import_command(
     force: bool,
     compression: Compression,
 ) -> Result<(), String> {
-    build::check_output(out, force)?;
+    squash::check_output(out, force).map_err(|e| e.to_string())?;
     ferry_runtime::interrupt::catch_interrupts()
         .map_err(|e| format!("cannot set up interrupt handling: {e}"))?;
     // Whatever failed after an interrupt failed because of it; by now all is removed.
@@ -39,7 +40,7 @@ fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> 
     let source = Archive::open(archive).map_err(what)?;
     let image = source.image().map_err(what)?;
 
-    let staging = build::sibling(out, "import");
+    let staging = squash::sibling(out, "import");
     let _ = remove_any(&staging);
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -94,7 +95,14 @@ fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> 
         );
     }
     // Without root the files are ours, not the image's owners: store them as root's.
-    build::squash(&rootfs, out, force, !keep_owners, compression)
+    squash::squash(
+        &rootfs,
+        out,
+        force,
+        !keep_owners,
+        build::compression(compression),
+    )
+    .map_err(|e| e.to_string())
 }
 
 struct RemoveTreeOnDrop(PathBuf);

@@ -6,6 +6,7 @@ mod check_config;
 mod cli;
 mod digest;
 mod doctor;
+mod images;
 mod import;
 mod inspect;
 mod progress;
@@ -63,6 +64,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Doctor { root, plugstack } => doctor::doctor(&root, &plugstack),
+        Command::Images {
+            action,
+            store,
+            json,
+        } => match images::images(action, store, json) {
+            Ok(code) => code,
+            Err(message) => say::fail(&message, 1),
+        },
         Command::Inspect { json, image } => match inspect::inspect(&image, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => say::fail(&message, 2),

@@ -1,0 +1,173 @@
+//! Packing a root folder into a SquashFS image with Debian's mksquashfs, reproducibly:
+//! the same folder gives the same bytes. Every inode's time and the filesystem's time
+//! are fixed (`SOURCE_DATE_EPOCH`, else 0), no xattrs are stored, mksquashfs sorts
+//! directory entries itself, and since squashfs-tools 4.4 its parallel readers and
+//! compressors write in a fixed order whatever the number of processors (its default,
+//! `-reproducible`). Folder and file times on disk therefore do not matter; names,
+//! contents, modes and (without `all_root`) owners do.
+//!
+//! `ferry build`, `ferry import` and the store's pulls call `squash`.
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+/// mksquashfs's compressors that the kernel's SquashFS driver and squashfuse read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Lzo,
+    Lz4,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    /// The name mksquashfs's `-comp` takes.
+    pub fn mksquashfs_name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Lzo => "lzo",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+        }
+    }
+}
+
+/// Why an image was not written; every message names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SquashError {
+    #[error("{}: is a folder; name the image file to write", out.display())]
+    OutputIsFolder { out: PathBuf },
+    #[error("{}: already exists; use --force to replace it", out.display())]
+    OutputExists { out: PathBuf },
+    #[error("mksquashfs not found; install squashfs-tools (apt install squashfs-tools)")]
+    NoMksquashfs,
+    #[error("cannot run mksquashfs: {0}")]
+    Spawn(io::Error),
+    #[error("waiting for mksquashfs: {0}")]
+    Wait(io::Error),
+    #[error("interrupted; {} was not written", out.display())]
+    Interrupted { out: PathBuf },
+    #[error("mksquashfs failed on {} ({status}): {last_line}", rootfs.display())]
+    Failed {
+        rootfs: PathBuf,
+        status: ExitStatus,
+        last_line: String,
+    },
+    #[error("{}: cannot write it ({source})", out.display())]
+    Write { out: PathBuf, source: io::Error },
+}
+
+/// Refuses to replace an existing file unless `force`, and never replaces a folder.
+pub fn check_output(out: &Path, force: bool) -> Result<(), SquashError> {
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.is_dir() => Err(SquashError::OutputIsFolder {
+            out: out.to_path_buf(),
+        }),
+        Ok(_) if !force => Err(SquashError::OutputExists {
+            out: out.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The fixed timestamp of every inode and of the filesystem: SOURCE_DATE_EPOCH when set
+/// (the reproducible-builds convention), else 0.
+pub fn timestamp() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packs `rootfs` into `out` through a temporary file next to it, renamed into place
+/// only on success: an interrupted or failed build leaves nothing. `all_root` stores
+/// every file as root's (what a caller without root wants: its files are its own, not
+/// the image's owners). mksquashfs shows its progress when stdout is a terminal.
+pub fn squash(
+    rootfs: &Path,
+    out: &Path,
+    force: bool,
+    all_root: bool,
+    compression: Compression,
+) -> Result<(), SquashError> {
+    let partial = sibling(out, "partial");
+    let _ = std::fs::remove_file(&partial);
+    let guard = RemoveOnDrop(partial.clone());
+    let time = timestamp().to_string();
+    let on_terminal = std::io::stdout().is_terminal();
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(rootfs)
+        .arg(&partial)
+        .args([
+            "-noappend",
+            "-no-xattrs",
+            "-all-time",
+            &time,
+            "-mkfs-time",
+            &time,
+            "-comp",
+            compression.mksquashfs_name(),
+        ])
+        // mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times.
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    if all_root {
+        cmd.arg("-all-root");
+    }
+    if !on_terminal {
+        cmd.args(["-quiet", "-no-progress"]).stdout(Stdio::null());
+    }
+    let child = cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SquashError::NoMksquashfs,
+        _ => SquashError::Spawn(e),
+    })?;
+    let output = child.wait_with_output().map_err(SquashError::Wait)?;
+    if crate::interrupt::interrupted() {
+        return Err(SquashError::Interrupted {
+            out: out.to_path_buf(),
+        });
+    }
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last_line = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .to_string();
+        return Err(SquashError::Failed {
+            rootfs: rootfs.to_path_buf(),
+            status: output.status,
+            last_line,
+        });
+    }
+    check_output(out, force)?;
+    std::fs::rename(&partial, out).map_err(|source| SquashError::Write {
+        out: out.to_path_buf(),
+        source,
+    })?;
+    std::mem::forget(guard);
+    Ok(())
+}
+
+/// A hidden name next to `path`, unique to this process, on the same filesystem.
+pub fn sibling(path: &Path, what: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    path.with_file_name(format!(".{name}.ferry-{what}-{}", std::process::id()))
+}
+
+/// Removes the partial image unless the build succeeded (then it was renamed away).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
