@@ -1267,3 +1267,71 @@ mod tests {
         }
     }
 }
+
+/// The file system under `path`, by name, and whether other nodes can share it (a
+/// network or cluster file system). Images resolved at submission must be where the
+/// compute nodes see them.
+pub fn file_system_of(path: &Path) -> std::io::Result<FileSystem> {
+    let magic = nix::sys::statfs::statfs(path)
+        .map_err(std::io::Error::from)?
+        .filesystem_type()
+        .0 as u64;
+    Ok(FileSystem::from_magic(magic))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSystem {
+    pub name: &'static str,
+    pub shared: bool,
+}
+
+impl FileSystem {
+    fn from_magic(magic: u64) -> FileSystem {
+        let (name, shared) = match magic {
+            0x6969 => ("nfs", true),
+            0xFF53_4D42 => ("cifs", true),
+            0xFE53_4D42 => ("smb2", true),
+            0x0BD0_0BD0 => ("lustre", true),
+            0x4750_4653 => ("gpfs", true),
+            0x1983_0326 => ("beegfs", true),
+            0x00C3_6400 => ("cephfs", true),
+            0x5346_414F | 0x6B41_4653 => ("afs", true),
+            0xAAD7_AAEA => ("panfs", true),
+            0x2003_0528 => ("orangefs", true),
+            0x0102_1997 => ("9p", true),
+            // GlusterFS, CVMFS, WekaFS clients and the like are FUSE file systems.
+            0x6573_5546 => ("fuse", true),
+            0xEF53 => ("ext4", false),
+            0x5846_5342 => ("xfs", false),
+            0x9123_683E => ("btrfs", false),
+            0x2FC1_2FC1 => ("zfs", false),
+            0x0102_1994 => ("tmpfs", false),
+            0x794C_7630 => ("overlay", false),
+            0xF2F5_2010 => ("f2fs", false),
+            _ => ("an unknown file system", false),
+        };
+        FileSystem { name, shared }
+    }
+}
+
+#[cfg(test)]
+mod file_system_tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_shared_local_ones_are_not() {
+        assert_eq!(
+            FileSystem::from_magic(0x6969),
+            FileSystem {
+                name: "nfs",
+                shared: true
+            }
+        );
+        assert!(FileSystem::from_magic(0x0BD0_0BD0).shared);
+        assert!(!FileSystem::from_magic(0xEF53).shared);
+        assert!(!FileSystem::from_magic(0x0102_1994).shared);
+        assert!(!FileSystem::from_magic(0x1234).shared);
+        // This machine's /proc is neither: procfs is not in the list.
+        assert!(!file_system_of(Path::new("/proc")).unwrap().shared);
+    }
+}
