@@ -95,7 +95,7 @@ build() { # ARCH MARKER TAG
     if [ "${TWO_LAYERS:-1}" = 1 ]; then
         $P import -q --arch "$1" --os linux "$WORK/layer-$1.tar" "ferry-test/base-$1" >/dev/null
         local c m
-        c=$($P create --arch "$1" "ferry-test/base-$1" /bin/sh)
+        c=$($P create --arch "$1" --unsetenv-all --http-proxy=false "ferry-test/base-$1" /bin/sh)
         m=$($P mount "$c")
         rm "$m/data/gone"
         echo second > "$m/data/layer2"

@@ -407,6 +407,13 @@ impl LocalRegistry {
         self.request(&format!("/v2/{repository}/manifests/{reference}"), &args)
     }
 
+    /// The blob `digest` of `repository` (a layer or config), with the login.
+    pub fn get_blob(&self, repository: &str, digest: &str) -> Response {
+        let args = self.auth_args(repository, "pull");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&format!("/v2/{repository}/blobs/{digest}"), &args)
+    }
+
     /// Points `repository:to_tag` at the manifest `repository:from` has now (the same
     /// bytes, so the same digest), as when a tag moves. Returns that digest.
     pub fn retag(&self, repository: &str, from: &str, to_tag: &str) -> String {
