@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod host;
 pub mod prerequisites;
 pub mod process;
+pub mod registry;
 pub mod sif_builder;
 pub mod tempdir;
 pub mod user;
