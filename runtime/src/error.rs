@@ -12,6 +12,8 @@ pub use crate::image_config::ImageConfigError;
 pub use crate::mount_error::{MountError, MountStep};
 pub use crate::oci::ArchiveError;
 pub use crate::policy::PolicyError;
+#[cfg(feature = "registry")]
+pub use crate::registry::RegistryError;
 pub use crate::users::UserError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum Error {
     User(#[from] UserError),
     #[error(transparent)]
     Oci(#[from] ArchiveError),
+    #[cfg(feature = "registry")]
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// What the setup helper reported, rebuilt in the parent: the category of the
     /// helper's error and the line it wrote (its `io::Error` sources cannot cross the
     /// pipe, so the parent keeps the kind and the text, never a guess).
@@ -60,6 +65,9 @@ pub enum ErrorKind {
     ImageConfig,
     User,
     Oci,
+    /// A pull from a registry (only the CLI pulls; kept in every build so the
+    /// helper's reports read the same).
+    Registry,
     System,
     /// The helper panicked: a bug, not the user's input.
     Internal,
@@ -82,6 +90,8 @@ impl Error {
             Error::ImageConfig(_) => ErrorKind::ImageConfig,
             Error::User(_) => ErrorKind::User,
             Error::Oci(_) => ErrorKind::Oci,
+            #[cfg(feature = "registry")]
+            Error::Registry(_) => ErrorKind::Registry,
             Error::Helper { kind, .. } => *kind,
             Error::System { .. } => ErrorKind::System,
         }
