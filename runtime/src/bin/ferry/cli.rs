@@ -84,6 +84,28 @@ pub enum Command {
         /// SquashFS image to write
         out: PathBuf,
     },
+    /// Make a SquashFS image from an image in an OCI registry (docker://[HOST/]NAME[:TAG][@sha256:HEX])
+    Pull {
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// SquashFS compression: gzip (default) mounts on every kernel; lz4 and zstd
+        /// start programs faster (less to decompress) but need Linux 3.19/4.14 on the
+        /// nodes (or their squashfuse built with them); xz is smallest and slowest
+        #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+        compression: Compression,
+        /// The platform to pick from a multi-platform image (default: this machine's)
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        /// Reach this registry over plain HTTP instead of HTTPS. Repeatable; also
+        /// FERRY_INSECURE_REGISTRIES (comma-separated)
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        /// docker://python:3.12, docker://quay.io/org/name:tag, docker://ghcr.io/org/app@sha256:HEX
+        reference: String,
+        /// SquashFS image to write
+        out: PathBuf,
+    },
     /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
     Inspect {
         /// Print JSON instead of text

@@ -9,6 +9,7 @@ mod doctor;
 mod import;
 mod inspect;
 mod progress;
+mod pull;
 mod run;
 mod say;
 mod version;
@@ -51,6 +52,21 @@ fn main() -> ExitCode {
             archive,
             out,
         } => report(import::import_command(&archive, &out, force, compression)),
+        Command::Pull {
+            force,
+            compression,
+            platform,
+            insecure_registries,
+            reference,
+            out,
+        } => report(pull::pull_command(
+            &reference,
+            &out,
+            force,
+            compression,
+            platform.as_deref(),
+            &insecure_registries,
+        )),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
