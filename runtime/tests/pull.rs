@@ -74,6 +74,8 @@ struct Registry {
     /// Held open: the registry's wrapper kills it when this closes (the test process
     /// exits), since a static is never dropped.
     _lifeline: Mutex<ChildStdin>,
+    /// The wrapper (bash), reaped by init once the test process is gone.
+    _wrapper: Mutex<Child>,
 }
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -114,7 +116,7 @@ fn registry() -> &'static Registry {
             ),
         )
         .unwrap();
-        let child: Child = Command::new("bash")
+        let mut wrapper: Child = Command::new("bash")
             .args([
                 "-c",
                 "docker-registry serve \"$1\" >\"$2\" 2>&1 & pid=$!; read -r _; kill $pid",
@@ -125,7 +127,7 @@ fn registry() -> &'static Registry {
             .stdin(Stdio::piped())
             .spawn()
             .expect("starting docker-registry");
-        let lifeline = child.stdin.expect("piped stdin");
+        let lifeline = wrapper.stdin.take().expect("piped stdin");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&host).is_err() {
             assert!(
@@ -152,6 +154,7 @@ fn registry() -> &'static Registry {
             storage,
             v2s2_digest,
             _lifeline: Mutex::new(lifeline),
+            _wrapper: Mutex::new(wrapper),
         }
     })
 }
