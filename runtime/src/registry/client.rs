@@ -108,6 +108,7 @@ impl Client {
                     return Err(Problem::Network {
                         what: what.into(),
                         host: self.registry.clone(),
+                        tls_failed: !self.insecure && reason.to_ascii_lowercase().contains("tls"),
                         reason,
                     })
                 }

@@ -55,11 +55,13 @@ pub enum Problem {
     RateLimited { what: String, host: String },
     #[error("{what}: the registry answered HTTP {status}; retry later")]
     Status { what: String, status: u16 },
-    #[error("{what}: cannot reach {host} ({reason}); check the network and the name (a plain-HTTP registry needs --insecure-registry {host})")]
+    #[error("{what}: cannot reach {host} ({reason}); check the network and the name{}", if *.tls_failed { format!(" (a plain-HTTP registry needs --insecure-registry {host})") } else { String::new() })]
     Network {
         what: String,
         host: String,
         reason: String,
+        /// The TLS handshake failed: the likeliest cause is a plain-HTTP registry.
+        tls_failed: bool,
     },
     #[error("{what}: more than 5 redirects; the registry is misconfigured")]
     TooManyRedirects { what: String },
