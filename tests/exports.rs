@@ -98,6 +98,22 @@ fn plugin_version_is_the_slurm_it_was_built_for() {
 }
 
 /// Maps a virtual address to a file offset through the section headers (readelf -S).
+/// slurmstepd loads the plugin into every step: the registry client (an HTTP and TLS
+/// stack) lives in the `ferry` command alone, which srun and sbatch run for
+/// `--container=docker://` (deploy/build builds the plugin apart from the CLI so cargo
+/// does not unify the runtime's features).
+#[test]
+#[ignore = "needs the release plugin that deploy/build makes: run tests/run, or after deploy/build cargo test -- --include-ignored"]
+fn the_plugin_links_no_http_or_tls_code() {
+    let so = std::fs::read(plugin()).unwrap();
+    for name in ["ureq", "rustls", "webpki"] {
+        assert!(
+            !so.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name} is linked into the plugin"
+        );
+    }
+}
+
 fn file_offset(so: &PathBuf, addr: u64) -> usize {
     let out = Command::new("readelf")
         .args(["-S", "-W"])

@@ -12,6 +12,8 @@ pub use crate::image_config::ImageConfigError;
 pub use crate::mount_error::{MountError, MountStep};
 pub use crate::oci::ArchiveError;
 pub use crate::policy::PolicyError;
+#[cfg(feature = "registry")]
+pub use crate::registry::RegistryError;
 pub use crate::squash::SquashError;
 pub use crate::store::StoreError;
 pub use crate::users::UserError;
@@ -40,6 +42,9 @@ pub enum Error {
     Squash(#[from] SquashError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[cfg(feature = "registry")]
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// What the setup helper reported, rebuilt in the parent: the category of the
     /// helper's error and the line it wrote (its `io::Error` sources cannot cross the
     /// pipe, so the parent keeps the kind and the text, never a guess).
@@ -68,6 +73,9 @@ pub enum ErrorKind {
     Oci,
     Squash,
     Store,
+    /// A pull from a registry (only the CLI pulls; kept in every build so the
+    /// helper's reports read the same).
+    Registry,
     System,
     /// The helper panicked: a bug, not the user's input.
     Internal,
@@ -92,6 +100,8 @@ impl Error {
             Error::Oci(_) => ErrorKind::Oci,
             Error::Squash(_) => ErrorKind::Squash,
             Error::Store(_) => ErrorKind::Store,
+            #[cfg(feature = "registry")]
+            Error::Registry(_) => ErrorKind::Registry,
             Error::Helper { kind, .. } => *kind,
             Error::System { .. } => ErrorKind::System,
         }

@@ -21,6 +21,8 @@ mod plan;
 pub mod plugin_config;
 pub mod policy;
 mod privileged;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod request;
 pub mod resolve;
 #[cfg(test)]

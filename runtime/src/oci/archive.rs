@@ -517,8 +517,9 @@ struct OciManifest {
     layers: Vec<OciDescriptor>,
 }
 
+/// An image configuration blob (shared with the registry pull, which reads the same).
 #[derive(serde::Deserialize)]
-struct ConfigBlob {
+pub(crate) struct ConfigBlob {
     config: Option<ImageConfig>,
     rootfs: Option<RootFs>,
 }
@@ -530,7 +531,7 @@ struct RootFs {
 }
 
 impl ConfigBlob {
-    fn diff_ids(&self) -> Result<Vec<String>, ArchiveError> {
+    pub(crate) fn diff_ids(&self) -> Result<Vec<String>, ArchiveError> {
         self.rootfs
             .as_ref()
             .map(|r| r.diff_ids.iter().map(|d| sha256_hex(d)).collect())
@@ -569,7 +570,7 @@ impl ConfigBlob {
     }
 
     /// The configuration ferry keeps, without empty values.
-    fn image_config(&self) -> ImageConfig {
+    pub(crate) fn image_config(&self) -> ImageConfig {
         let c = self.config.clone().unwrap_or_default();
         ImageConfig {
             env: c.env.filter(|v| !v.is_empty()),

@@ -96,6 +96,59 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pull an image from an OCI registry (docker://[HOST/]NAME[:TAG][@sha256:HEX]) into the
+    /// image store, or into OUT.sqfs; a reference whose manifest is already stored
+    /// downloads nothing
+    Pull {
+        /// The store to pull into (default: the site's user_image_store, else
+        /// $XDG_CACHE_HOME/ferry/images, else ~/.cache/ferry/images); admins fill a
+        /// site store with --store DIR
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
+        store: Option<PathBuf>,
+        /// The site file that places the user's store (default /etc/ferry/site.json if it exists)
+        #[arg(long, value_name = "FILE")]
+        site_config: Option<PathBuf>,
+        /// Replace OUT if it exists
+        #[arg(long)]
+        force: bool,
+        /// SquashFS compression: gzip (default) mounts on every kernel; lz4 and zstd
+        /// start programs faster (less to decompress) but need Linux 3.19/4.14 on the
+        /// nodes (or their squashfuse built with them); xz is smallest and slowest
+        #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+        compression: Compression,
+        /// The platform to pick from a multi-platform image (default: this machine's)
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        /// Reach this registry over plain HTTP instead of HTTPS. Repeatable; also
+        /// FERRY_INSECURE_REGISTRIES (comma-separated)
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        /// docker://python:3.12, docker://quay.io/org/name:tag, docker://ghcr.io/org/app@sha256:HEX
+        reference: String,
+        /// Write this SquashFS file instead of storing the image
+        out: Option<PathBuf>,
+    },
+    /// Resolve a registry reference (docker://...) or a stored image's digest (sha256:HEX)
+    /// to a stored image file pinned by its SHA-256, pulling it if needed: what
+    /// `--container=docker://REF` does at submission
+    Resolve {
+        /// Print the answer (or the error) as JSON on stdout
+        #[arg(long)]
+        json: bool,
+        /// The site file that names the site stores and places the user's store
+        /// (default /etc/ferry/site.json if it exists)
+        #[arg(long, value_name = "FILE")]
+        site_config: Option<PathBuf>,
+        /// The platform to pick from a multi-platform image (default: this machine's)
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        /// Reach this registry over plain HTTP instead of HTTPS. Repeatable; also
+        /// FERRY_INSECURE_REGISTRIES (comma-separated)
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        /// docker://REF or sha256:HEX
+        image: String,
+    },
     /// Show what an image is: format, size, SquashFS compression, SIF partitions, the stored config
     Inspect {
         /// Print JSON instead of text

@@ -10,6 +10,7 @@ mod images;
 mod import;
 mod inspect;
 mod progress;
+mod pull;
 mod run;
 mod say;
 mod version;
@@ -52,6 +53,38 @@ fn main() -> ExitCode {
             archive,
             out,
         } => report(import::import_command(&archive, &out, force, compression)),
+        Command::Pull {
+            store,
+            site_config,
+            force,
+            compression,
+            platform,
+            insecure_registries,
+            reference,
+            out,
+        } => report(pull::pull_command(pull::PullArgs {
+            reference,
+            out,
+            store,
+            site_config,
+            force,
+            compression,
+            platform,
+            insecure_registries,
+        })),
+        Command::Resolve {
+            json,
+            site_config,
+            platform,
+            insecure_registries,
+            image,
+        } => pull::resolve_command(pull::ResolveArgs {
+            image,
+            json,
+            site_config,
+            platform,
+            insecure_registries,
+        }),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Digest { check, image } => {
             match digest::digest_command(check.as_deref(), &image) {
