@@ -22,6 +22,8 @@
 mod adversarial;
 #[path = "slurm_e2e/audit.rs"]
 mod audit;
+#[path = "slurm_e2e/registry.rs"]
+mod registry;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -240,6 +242,8 @@ enum Packaging {
 struct Lab {
     dir: PathBuf,
     seq: AtomicUsize,
+    /// Variables added to the clean environment of every command run as the user.
+    env: std::sync::Mutex<Vec<(String, String)>>,
     _serial: Serial,
 }
 
@@ -270,10 +274,19 @@ impl Lab {
         let lab = Lab {
             dir,
             seq: AtomicUsize::new(0),
+            env: std::sync::Mutex::new(Vec::new()),
             _serial: serial,
         };
         lab.give(&lab.dir);
         lab
+    }
+
+    /// Every later command run as the user also gets `name=value`.
+    fn set_env(&self, name: &str, value: &str) {
+        self.env
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
     }
 
     /// The lab folder's name, also the name of its jobs: it marks their processes.
@@ -412,6 +425,7 @@ impl Lab {
             .env("LOGNAME", TEST_USER)
             .env("LANG", "C")
             .env("TERM", "dumb")
+            .envs(self.env.lock().unwrap().clone())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -247,13 +247,13 @@ fn test_user_processes(cmdline: &str) -> Vec<String> {
 }
 
 /// A site file in a root-owned folder, named in plugstack.conf until dropped.
-struct SiteFile {
+pub(super) struct SiteFile {
     _setting: PlugstackArgs,
     _dir: TrustedDir,
 }
 
 impl SiteFile {
-    fn new(name: &str, json: &str) -> SiteFile {
+    pub(super) fn new(name: &str, json: &str) -> SiteFile {
         let dir = TrustedDir::new(name);
         let file = dir.dir.join("site.json");
         fs::write(&file, json).unwrap();

@@ -258,7 +258,7 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
         let user_store = Store::open_read_only(&user_root).ok();
         for store in site_stores.iter().chain(user_store.iter()) {
             if let Some(entry) = store.by_image(&digest).map_err(|e| fail(e.to_string()))? {
-                check_visible(store, &site, &user_root).map_err(fail)?;
+                check_visible(store.root(), &site, &user_root).map_err(fail)?;
                 store.touch(&entry);
                 return Ok(Answer {
                     reference: entry.reference.first().cloned(),
@@ -289,8 +289,8 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
             });
         }
     }
+    check_visible(&user_root, &site, &user_root).map_err(fail)?;
     let user_store = Store::open(&user_root).map_err(|e| fail(e.to_string()))?;
-    check_visible(&user_store, &site, &user_root).map_err(fail)?;
     let entry = stored_or_pulled(&user_store, &resolved, Compression::Gzip)?;
     Ok(Answer {
         entry,
@@ -301,11 +301,16 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
 /// An image resolved for a job must be where the compute nodes see it: a site store
 /// (the admins chose it), the user's store where the site placed it, or a store on a
 /// network or cluster file system.
-fn check_visible(store: &Store, site: &Site, user_root: &Path) -> Result<(), String> {
-    if site.image_stores.iter().any(|d| d == store.root()) || site.user_image_store.is_some() {
+fn check_visible(store: &Path, site: &Site, user_root: &Path) -> Result<(), String> {
+    if site.image_stores.iter().any(|d| d == store) || site.user_image_store.is_some() {
         return Ok(());
     }
-    let fs = store::file_system_of(user_root).map_err(|e| {
+    // The store may not exist yet: judge the folder it will be made in.
+    let existing = user_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let fs = store::file_system_of(existing).map_err(|e| {
         format!(
             "cannot tell where the image store {} lies ({e})",
             user_root.display()
