@@ -1335,3 +1335,87 @@ mod file_system_tests {
         assert!(!file_system_of(Path::new("/proc")).unwrap().shared);
     }
 }
+
+/// An image named by no file: a registry reference (`docker://...`) or the SHA-256 of
+/// a stored SquashFS image (`sha256:HEX`). `ferry resolve` turns it into a stored file.
+pub fn names_a_stored_image(image: &str) -> bool {
+    image.starts_with("docker://") || is_bare_digest(image)
+}
+
+fn is_bare_digest(image: &str) -> bool {
+    image
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// What `ferry resolve --json` answers: a stored image file, its SHA-256, and the
+/// registry reference and manifest it came from; or the one line saying why not.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub path: PathBuf,
+    pub image_digest: String,
+    pub reference: Option<String>,
+    pub manifest_digest: Option<String>,
+}
+
+impl Resolution {
+    /// `PATH@sha256:HEX`: the image pinned by its SHA-256, as a job carries it.
+    pub fn pinned(&self) -> String {
+        format!("{}@{}", self.path.display(), self.image_digest)
+    }
+
+    /// Reads an answer: Ok with the resolution, Err with the error line it carries,
+    /// or None when the text is no answer at all (another version of ferry, a crash).
+    pub fn from_answer(text: &[u8]) -> Option<std::result::Result<Resolution, String>> {
+        let value: serde_json::Value = serde_json::from_slice(text).ok()?;
+        if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+            return Some(Err(error.to_string()));
+        }
+        let answer: Resolution = serde_json::from_value(value).ok()?;
+        (answer.path.is_absolute() && is_bare_digest(&answer.image_digest)).then_some(Ok(answer))
+    }
+}
+
+#[cfg(test)]
+mod resolution_tests {
+    use super::*;
+
+    #[test]
+    fn which_images_name_a_stored_image() {
+        let hex = "ab".repeat(32);
+        assert!(names_a_stored_image("docker://python:3.12"));
+        assert!(names_a_stored_image(&format!("sha256:{hex}")));
+        assert!(!names_a_stored_image("sha256:abc"));
+        assert!(!names_a_stored_image(&format!(
+            "/images/x.sqfs@sha256:{hex}"
+        )));
+        assert!(!names_a_stored_image("docker.sqfs"));
+        assert!(!names_a_stored_image("none"));
+    }
+
+    #[test]
+    fn answers_read_back() {
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let good = Resolution {
+            path: "/s/images/x.sqfs".into(),
+            image_digest: digest.clone(),
+            reference: Some("docker.io/library/python:3.12".into()),
+            manifest_digest: Some(format!("sha256:{}", "ef".repeat(32))),
+        };
+        let text = serde_json::to_vec(&good).unwrap();
+        let back = Resolution::from_answer(&text).unwrap().unwrap();
+        assert_eq!(back.pinned(), format!("/s/images/x.sqfs@{digest}"));
+        assert_eq!(back, good);
+        assert_eq!(
+            Resolution::from_answer(br#"{"error": "no such tag"}"#),
+            Some(Err("no such tag".into()))
+        );
+        for bad in [
+            &br#"{"path": "rel.sqfs", "image_digest": "sha256:00"}"#[..],
+            &br#"{"path": "/x.sqfs"}"#[..],
+            b"not json",
+        ] {
+            assert_eq!(Resolution::from_answer(bad), None);
+        }
+    }
+}

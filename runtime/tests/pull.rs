@@ -322,3 +322,45 @@ fn a_corrupt_layer_is_refused() {
     pull("ferry/corrupt:1", &out, &[]).one_ferry_line(&["ferry/corrupt:1", "digest mismatch"]);
     only(dir.path(), &[]);
 }
+
+/// `ferry run --user NAME docker://REF` resolves the reference as that user would at
+/// submission, with their rights: the image goes into their own store (owned by them,
+/// root never writes there), and runs pinned. `ferry run sha256:HEX` then finds it
+/// there without the registry.
+#[test]
+#[ignore = "needs root, docker-registry and podman: sudo tests/prepare-host"]
+fn ferry_run_takes_references_and_digests_through_the_users_store() {
+    require_registry_tools();
+    let r = registry();
+    let cache = Path::new(test_support::TEST_HOME).join(".cache/ferry");
+    let _ = fs::remove_dir_all(&cache);
+    let reference = format!("docker://{}/ferry/test:oci", r.host);
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(["run", "--user", test_support::TEST_USER, &reference, "--"])
+        .args(["/bin/busybox", "cat", "/data/keep"])
+        .current_dir("/")
+        .env("FERRY_INSECURE_REGISTRIES", &r.host);
+    let out = run_with_timeout(cmd, RUN_TIMEOUT);
+    out.expect_success("ferry run of a reference");
+    assert_eq!(out.stdout, "keep\n");
+    let images: Vec<PathBuf> = fs::read_dir(cache.join("images/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let owner = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&images[0]).unwrap());
+    assert_eq!(
+        owner,
+        test_support::test_user().uid,
+        "stored by the user, not root"
+    );
+    let digest = sha256sum(&images[0]);
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(["run", "--user", test_support::TEST_USER, &digest, "--"])
+        .args(["/bin/busybox", "cat", "/data/layer2"])
+        .current_dir("/");
+    let out = run_with_timeout(cmd, RUN_TIMEOUT);
+    out.expect_success("ferry run of a stored digest");
+    assert_eq!(out.stdout, "second\n");
+    let _ = fs::remove_dir_all(&cache);
+}

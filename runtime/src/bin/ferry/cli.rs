@@ -146,6 +146,10 @@ pub enum Command {
         /// FERRY_INSECURE_REGISTRIES (comma-separated)
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
+        /// The image is used on this machine only (ferry run): the store need not be on a
+        /// file system the compute nodes share
+        #[arg(long)]
+        local: bool,
         /// docker://REF or sha256:HEX
         image: String,
     },

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         })),
         Command::Resolve {
             json,
+            local,
             site_config,
             platform,
             insecure_registries,
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
         } => pull::resolve_command(pull::ResolveArgs {
             image,
             json,
+            local,
             site_config,
             platform,
             insecure_registries,

@@ -13,7 +13,8 @@ use ferry_runtime::oci::remove_any;
 use ferry_runtime::registry::{self, pull::INSECURE_ENV, PullOptions, Resolved};
 use ferry_runtime::site::{Site, DEFAULT_SITE_CONFIG};
 use ferry_runtime::squash;
-use ferry_runtime::store::{self, Entry, Store};
+use ferry_runtime::store::{self, Entry, Resolution, Store};
+use ferry_runtime::User;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -194,6 +195,8 @@ fn caller() -> Result<ferry_runtime::User, String> {
 pub struct ResolveArgs {
     pub image: String,
     pub json: bool,
+    /// For this machine only (`ferry run`): the store need not be shared with nodes.
+    pub local: bool,
     pub site_config: Option<PathBuf>,
     pub platform: Option<String>,
     pub insecure_registries: Vec<String>,
@@ -206,30 +209,91 @@ struct Answer {
 }
 
 pub fn resolve_command(args: ResolveArgs) -> std::process::ExitCode {
-    let outcome = resolve(&args);
-    if args.json {
-        let value = match &outcome {
-            Ok(a) => serde_json::json!({
-                "path": a.entry.path.display().to_string(),
-                "image_digest": a.entry.image_digest.to_string(),
-                "reference": a.reference,
-                "manifest_digest": a.entry.manifest_digest.to_string(),
-            }),
-            Err(message) => serde_json::json!({ "error": ferry_runtime::error::one_line(message) }),
-        };
-        println!("{value}");
-        return if outcome.is_ok() {
-            std::process::ExitCode::SUCCESS
-        } else {
-            std::process::ExitCode::from(1)
-        };
-    }
-    match outcome {
-        Ok(a) => {
-            println!("{}@{}", a.entry.path.display(), a.entry.image_digest);
+    let outcome = resolve(&args).map(Answer::resolution);
+    match (outcome, args.json) {
+        (Ok(resolution), true) => {
+            println!("{}", serde_json::json!(resolution));
             std::process::ExitCode::SUCCESS
         }
-        Err(message) => crate::say::fail(&message, 1),
+        (Ok(resolution), false) => {
+            println!("{}", resolution.pinned());
+            std::process::ExitCode::SUCCESS
+        }
+        (Err(message), true) => {
+            println!(
+                "{}",
+                serde_json::json!({ "error": ferry_runtime::error::one_line(&message) })
+            );
+            std::process::ExitCode::from(1)
+        }
+        (Err(message), false) => crate::say::fail(&message, 1),
+    }
+}
+
+impl Answer {
+    fn resolution(self) -> Resolution {
+        Resolution {
+            path: self.entry.path,
+            image_digest: self.entry.image_digest.to_string(),
+            reference: self.reference,
+            manifest_digest: Some(self.entry.manifest_digest.to_string()),
+        }
+    }
+}
+
+/// `ferry run docker://REF` and `ferry run sha256:HEX`: the image resolved as `user`
+/// would resolve it at submission, with that user's rights, store and credentials
+/// (root never reads them), as `PATH@sha256:HEX`.
+pub fn resolve_for(user: &User, image: &str, site_config: Option<&Path>) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    if user.uid == nix::unistd::getuid().as_raw() {
+        return resolve(&ResolveArgs {
+            image: image.to_string(),
+            json: false,
+            local: true,
+            site_config: site_config.map(Path::to_path_buf),
+            platform: None,
+            insecure_registries: Vec::new(),
+        })
+        .map(|a| a.resolution().pinned());
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the ferry command ({e})"))?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("resolve").arg("--json").arg("--local");
+    if let Some(file) = site_config {
+        command.arg("--site-config").arg(file);
+    }
+    command
+        .arg("--")
+        .arg(image)
+        .uid(user.uid)
+        .gid(user.gid)
+        .env_clear()
+        .env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("PATH", "/usr/bin:/bin")
+        .envs(
+            ["FERRY_INSECURE_REGISTRIES", "SSL_CERT_FILE"]
+                .iter()
+                .filter_map(|v| std::env::var_os(v).map(|value| (*v, value))),
+        )
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    let output = command.output().map_err(|e| {
+        format!(
+            "--container={image}: cannot resolve it as {} ({e})",
+            user.name
+        )
+    })?;
+    match Resolution::from_answer(&output.stdout) {
+        Some(Ok(answer)) => Ok(answer.pinned()),
+        Some(Err(error)) => Err(error),
+        None => Err(format!(
+            "{image}: resolving it as {} gave no answer (exit status {})",
+            user.name, output.status
+        )),
     }
 }
 
@@ -258,7 +322,9 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
         let user_store = Store::open_read_only(&user_root).ok();
         for store in site_stores.iter().chain(user_store.iter()) {
             if let Some(entry) = store.by_image(&digest).map_err(|e| fail(e.to_string()))? {
-                check_visible(store.root(), &site, &user_root).map_err(fail)?;
+                if !args.local {
+                    check_visible(store.root(), &site, &user_root).map_err(fail)?;
+                }
                 store.touch(&entry);
                 return Ok(Answer {
                     reference: entry.reference.first().cloned(),
@@ -289,7 +355,9 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
             });
         }
     }
-    check_visible(&user_root, &site, &user_root).map_err(fail)?;
+    if !args.local {
+        check_visible(&user_root, &site, &user_root).map_err(fail)?;
+    }
     let user_store = Store::open(&user_root).map_err(|e| fail(e.to_string()))?;
     let entry = stored_or_pulled(&user_store, &resolved, Compression::Gzip)?;
     Ok(Answer {

@@ -29,6 +29,14 @@ pub fn run(
     }
     .map_err(|e| e.to_string())?;
     let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
+    // A registry reference or a stored image's digest: the stored file, pinned.
+    let resolved;
+    let spec = if ferry_runtime::store::names_a_stored_image(spec) {
+        resolved = crate::pull::resolve_for(&user, spec, site_config.as_deref())?;
+        resolved.as_str()
+    } else {
+        spec
+    };
     let site = site_config.as_deref().map(Site::load).transpose()?;
     let request = step_request::build(Inputs {
         image: spec,
