@@ -31,6 +31,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
     plugin_file,
     slurm_version,
     launcher,
+    resolver,
     oci_conf,
     proctrack,
     munge,
@@ -440,6 +441,24 @@ fn launcher(node: &Node) -> Vec<Finding> {
         Err(e) => vec![fail(
             format!("launcher: {path}: {e} (Slurm's commands inside images need it)"),
             "reinstall the ferry package, or set launcher=PATH in the plugstack line, or slurm_clients=no",
+        )],
+    }
+}
+
+/// srun and sbatch run this command (as the user) for `--container=docker://REF` and
+/// `sha256:HEX`: a node where users submit needs it.
+fn resolver(node: &Node) -> Vec<Finding> {
+    let Some(Ok(config)) = node.config() else {
+        return Vec::new();
+    };
+    let path = config.ferry.display();
+    match fs::metadata(node.path(&config.ferry)) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+            vec![ok(format!("registry images: {path} resolves them at submission"))]
+        }
+        _ => vec![warn(
+            format!("registry images: {path} is missing: --container=docker://REF and sha256:HEX cannot be resolved when jobs are submitted here"),
+            "install the ferry package on every node users submit from, or set ferry=PATH in the plugstack line",
         )],
     }
 }
