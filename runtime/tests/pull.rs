@@ -364,3 +364,92 @@ fn ferry_run_takes_references_and_digests_through_the_users_store() {
     assert_eq!(out.stdout, "second\n");
     let _ = fs::remove_dir_all(&cache);
 }
+
+/// A registry front that answers manifests itself (from the real registry) and sends
+/// blob requests to another host, as registries backed by object storage do.
+const REDIRECTING_FRONT: &str = r#"
+import http.server, sys, urllib.request, urllib.error
+registry = sys.argv[1]
+hits = open(sys.argv[2], "a")
+class Front(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_HEAD(self):
+        self.answer(body=False)
+    def do_GET(self):
+        self.answer(body=True)
+    def answer(self, body):
+        if self.path.startswith("/storage/"):
+            hits.write(self.headers.get("Host", "") + " " + self.path + "\n")
+            hits.flush()
+            target = "http://" + registry + self.path[len("/storage"):]
+        elif "/blobs/" in self.path:
+            self.send_response(307)
+            port = self.server.server_address[1]
+            self.send_header("Location", "http://localhost:%d/storage%s" % (port, self.path))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        else:
+            target = "http://" + registry + self.path
+        headers = {k: v for k, v in self.headers.items() if k.lower() == "accept"}
+        try:
+            reply = urllib.request.urlopen(urllib.request.Request(target, method=self.command, headers=headers))
+        except urllib.error.HTTPError as e:
+            reply = e
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.headers.items():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// Blobs that the registry redirects to another host (object storage) are followed
+/// there and still checked against their digests.
+#[test]
+#[ignore = "needs root, docker-registry and podman: sudo tests/prepare-host"]
+fn blobs_redirected_to_another_host_are_followed() {
+    use std::io::BufRead;
+    require_registry_tools();
+    let r = registry();
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "pull-redirect");
+    let mut front = Command::new("/usr/bin/python3")
+        .args(["-c", REDIRECTING_FRONT, &r.host])
+        .arg(dir.join("storage-hits"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(front.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().to_string();
+    let host = format!("127.0.0.1:{port}");
+    let out_file = dir.join("redirected.sqfs");
+    let reference = format!("docker://{host}/ferry/test:oci");
+    let insecure = format!("{host},localhost:{port}");
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(["pull", &reference, out_file.to_str().unwrap()])
+        .current_dir("/")
+        .env("FERRY_INSECURE_REGISTRIES", &insecure);
+    let out = run_with_timeout(cmd, RUN_TIMEOUT);
+    let _ = front.kill();
+    let _ = front.wait();
+    out.expect_success("pull through the redirecting front");
+    // The blobs really came through the other host name.
+    let hits = fs::read_to_string(dir.join("storage-hits")).unwrap_or_default();
+    assert!(
+        hits.lines().count() >= 2,
+        "blob requests at the storage host: {hits:?}"
+    );
+    let direct = dir.join("direct.sqfs");
+    pull("ferry/test:oci", &direct, &[]).expect_success("pull from the registry itself");
+    assert_eq!(sha256sum(&out_file), sha256sum(&direct), "the same image");
+}
