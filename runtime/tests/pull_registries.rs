@@ -163,11 +163,15 @@ fn https_works_with_the_ca_from_ssl_cert_file_and_fails_in_one_line_without() {
         Some(0),
         "pulled without trusting the CA: {untrusted:#?}"
     );
-    let line = untrusted.one_ferry_line(&[&pushed.reference, &registry.host_port()]);
-    assert!(
-        line.to_ascii_lowercase().contains("certificate"),
-        "names the certificate problem: {line}"
-    );
+    // It names the certificate and how to trust a site CA, not a plain-HTTP registry.
+    let line = untrusted.one_ferry_line(&[
+        &pushed.reference,
+        &registry.host_port(),
+        "certificate",
+        "not trusted",
+        "SSL_CERT_FILE",
+    ]);
+    assert!(!line.contains("--insecure-registry"), "{line}");
     assert_eq!(names(dir.path()), Vec::<String>::new(), "nothing left");
 }
 
@@ -281,9 +285,23 @@ fn bearer_token_auth_with_a_login_and_anonymous_pull_without_one() {
     with_login.expect_success("pull with a token got with the login");
     assert_eq!(marker_of(&image), "token\n");
     fs::remove_file(&image).unwrap();
-    // The token server grants nothing without the login.
+    // The token server grants nothing without the login, nor with a wrong one.
     pull_to(&reference, &image, &client_env(registry, home.path(), &[]))
         .one_ferry_line(&[&pushed.reference, "asks for a login"]);
+    let wrong = Credentials::new(REGISTRY_USER, "not the pa:ss w0rd");
+    let wrong_file = home.join("wrong.json");
+    write_auth_file(&wrong_file, &[(&registry.host_port(), &wrong)], None);
+    let refused = pull_to(
+        &reference,
+        &image,
+        &client_env(
+            registry,
+            home.path(),
+            &[("REGISTRY_AUTH_FILE", &wrong_file)],
+        ),
+    );
+    assert_secret_kept(&refused, &wrong);
+    refused.one_ferry_line(&[&pushed.reference, "refused the stored credentials"]);
 
     let public = LocalRegistry::shared(RegistryKind::TlsTokenAnonymousPull);
     let pushed = public.push_two_layer("ferry/public:v1", "public", ManifestFormat::Oci);
@@ -479,9 +497,12 @@ fn the_platform_asked_for_is_taken_from_the_index() {
     let dir = TempDir::new_in(Path::new("/var/tmp"), "pull-platform");
     let store = dir.join("store");
 
+    // The index is stored under its digest: after another platform, the first one asked
+    // for again must still be that platform's image, not the one the entry names.
     for (platform, digest) in [
         ("linux/arm64", &pushed.arm64_digest),
         ("linux/amd64", &pushed.amd64_digest),
+        ("linux/arm64", &pushed.arm64_digest),
     ] {
         let outcome = pull_into_store(&reference, &store, &["--platform", platform], &env);
         outcome.expect_success(&format!("pull of {platform}"));
@@ -489,7 +510,6 @@ fn the_platform_asked_for_is_taken_from_the_index() {
             marker_of(Path::new(outcome.stdout.trim())),
             format!("{platform}\n")
         );
-        // Each platform's image is stored under the index it came from.
         let entries = store_entries(&store);
         assert!(
             entries
