@@ -104,6 +104,13 @@ impl Client {
                     })
                 }
                 Err(Failure::Status(status, _)) => return Err(self.status_problem(status, what)),
+                Err(Failure::Network(reason)) if is_certificate_problem(&reason) => {
+                    return Err(Problem::UntrustedCertificate {
+                        what: what.into(),
+                        host: self.registry.clone(),
+                        reason,
+                    })
+                }
                 Err(Failure::Network(reason)) => {
                     return Err(Problem::Network {
                         what: what.into(),
@@ -271,10 +278,22 @@ fn parse_token(body: &[u8]) -> Option<String> {
 /// A transport error as a short reason (ureq's text names the URL, which can carry a
 /// storage signature: only the kind and the cause are kept).
 fn transport_reason(t: &ureq::Transport) -> String {
-    match t.message() {
+    let reason = match t.message() {
         Some(message) => format!("{}: {message}", t.kind()),
         None => t.kind().to_string(),
+    };
+    // The cause (an untrusted certificate, a refused connection) is what the user can
+    // act on; it is the TLS or socket error, which holds no URL.
+    match std::error::Error::source(t) {
+        Some(cause) => format!("{reason}: {cause}"),
+        None => reason,
     }
+}
+
+/// The TLS handshake failed on the server's certificate (rustls: "invalid peer
+/// certificate"), not on a server that speaks plain HTTP.
+fn is_certificate_problem(reason: &str) -> bool {
+    reason.to_ascii_lowercase().contains("certificate")
 }
 
 #[cfg(test)]
@@ -283,6 +302,16 @@ mod tests {
 
     fn client(reference: &str, insecure: bool) -> Client {
         Client::new(&Reference::parse(reference).unwrap(), insecure, None)
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_told_from_a_plain_http_server() {
+        assert!(is_certificate_problem(
+            "Connection Failed: tls connection init failed: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_certificate_problem(
+            "Connection Failed: tls connection init failed: received corrupt message of type InvalidContentType"
+        ));
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub enum Problem {
         /// The TLS handshake failed: the likeliest cause is a plain-HTTP registry.
         tls_failed: bool,
     },
+    #[error("{what}: the TLS certificate of {host} is not trusted ({reason}); if the registry uses a site CA, name a file with the system CAs and that CA in SSL_CERT_FILE, or ask the administrators to add it to the system's CAs")]
+    UntrustedCertificate {
+        what: String,
+        host: String,
+        reason: String,
+    },
     #[error("{what}: more than 5 redirects; the registry is misconfigured")]
     TooManyRedirects { what: String },
     #[error("{what}: redirected to {location:?}, which is not a usable https URL; refused")]

@@ -31,6 +31,31 @@ pub fn ferry<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Outcome {
     run_with_timeout(cmd, RUN_TIMEOUT)
 }
 
+/// `ferry ARGS` from `cwd` with only PATH and `env` in its environment, so that no
+/// login, CA or cache setting of the test's own environment reaches it; not started.
+pub fn ferry_command<S: AsRef<OsStr>>(cwd: &Path, args: &[S], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .envs(env.iter().map(|(name, value)| (name, value)));
+    cmd
+}
+
+/// Runs [`ferry_command`] and waits for it (at most `limit`).
+pub fn ferry_with_env<S: AsRef<OsStr>>(
+    cwd: &Path,
+    args: &[S],
+    env: &[(String, String)],
+    limit: Duration,
+) -> Outcome {
+    run_with_timeout(ferry_command(cwd, args, env), limit)
+}
+
 /// Fails the test unless the host has root, the tools and the test user of
 /// tests/prepare-host, plus `more_tools`.
 #[track_caller]

@@ -120,20 +120,14 @@ fn stored_or_pulled(
     resolved: &Resolved,
     compression: Compression,
 ) -> Result<Entry, String> {
-    if let Some(entry) = store
-        .by_manifest(&resolved.manifest_digest)
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(entry) = stored(store, resolved)? {
         store.touch(&entry);
         return Ok(entry);
     }
     let lock = store
         .lock(&resolved.manifest_digest)
         .map_err(|e| e.to_string())?;
-    if let Some(entry) = store
-        .by_manifest(&resolved.manifest_digest)
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(entry) = stored(store, resolved)? {
         return Ok(entry);
     }
     let staging = store.staging().map_err(|e| e.to_string())?;
@@ -161,6 +155,20 @@ fn stored_or_pulled(
             &image,
         )
         .map_err(|e| e.to_string())
+}
+
+/// The store's entry for `resolved` when it holds the same platform's image. An index
+/// has one entry per store: a pull of another platform from it replaces the entry.
+fn stored(store: &Store, resolved: &Resolved) -> Result<Option<Entry>, String> {
+    let entry = store
+        .by_manifest(&resolved.manifest_digest)
+        .map_err(|e| e.to_string())?;
+    Ok(entry.filter(|e| {
+        e.platform_manifest_digest
+            .as_ref()
+            .unwrap_or(&e.manifest_digest)
+            == &resolved.platform_manifest_digest
+    }))
 }
 
 /// The site file `ferry` acts on for stores: the one named, else the default when it
@@ -345,10 +353,7 @@ fn resolve(args: &ResolveArgs) -> Result<Answer, String> {
     .map_err(fail)?;
     let resolved = registry::resolve(image, &options).map_err(|e| e.to_string())?;
     for store in &site_stores {
-        if let Some(entry) = store
-            .by_manifest(&resolved.manifest_digest)
-            .map_err(|e| fail(e.to_string()))?
-        {
+        if let Some(entry) = stored(store, &resolved).map_err(fail)? {
             return Ok(Answer {
                 entry,
                 reference: Some(resolved.reference.clone()),
