@@ -163,6 +163,34 @@ pub fn sibling(path: &Path, what: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.ferry-{what}-{}", std::process::id()))
 }
 
+/// A private (0700) work folder next to an image being made, on its file system,
+/// removed with everything in it when dropped (also on an error or Ctrl-C).
+pub struct StagingFolder(PathBuf);
+
+impl StagingFolder {
+    /// `.OUT.ferry-WHAT-PID` next to `out`; a leftover of the same name goes first.
+    pub fn next_to(out: &Path, what: &str) -> Result<StagingFolder, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = sibling(out, what);
+        let _ = crate::oci::remove_any(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("cannot create the staging folder {} ({e})", path.display()))?;
+        Ok(StagingFolder(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for StagingFolder {
+    fn drop(&mut self) {
+        let _ = crate::oci::remove_any(&self.0);
+    }
+}
+
 /// Removes the partial image unless the build succeeded (then it was renamed away).
 struct RemoveOnDrop(PathBuf);
 

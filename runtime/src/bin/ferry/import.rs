@@ -10,11 +10,11 @@
 use crate::build;
 use crate::cli::Compression;
 use ferry_runtime::image_config::CONFIG_PATH;
-use ferry_runtime::oci::{self, remove_any, Archive, ArchiveError, Unpacker};
+use ferry_runtime::oci::{self, Archive, ArchiveError, Unpacker};
 use ferry_runtime::squash;
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn import_command(
     archive: &Path,
@@ -40,18 +40,8 @@ fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> 
     let source = Archive::open(archive).map_err(what)?;
     let image = source.image().map_err(what)?;
 
-    let staging = squash::sibling(out, "import");
-    let _ = remove_any(&staging);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(|e| {
-            format!(
-                "cannot create the staging folder {} ({e})",
-                staging.display()
-            )
-        })?;
-    let _cleanup = RemoveTreeOnDrop(staging.clone());
+    let staging_folder = squash::StagingFolder::next_to(out, "import")?;
+    let staging = staging_folder.path();
     let rootfs = staging.join("rootfs");
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -103,12 +93,4 @@ fn import(archive: &Path, out: &Path, force: bool, compression: Compression) -> 
         build::compression(compression),
     )
     .map_err(|e| e.to_string())
-}
-
-struct RemoveTreeOnDrop(PathBuf);
-
-impl Drop for RemoveTreeOnDrop {
-    fn drop(&mut self) {
-        let _ = remove_any(&self.0);
-    }
 }

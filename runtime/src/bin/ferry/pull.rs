@@ -9,7 +9,6 @@
 
 use crate::cli::Compression;
 use ferry_runtime::digest::Digest;
-use ferry_runtime::oci::remove_any;
 use ferry_runtime::registry::{self, pull::INSECURE_ENV, PullOptions, Resolved};
 use ferry_runtime::site::{Site, DEFAULT_SITE_CONFIG};
 use ferry_runtime::squash;
@@ -88,19 +87,9 @@ fn pull_to_file(
     options: &PullOptions,
 ) -> Result<(), String> {
     let resolved = registry::resolve(reference, options).map_err(|e| e.to_string())?;
-    let staging = squash::sibling(out, "pull");
-    let _ = remove_any(&staging);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(|e| {
-            format!(
-                "cannot create the staging folder {} ({e})",
-                staging.display()
-            )
-        })?;
-    let _cleanup = RemoveTreeOnDrop(staging.clone());
-    let rootfs = registry::fetch_and_unpack(&resolved, &staging).map_err(|e| e.to_string())?;
+    let staging_folder = squash::StagingFolder::next_to(out, "pull")?;
+    let staging = staging_folder.path();
+    let rootfs = registry::fetch_and_unpack(&resolved, staging).map_err(|e| e.to_string())?;
     // Without root the files are ours, not the image's owners: store them as root's.
     squash::squash(
         &rootfs,
@@ -406,12 +395,4 @@ fn searched(site_stores: &[Store], user_root: &Path) -> String {
         .chain(std::iter::once(user_root.display().to_string()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-struct RemoveTreeOnDrop(PathBuf);
-
-impl Drop for RemoveTreeOnDrop {
-    fn drop(&mut self) {
-        let _ = remove_any(&self.0);
-    }
 }
