@@ -11,7 +11,7 @@ use super::adversarial::TrustedDir;
 use super::*;
 
 const VICTIM: &str = "ferryvictim";
-const VICTIM_HOME: &str = "/home/ferryvictim";
+pub(super) const VICTIM_HOME: &str = "/home/ferryvictim";
 /// The node of the default partition.
 const NODE: &str = "vm";
 
@@ -32,7 +32,7 @@ fn victim_ids() -> (u32, u32) {
 }
 
 /// Runs `argv` as the victim in `cwd` under `timeout`, with a clean environment.
-fn as_victim(cwd: &Path, argv: &[&str], secs: u64) -> Out {
+pub(super) fn as_victim(cwd: &Path, argv: &[&str], secs: u64) -> Out {
     let secs = secs.to_string();
     let out = Command::new(find_tool("runuser").unwrap())
         .args(["-u", VICTIM, "--", "timeout", "-k", "5", &secs])

@@ -220,3 +220,52 @@ fn registry_failures_stop_the_submission_with_one_line() {
     );
     let _ = fs::remove_dir_all(Path::new(TEST_HOME).join(".cache/ferry"));
 }
+
+/// Another user's pulled image stays theirs: with the victim's image in the victim's
+/// own store (in their 0700 home), the test user can neither find it by its digest nor
+/// run the stored file pinned by its path (the step opens it with the user's rights).
+#[test]
+#[ignore = "needs root, the Slurm cluster, docker-registry and podman: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn another_users_store_is_out_of_reach() {
+    use super::audit::{as_victim, VICTIM_HOME};
+    let lab = Lab::new("registry-victim");
+    let registry = plain_registry(&lab);
+    let secret = registry.push_two_layer("e2e/victim:1", "victim-image", ManifestFormat::Oci);
+    let store = Path::new(VICTIM_HOME).join(format!("ferry-e2e-store-{}", std::process::id()));
+    let store_arg = store.display().to_string();
+    let pull = as_victim(
+        Path::new(VICTIM_HOME),
+        &[
+            "ferry",
+            "pull",
+            "--insecure-registry",
+            &registry.host_port(),
+            "--store",
+            &store_arg,
+            &format!("docker://{}", secret.reference),
+        ],
+        120,
+    );
+    pull.expect_ok();
+    let stored = pull.stdout.trim().to_string();
+    let digest = sha256sum(Path::new(&stored));
+    let by_digest = lab.srun(&[&format!("--container={digest}"), "cat", MARKER_FILE]);
+    let pinned = format!("{stored}@{digest}");
+    let by_path = lab.srun(&[&format!("--container={pinned}"), "cat", MARKER_FILE]);
+    let _ = fs::remove_dir_all(&store);
+    assert_one_ferry_error(
+        "the victim's image by digest",
+        by_digest.code,
+        &by_digest.stderr,
+        "no stored image has this digest",
+    );
+    assert_one_ferry_error(
+        "the victim's stored file by path",
+        by_path.code,
+        &by_path.stderr,
+        "cannot read it",
+    );
+    for out in [&by_digest, &by_path] {
+        assert!(!out.stdout.contains("victim-image"), "{out}");
+    }
+}
