@@ -74,6 +74,7 @@ pub fn record(
         "image": container.image.display().to_string(),
         "format": facts.format,
         "mounted_by": facts.mounted_by,
+        "image_cache": facts.cache.as_ref().map(|c| c.outcome.name()),
         "digest": facts.digest.as_ref().map(|d| d.to_string()),
         "digest_source": facts.digest_source,
         "pinned": container.pinned,

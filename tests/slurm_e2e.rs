@@ -22,6 +22,8 @@
 mod adversarial;
 #[path = "slurm_e2e/audit.rs"]
 mod audit;
+#[path = "slurm_e2e/cache.rs"]
+mod cache;
 #[path = "slurm_e2e/registry.rs"]
 mod registry;
 
@@ -264,7 +266,10 @@ impl Lab {
     fn create(name: &str, exclusive: bool) -> Lab {
         require_prerequisites();
         let serial = if exclusive {
-            Serial::Exclusive(SERIAL.write().unwrap_or_else(|e| e.into_inner()))
+            let serial = SERIAL.write().unwrap_or_else(|e| e.into_inner());
+            // Host-wide counts start from a node without kept image mounts.
+            drop_image_cache();
+            Serial::Exclusive(serial)
         } else {
             Serial::Shared(SERIAL.read().unwrap_or_else(|e| e.into_inner()))
         };
@@ -662,16 +667,15 @@ echo "srun-rc: $?""#
         );
     }
     assert_eq!(value_of(log, "srun-rc: "), Some("0"), "{job}");
-    // The batch step's squashfuse serves the job's other steps too.
+    // The batch step's squashfuse serves the job's other steps too (through the node
+    // image cache, which keeps the batch step's mount).
     let records = provenance_lines(&lab.path("sif.jsonl"));
     assert_eq!(records.len(), 2, "{records:?}: {job}");
     for record in &records {
-        let expected = if record["step"] == "batch" {
-            "fuse"
-        } else {
-            "fuse-shared"
-        };
-        assert_eq!(record["mounted_by"], expected, "{record}");
+        assert_eq!(record["mounted_by"], "fuse", "{record}");
+        if record["step"] != "batch" {
+            assert_eq!(record["image_cache"], "hit", "{record}");
+        }
     }
 
     let ext = lab.image_as("image.img", "EXT", Packaging::Ext3);
@@ -691,6 +695,9 @@ echo "srun-rc: $?""#
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn steps_of_a_batch_job_share_its_squashfuse() {
     let lab = Lab::exclusive("fuse-share");
+    // Without the node image cache: within a job the batch step's server is shared
+    // whatever the site keeps (with it, see cache::a_second_job_takes_the_kept_mount).
+    let _site = audit::SiteFile::new("fuse-share", r#"{"image_cache_ttl": "0"}"#);
     let image = lab.image("job.sqfs", "JOB");
     let other = lab.image("other.sqfs", "OTHER");
     // Counts live squashfuse processes (inside the container: the host's PID space).
@@ -766,6 +773,43 @@ srun -n 1 sh -c 'echo "again: $(cat {ONLY_FILE})"'"#
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(live_fuse_servers_of_test_user(), Vec::<u32>::new());
+}
+
+/// `ferry cache drop --all` as root, as an admin does on a drained node: the node's
+/// kept image mounts (and their loop devices and servers) go.
+fn drop_image_cache() {
+    let out = Command::new("/usr/bin/ferry")
+        .args(["cache", "drop", "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ferry cache drop --all: {out:?}");
+}
+
+/// After a test's jobs ended: no kept image mount is still in use (a step that ended,
+/// even killed, lets go of its entry), then every kept mount is dropped, so what the
+/// test finds left is a leak, not the node image cache.
+fn settle_and_drop_image_cache() {
+    let in_use = || {
+        let out = Command::new("/usr/bin/ferry")
+            .args(["cache", "--json"])
+            .output()
+            .unwrap();
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| e["in_use"] == true)
+            .collect::<Vec<_>>()
+    };
+    let idle = wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+        in_use().is_empty()
+    });
+    assert!(
+        idle,
+        "kept image mounts still in use after the jobs ended: {:#?}",
+        in_use()
+    );
+    drop_image_cache();
 }
 
 /// Live (not zombie) squashfuse processes of the test user.
@@ -1499,7 +1543,9 @@ echo "loop: ok=$ok failed=$failed""#
         started.elapsed().as_secs_f64()
     );
 
-    // Everything is released shortly after the jobs end.
+    // Everything is released shortly after the jobs end, once the node image cache has
+    // let go of what it keeps.
+    settle_and_drop_image_cache();
     let dir = lab.dir.display().to_string();
     // New processes of the test user that are not ours (another test suite running as
     // ferrytest meanwhile) are reported, not failed on.

@@ -11,6 +11,7 @@ use crate::container::ImageFacts;
 use crate::digest::{self, Cache, DigestError};
 use crate::error::{Result, SetupError};
 use crate::image::{self, Format, ImageError, OpenedImage};
+use crate::image_cache::NodeCache;
 use crate::image_config::{
     ImageConfig, ImageConfigError, StoredProblem, CONFIG_PATH, MAX_CONFIG_SIZE,
 };
@@ -30,8 +31,10 @@ use std::path::{Path, PathBuf};
 /// Builds the container in the calling (forked, single-threaded) process and pivots
 /// into it. Also returns the user's process (see `as_user`): dropping it waits for it
 /// to exit, which the caller does after reporting, off the step's critical path.
-pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<(ImageFacts, AsUser)> {
+pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<Assembled> {
     let user = &req.user;
+    // Before the namespace: the kept mounts are named in the host's.
+    let cache = NodeCache::open(&req.image_cache);
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
     // opener is forked after this, so it opens them here too.
@@ -56,20 +59,37 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<(Imag
         image: &image,
         fuse,
         verified: None,
+        cache,
+        cache_note: None,
     };
     // Before hashing, which can take long: a missing source fails at once.
     let sources = open_sources(&mut real, req, &plan)?;
     let (facts, verified) = verify_image(req, &image)?;
     real.verified = verified;
     let built = perform(&mut real, req, &plan, sources)?;
+    let (cache, cache_note) = (real.cache.take(), real.cache_note.take());
     drop(real);
     check_workdir(&as_user, user, &built.workdir, &req.image)?;
     let facts = ImageFacts {
         mounted_by: built.mounted.name().into(),
         config: built.config,
+        cache: cache_note,
         ..facts
     };
-    Ok((facts, as_user))
+    Ok(Assembled {
+        facts,
+        as_user,
+        cache,
+    })
+}
+
+/// A container made: what the helper reports, the user's process (dropping it waits
+/// for it to exit) and the cache, whose lock on the entry used is held until the
+/// caller holds its own.
+pub(crate) struct Assembled {
+    pub(crate) facts: ImageFacts,
+    pub(crate) as_user: AsUser,
+    pub(crate) cache: Option<NodeCache>,
 }
 
 /// What performing a plan found out.

@@ -13,6 +13,7 @@
 use crate::assemble;
 use crate::digest::{Digest, Source};
 use crate::error::{Error, ErrorKind, Result};
+use crate::image_cache::{self, CacheNote, InUse, Outcome, Record, Server};
 use crate::image_config::ImageConfig;
 use crate::mount_error::MountError;
 #[cfg(test)]
@@ -42,6 +43,8 @@ pub struct Container {
     fuse_server: Option<Pid>,
     /// The site's limit on setup, also for a task's last steps before it execs.
     pub setup_timeout: Duration,
+    /// The node image cache's entry this step uses, held until it ends.
+    cache_use: Option<InUse>,
 }
 
 /// What the caller learns about the image: for the environment and the provenance record.
@@ -59,6 +62,9 @@ pub struct ImageFacts {
     /// The image's stored configuration (`/.ferry/image.json`), when it has one.
     #[serde(default)]
     pub config: Option<ImageConfig>,
+    /// What the node image cache did (None: the site keeps no images, or a folder).
+    #[serde(default)]
+    pub cache: Option<CacheNote>,
 }
 
 /// What fails in preparing a container outside the mounts themselves: the helper's
@@ -208,11 +214,11 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 }
                 Err(e) => Err(SetupError::ReadReport(e).into()),
             };
-            drop(release_write); // lets the helper exit
-            let _ = nix::sys::wait::waitpid(pid, None);
             let (namespace, facts) = match outcome {
                 Ok(ready) => ready,
                 Err(e) => {
+                    drop(release_write);
+                    let _ = nix::sys::wait::waitpid(pid, None);
                     // The namespace died with the helper: the server is exiting (or
                     // stopped by its user: then it is killed).
                     if let Some(server) = server {
@@ -221,6 +227,13 @@ pub fn prepare(req: &Request) -> Result<Container> {
                     return Err(e);
                 }
             };
+            // While the helper still holds its lock on the cache entry: ours now.
+            let (cache_use, server) = match &facts.cache {
+                Some(note) => after_cache(req, &facts, note, server),
+                None => (None, server),
+            };
+            drop(release_write); // lets the helper exit
+            let _ = nix::sys::wait::waitpid(pid, None);
             Ok(Container {
                 namespace,
                 workdir: assemble::effective_workdir(req, facts.config.as_ref()),
@@ -230,7 +243,62 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 pinned: req.pinned.is_some(),
                 fuse_server: server,
                 setup_timeout: req.setup_timeout,
+                cache_use,
             })
+        }
+    }
+}
+
+/// slurmstepd's part once the helper used the node image cache: hold the entry used;
+/// for a mount just kept, write its record, move its squashfuse out of the job (it now
+/// outlives it: no longer ours to reap) and start a janitor, which keeps the cache
+/// within its limits and expires it on time. A broken entry is dropped. Returns the entry held and
+/// the server this step still reaps.
+fn after_cache(
+    req: &Request,
+    facts: &ImageFacts,
+    note: &CacheNote,
+    server: Option<Pid>,
+) -> (Option<InUse>, Option<Pid>) {
+    match note.outcome {
+        Outcome::Hit => (InUse::hold(&note.key), server),
+        Outcome::NotKept => (None, server),
+        Outcome::Broken => {
+            let _ = image_cache::drop_key(&note.key);
+            (None, server)
+        }
+        Outcome::Kept => {
+            let held = InUse::hold(&note.key);
+            let kept_server = server.and_then(|pid| Server::of(pid.as_raw() as u32));
+            if let Some(s) = &kept_server {
+                image_cache::leave_job_cgroups(s.pid);
+            }
+            let record = Record {
+                image: req.image.clone(),
+                user: req.user.name.clone(),
+                uid: req.user.uid,
+                mount: if server.is_some() { "fuse" } else { "kernel" }.into(),
+                size: facts.size,
+                version: note.version.clone(),
+                kept_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                server: kept_server,
+            };
+            let _ = image_cache::write_record(&note.key, &record);
+            // The janitor brings the cache back within its limits, off this step's path.
+            if let Some(ferry) = &req.cache_janitor {
+                let _ = image_cache::start_janitor(ferry, &req.image_cache);
+            }
+            // The kept server is not reaped at step end: it serves later steps.
+            (
+                held,
+                if record.server.is_some() {
+                    None
+                } else {
+                    server
+                },
+            )
         }
     }
 }
@@ -331,10 +399,12 @@ fn helper(req: &Request, fuse: Option<FuseHandoff>, result: OwnedFd, release: Ow
         assemble::assemble(req, fuse)
     }));
     let mut user_process = None;
+    let mut cache = None;
     let (report, code) = match outcome {
-        Ok(Ok((facts, as_user))) => {
-            user_process = Some(as_user);
-            (Report::Ready(Box::new(facts)), 0)
+        Ok(Ok(made)) => {
+            user_process = Some(made.as_user);
+            cache = made.cache;
+            (Report::Ready(Box::new(made.facts)), 0)
         }
         Ok(Err(e)) => (Report::failed(&e), 1),
         Err(_) => (
@@ -352,6 +422,7 @@ fn helper(req: &Request, fuse: Option<FuseHandoff>, result: OwnedFd, release: Ow
     drop(user_process);
     let mut byte = [0u8; 1];
     let _ = std::fs::File::from(release).read(&mut byte); // returns at EOF
+    drop(cache); // the parent holds the entry's lock by now
     sys::exit_now(code)
 }
 
@@ -360,10 +431,14 @@ impl Container {
     /// started squashfuse, waits for it to exit (it does once nothing uses the mount;
     /// killed after a few seconds otherwise). Without this (dropping the container) the
     /// server is left to exit on its own.
-    pub fn release(self) {
+    pub fn release(mut self) {
         self.end_stragglers();
         let server = self.fuse_server;
+        let cache_use = self.cache_use.take();
         drop(self);
+        if let Some(entry) = cache_use {
+            entry.release();
+        }
         if let Some(pid) = server {
             reap(pid, SERVER_EXIT);
         }

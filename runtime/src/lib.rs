@@ -13,6 +13,7 @@ mod container;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod image_cache;
 pub mod image_config;
 pub mod mount_error;
 pub mod node_checks;

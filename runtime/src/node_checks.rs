@@ -37,6 +37,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
     munge,
     pmix,
     site_policy,
+    image_cache,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -557,6 +558,68 @@ fn site_policy(node: &Node) -> Vec<Finding> {
     std::iter::once(found)
         .chain(site_needs(&node.root, &site))
         .collect()
+}
+
+/// The node image cache: its settings, and on this very node (not a root checked from
+/// outside) what it keeps now and whether a janitor expires it.
+fn image_cache(node: &Node) -> Vec<Finding> {
+    let site = match node.config() {
+        Some(Ok(config)) if node.exists(&config.site_config) => {
+            match Site::load(&node.path(&config.site_config)) {
+                Ok(site) => site,
+                Err(_) => return Vec::new(), // `site_policy` says why
+            }
+        }
+        _ => Site::default(),
+    };
+    let policy = site.image_cache(crate::image_cache::node_memory());
+    let settings = if policy.enabled() {
+        format!(
+            "kept {} s after their last step, at most {} images and {} MiB",
+            policy.ttl.as_secs(),
+            policy.max_images,
+            policy.max_bytes >> 20
+        )
+    } else {
+        "off (image_cache_ttl, image_cache_max_images or image_cache_max_memory is 0)".into()
+    };
+    if node.root != Path::new("/") || crate::sys::euid() != 0 {
+        return vec![ok(format!("image cache: {settings}"))];
+    }
+    let entries = match crate::image_cache::list() {
+        Ok(entries) => entries,
+        Err(e) => {
+            return vec![warn(
+                format!(
+                    "image cache: cannot read {}: {e}",
+                    crate::image_cache::CACHE_DIR
+                ),
+                "ferry cache drop --all, then check that the folder is root's (mode 0700)",
+            )]
+        }
+    };
+    let bytes: u64 = entries.iter().map(|e| e.size()).sum();
+    let in_use = entries.iter().filter(|e| e.in_use).count();
+    let summary = format!(
+        "image cache: {settings}; now {} kept ({} MiB, {in_use} in use)",
+        entries.len(),
+        bytes >> 20
+    );
+    let broken = entries.iter().filter(|e| e.broken()).count();
+    if broken > 0 {
+        return vec![warn(
+            format!("{summary}; {broken} whose squashfuse is gone (a step drops them)"),
+            "ferry cache drop --all (or wait: the next step or the janitor drops them)",
+        )];
+    }
+    let idle = entries.len() - in_use;
+    if idle > 0 && !crate::image_cache::janitor_running() {
+        return vec![warn(
+            format!("{summary}; no janitor expires them"),
+            "ferry cache drop --all (the next step that keeps an image starts a janitor)",
+        )];
+    }
+    vec![ok(summary)]
 }
 
 /// What `site`'s policy needs on the node whose `/` is `root`: root-only trusted

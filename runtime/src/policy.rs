@@ -14,6 +14,54 @@ pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
 /// Long enough to hash a pinned image of tens of GiB the first time.
 pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a kept image mount outlives the last step that used it, by default.
+pub const DEFAULT_IMAGE_CACHE_TTL: Duration = Duration::from_secs(600);
+/// How many images a node keeps mounted at most, by default.
+pub const DEFAULT_IMAGE_CACHE_MAX_IMAGES: usize = 16;
+/// The share of the node's memory the kept images' sizes may add up to, by default.
+pub const DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT: u64 = 25;
+
+/// The node image cache's limits (see `image_cache`): kept mounts expire `ttl` after
+/// the last step that used them ended, and the cache holds at most `max_images` images
+/// whose sizes add up to at most `max_bytes` (their page cache is what stays warm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub max_images: usize,
+    pub max_bytes: u64,
+}
+
+/// How the site sizes the cache's memory: a share of the node's memory (the default,
+/// so one setting suits every node type) or a fixed number of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLimit {
+    Percent(u64),
+    Bytes(u64),
+}
+
+impl MemoryLimit {
+    /// The limit in bytes on a node with `total` bytes of memory.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MemoryLimit::Bytes(n) => n,
+            MemoryLimit::Percent(p) => (total as u128 * p as u128 / 100) as u64,
+        }
+    }
+}
+
+impl CachePolicy {
+    /// No cache: every step mounts afresh and its mount goes with it.
+    pub const OFF: CachePolicy = CachePolicy {
+        ttl: Duration::ZERO,
+        max_images: 0,
+        max_bytes: 0,
+    };
+
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero() && self.max_images > 0 && self.max_bytes > 0
+    }
+}
+
 /// The site's policy refusing an image.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

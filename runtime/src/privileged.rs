@@ -11,6 +11,7 @@ use crate::as_user::AsUser;
 use crate::digest::{self, DigestError, FileVersion};
 use crate::error::{Error, Result, SetupError};
 use crate::image::OpenedImage;
+use crate::image_cache::{CacheNote, Key, MountKind, NodeCache, Outcome, Taken};
 use crate::mount_error::MountError;
 use crate::plan::{Attrs, ImageMount, Source};
 use crate::request::Request;
@@ -30,6 +31,9 @@ pub(crate) enum Mounted {
     OwnFuse,
     /// A copy of the batch step's FUSE mount (`share`).
     SharedFuse,
+    /// A kept mount of the node image cache (`image_cache`), by the kernel or squashfuse.
+    CachedKernel,
+    CachedFuse,
     Bind,
 }
 
@@ -39,6 +43,8 @@ impl Mounted {
             Mounted::Kernel => "kernel",
             Mounted::OwnFuse => "fuse",
             Mounted::SharedFuse => "fuse-shared",
+            Mounted::CachedKernel => "kernel",
+            Mounted::CachedFuse => "fuse",
             Mounted::Bind => "bind",
         }
     }
@@ -139,6 +145,10 @@ pub(crate) struct Real<'a> {
     pub(crate) fuse: Option<FuseHandoff>,
     /// The file version whose digest was verified: re-checked once mounted.
     pub(crate) verified: Option<FileVersion>,
+    /// The node image cache, when the site keeps images (opened before the namespace).
+    pub(crate) cache: Option<NodeCache>,
+    /// What the cache did for this step.
+    pub(crate) cache_note: Option<CacheNote>,
 }
 
 impl Sys for Real<'_> {
@@ -175,6 +185,16 @@ impl Sys for Real<'_> {
     fn mount_image(&mut self, how: &ImageMount, target: &Path, attrs: Attrs) -> Result<Mounted> {
         let flags = remount_flags(attrs, MsFlags::empty());
         let image = self.image;
+        let cached = self.cache_key(how)?;
+        if let Some((key, version)) = &cached {
+            if let Some(mounted) = self.take_from_cache(how, key, version, target)? {
+                if mounted == Mounted::CachedFuse {
+                    // The caller learns from the closed channel that no server is needed.
+                    self.fuse = None;
+                }
+                return Ok(mounted);
+            }
+        }
         let mounted = match how {
             ImageMount::Fuse { offset } => {
                 if borrow_batch_mount(self.req, image, target)? {
@@ -215,6 +235,10 @@ impl Sys for Real<'_> {
                 }
                 .into());
             }
+        }
+        if let (Some((key, version)), Mounted::Kernel | Mounted::OwnFuse) = (cached, mounted) {
+            // A mount this step made (a borrowed one ends with the batch step that serves it).
+            self.keep_in_cache(key, version, target)?;
         }
         Ok(mounted)
     }
@@ -296,6 +320,100 @@ impl Sys for Real<'_> {
 
     fn pivot(&mut self, root: BorrowedFd<'_>) -> io::Result<()> {
         sys::pivot_into(root)
+    }
+}
+
+impl Real<'_> {
+    /// The cache key of this image mounted `how`, when the node keeps images and the
+    /// image is a file (a root folder has nothing to decompress).
+    fn cache_key(&self, how: &ImageMount) -> Result<Option<(Key, FileVersion)>> {
+        if self.cache.is_none() {
+            return Ok(None);
+        }
+        let driver;
+        let kind = match how {
+            ImageMount::Folder => return Ok(None),
+            ImageMount::Kernel {
+                fstype,
+                options,
+                offset,
+                size,
+                ..
+            } => MountKind {
+                driver: fstype,
+                options: *options,
+                offset: *offset,
+                size: *size,
+                uid: None,
+            },
+            ImageMount::Fuse { offset } => {
+                driver = format!("fuse:{}", self.req.image_policy.fuse_helper.display());
+                MountKind {
+                    driver: &driver,
+                    options: None,
+                    offset: *offset,
+                    size: 0,
+                    uid: Some(self.req.user.uid),
+                }
+            }
+        };
+        let version = image_file(self.image)
+            .and_then(|f| FileVersion::of(&f))
+            .map_err(|e| image_err(self.image, "reading the image's version", e))?;
+        Ok(Some((Key::new(&version, &kind), version)))
+    }
+
+    /// Mounts the cache's kept mount for `key` at `target` when there is one.
+    fn take_from_cache(
+        &mut self,
+        how: &ImageMount,
+        key: &Key,
+        version: &FileVersion,
+        target: &Path,
+    ) -> Result<Option<Mounted>> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(None);
+        };
+        let fuse = matches!(how, ImageMount::Fuse { .. });
+        let taken = cache
+            .take(key, target, fuse)
+            .map_err(|e| image_err(self.image, "taking the image's kept mount", e))?;
+        let outcome = match taken {
+            Taken::Mounted => Outcome::Hit,
+            Taken::Broken => Outcome::Broken,
+            Taken::Missing => return Ok(None),
+        };
+        self.cache_note = Some(CacheNote {
+            key: key.clone(),
+            outcome,
+            version: version.clone(),
+        });
+        Ok((outcome == Outcome::Hit).then_some(if fuse {
+            Mounted::CachedFuse
+        } else {
+            Mounted::CachedKernel
+        }))
+    }
+
+    /// Keeps the image mount just made at `target` in the cache for later steps.
+    fn keep_in_cache(&mut self, key: Key, version: FileVersion, target: &Path) -> Result<()> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(());
+        };
+        let kept = cache
+            .keep(&key, target, version.size)
+            .map_err(|e| image_err(self.image, "keeping the image's mount", e))?;
+        let outcome = match (kept, &self.cache_note) {
+            (true, _) => Outcome::Kept,
+            (false, Some(note)) if note.outcome == Outcome::Broken => Outcome::Broken,
+            (false, _) => Outcome::NotKept,
+        };
+        self.cache_note = Some(CacheNote {
+            key,
+            outcome,
+            version,
+        });
+        Ok(())
     }
 }
 

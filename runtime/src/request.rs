@@ -3,7 +3,9 @@
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::mount_error::MountError;
-use crate::policy::{ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER};
+use crate::policy::{
+    CachePolicy, ImagePolicy, SiteMount, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER,
+};
 use crate::users::User;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +46,11 @@ pub struct Request {
     /// A step of this Slurm job other than its batch step: under `fuse`, take the
     /// batch step's mount of the same image on this node when there is one (`share`).
     pub share_with_batch_step_of: Option<u32>,
+    /// The node image cache's limits (`CachePolicy::OFF`: none).
+    pub image_cache: CachePolicy,
+    /// The `ferry` command that expires kept images (`ferry cache janitor`) once no
+    /// step comes to do it.
+    pub cache_janitor: Option<PathBuf>,
 }
 
 impl Request {
@@ -68,6 +75,8 @@ impl Request {
             setup_timeout: DEFAULT_SETUP_TIMEOUT,
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
             share_with_batch_step_of: None,
+            image_cache: CachePolicy::OFF,
+            cache_janitor: None,
         }
     }
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 // The values a site file sets live in `policy`, which `request` shares; these keep the
 // names under `site` that callers already use.
 pub use crate::policy::{
-    destination_allowed, ImagePolicy, SiteMount, Untrusted, DEFAULT_FUSE_HELPER,
-    DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER,
+    destination_allowed, CachePolicy, ImagePolicy, MemoryLimit, SiteMount, Untrusted,
+    DEFAULT_FUSE_HELPER, DEFAULT_IMAGE_CACHE_MAX_IMAGES, DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT,
+    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER,
 };
 
 /// Where the plugin reads the site file when plugstack.conf names none.
@@ -29,6 +30,8 @@ const MAX_LIST_LEN: usize = 256;
 const MAX_FILE_LEN: usize = 1 << 20;
 const MIN_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_SETUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const MAX_IMAGE_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_IMAGE_CACHE_IMAGES: u64 = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -55,6 +58,11 @@ pub struct Site {
     /// folder the compute nodes see); None: the user's cache folder, which must then be
     /// on a shared file system.
     pub user_image_store: Option<String>,
+    /// The node image cache (`image_cache`): how long a kept mount outlives its last
+    /// step (zero: no cache), how many images, how much of the node's memory.
+    pub image_cache_ttl: Duration,
+    pub image_cache_max_images: usize,
+    pub image_cache_max_memory: MemoryLimit,
 }
 
 impl Default for Site {
@@ -72,6 +80,9 @@ impl Default for Site {
             log_level: LogLevel::Info,
             image_stores: Vec::new(),
             user_image_store: None,
+            image_cache_ttl: DEFAULT_IMAGE_CACHE_TTL,
+            image_cache_max_images: DEFAULT_IMAGE_CACHE_MAX_IMAGES,
+            image_cache_max_memory: MemoryLimit::Percent(DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT),
         }
     }
 }
@@ -89,6 +100,9 @@ struct RawSite {
     log_level: Option<String>,
     image_stores: Option<Vec<String>>,
     user_image_store: Option<String>,
+    image_cache_ttl: Option<String>,
+    image_cache_max_images: Option<u64>,
+    image_cache_max_memory: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +199,26 @@ impl Site {
                 format!("user_image_store: {template:?}: give an absolute folder, such as \"/shared/ferry/{{user}}\" or \"{{home}}/.cache/ferry/images\" (no '..', comma or colon)")
             })?;
             site.user_image_store = Some(template);
+        }
+        if let Some(ttl) = raw.image_cache_ttl {
+            site.image_cache_ttl = parse_duration(&ttl)
+                .filter(|d| *d <= MAX_IMAGE_CACHE_TTL)
+                .ok_or_else(|| {
+                    format!("image_cache_ttl: {ttl:?}: give a time up to 168h, such as \"10m\", or \"0\" to keep no image mounted after its steps")
+                })?;
+        }
+        if let Some(n) = raw.image_cache_max_images {
+            if n > MAX_IMAGE_CACHE_IMAGES {
+                return Err(format!(
+                    "image_cache_max_images: {n}: give a number from 0 (no cache) to {MAX_IMAGE_CACHE_IMAGES}"
+                ));
+            }
+            site.image_cache_max_images = n as usize;
+        }
+        if let Some(limit) = raw.image_cache_max_memory {
+            site.image_cache_max_memory = parse_memory_limit(&limit).ok_or_else(|| {
+                format!("image_cache_max_memory: {limit:?}: give a share of the node's memory from 0% to 90%, such as \"25%\", or a size, such as \"16G\"")
+            })?;
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -320,7 +354,33 @@ impl Site {
                 .clone()
                 .unwrap_or_else(|| "(the user's cache folder, on a shared file system)".into()),
         );
+        line(
+            &mut out,
+            "image_cache",
+            if self.image_cache(u64::MAX).enabled() {
+                format!(
+                    "kept {} s after the last step, at most {} images, {}",
+                    self.image_cache_ttl.as_secs(),
+                    self.image_cache_max_images,
+                    match self.image_cache_max_memory {
+                        MemoryLimit::Percent(p) => format!("{p}% of the node's memory"),
+                        MemoryLimit::Bytes(n) => format!("{} MiB", n >> 20),
+                    }
+                )
+            } else {
+                "off (every step mounts its image afresh)".into()
+            },
+        );
         out
+    }
+
+    /// The node image cache's limits on a node with `memory` bytes of memory.
+    pub fn image_cache(&self, memory: u64) -> CachePolicy {
+        CachePolicy {
+            ttl: self.image_cache_ttl,
+            max_images: self.image_cache_max_images,
+            max_bytes: self.image_cache_max_memory.bytes(memory),
+        }
     }
 
     /// The user's own image store as this site places it, if it does.
@@ -399,6 +459,18 @@ fn number_and_unit(value: &str) -> Option<(u64, &str)> {
 }
 
 /// `123`, `64K`, `512M`, `2G`, `1T` (powers of 1024).
+/// `25%` (of the node's memory, at most 90) or a size (`16G`).
+fn parse_memory_limit(value: &str) -> Option<MemoryLimit> {
+    match value.strip_suffix('%') {
+        Some(p) => p
+            .parse::<u64>()
+            .ok()
+            .filter(|p| *p <= 90)
+            .map(MemoryLimit::Percent),
+        None => parse_size(value).map(MemoryLimit::Bytes),
+    }
+}
+
 pub fn parse_size(value: &str) -> Option<u64> {
     let (n, unit) = number_and_unit(value)?;
     let shift = match unit {
@@ -540,6 +612,55 @@ mod tests {
             vec!["\"/a\""; 300].join(",")
         );
         assert!(parse(&many).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn the_image_cache_is_on_by_default_and_sized_by_the_site() {
+        let site = Site::default();
+        let policy = site.image_cache(64 << 30);
+        assert!(policy.enabled());
+        assert_eq!(policy.ttl, DEFAULT_IMAGE_CACHE_TTL);
+        assert_eq!(policy.max_bytes, 16 << 30);
+        let site = parse(
+            r#"{"image_cache_ttl": "2m", "image_cache_max_images": 3, "image_cache_max_memory": "1G"}"#,
+        )
+        .unwrap();
+        let policy = site.image_cache(64 << 30);
+        assert_eq!(policy.ttl, Duration::from_secs(120));
+        assert_eq!(policy.max_images, 3);
+        assert_eq!(policy.max_bytes, 1 << 30);
+        assert!(site.describe().contains("at most 3 images, 1024 MiB"));
+        for off in [
+            r#"{"image_cache_ttl": "0"}"#,
+            r#"{"image_cache_max_images": 0}"#,
+            r#"{"image_cache_max_memory": "0%"}"#,
+        ] {
+            let site = parse(off).unwrap();
+            assert!(!site.image_cache(64 << 30).enabled(), "{off}");
+            assert!(
+                site.describe().contains("image_cache              off"),
+                "{off}"
+            );
+        }
+        for (bad, key) in [
+            (r#"{"image_cache_ttl": "forever"}"#, "image_cache_ttl: "),
+            (r#"{"image_cache_ttl": "200h"}"#, "image_cache_ttl: "),
+            (
+                r#"{"image_cache_max_images": 5000}"#,
+                "image_cache_max_images: ",
+            ),
+            (
+                r#"{"image_cache_max_memory": "95%"}"#,
+                "image_cache_max_memory: ",
+            ),
+            (
+                r#"{"image_cache_max_memory": "lots"}"#,
+                "image_cache_max_memory: ",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -197,6 +197,7 @@ pub fn build(inputs: Inputs) -> Result<Request, String> {
         request.writable_layer_size = site.writable_layer_size;
         request.user_mount_destinations = site.user_mount_destinations.clone();
         request.setup_timeout = site.setup_timeout;
+        request.image_cache = site.image_cache(crate::image_cache::node_memory());
     }
     if let Launch::SlurmStep(facts) = launch {
         let config = facts.config;
@@ -218,6 +219,7 @@ pub fn build(inputs: Inputs) -> Result<Request, String> {
         request.digest_cache = Some(config.digest_cache.clone());
         request.hash_unpinned_up_to = config.hash_unpinned_up_to;
         request.share_with_batch_step_of = facts.step.shares_with_batch_step_of();
+        request.cache_janitor = Some(config.ferry.clone());
     }
     Ok(request)
 }

@@ -963,6 +963,124 @@ pub fn is_fuse(fd: BorrowedFd<'_>) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// The node image cache: kept mount namespaces, their locks and their servers.
+
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+/// Whether `fd` is a namespace file (a /proc/PID/ns link or a bind mount of one).
+pub fn is_nsfs(fd: BorrowedFd<'_>) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is writable for one statfs struct; read only when the call succeeds.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    // SAFETY: fstatfs filled it in.
+    rc == 0 && unsafe { st.assume_init() }.f_type as libc::c_long == NSFS_MAGIC
+}
+
+/// Whether the file system `fd` lies on answers (statfs reaches a FUSE server).
+pub fn file_system_answers(fd: BorrowedFd<'_>) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: as in `is_nsfs`; the result is only the return code.
+    unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) == 0 }
+}
+
+/// A lock on an open file (flock): shared or exclusive, never waiting. False: another
+/// open file holds a lock that conflicts.
+pub fn try_lock(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<bool> {
+    let how = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor we hold, with flag bits only.
+    match unsafe { libc::flock(fd.as_raw_fd(), how) } {
+        0 => Ok(true),
+        _ if io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Detaches the mount at `path` (lazily: whoever still uses it keeps it until done).
+pub fn unmount_detached(path: &Path) -> io::Result<()> {
+    nix::mount::umount2(
+        path,
+        nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// The kernel's start time of process `pid` (clock ticks after boot, field 22 of its
+/// stat file): with the pid, what names one process for good.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// SIGKILLs process `pid` if it is still the one that started at `start_time` (checked
+/// once a pidfd holds it, so a reused pid is never hit). True when it was signalled.
+pub fn kill_if_started_at(pid: u32, start_time: u64) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags; a non-negative return is a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
+    if process_start_time(pid) != Some(start_time) {
+        return false;
+    }
+    // SAFETY: a live pidfd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    rc == 0
+}
+
+/// Starts `argv` (path first) as a daemon: in its own session, reparented away from
+/// the caller (a double fork, so no process tracker that follows the caller's tree
+/// finds it), with /dev/null as its standard streams. Safe in a multi-threaded caller:
+/// the children only make system calls until exec.
+pub fn spawn_detached(argv: &[CString]) -> io::Result<()> {
+    let null = open_path(Path::new("/dev/null"), libc::O_RDWR)?;
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let env = [
+        c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".as_ptr(),
+        std::ptr::null(),
+    ];
+    match fork()? {
+        Forked::Parent(pid) => {
+            nix::sys::wait::waitpid(pid, None)?;
+            Ok(())
+        }
+        Forked::Child => {
+            // SAFETY: setsid, fork, dup2, close_range, execve and _exit are
+            // async-signal-safe; every pointer was made before the first fork and
+            // lives until exec.
+            unsafe {
+                libc::setsid();
+                if libc::fork() != 0 {
+                    libc::_exit(0);
+                }
+                for to in 0..3 {
+                    libc::dup2(null.as_raw_fd(), to);
+                }
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                libc::execve(ptrs[0], ptrs.as_ptr(), env.as_ptr());
+                libc::_exit(127)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Interrupts (CLI only).
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -513,6 +513,7 @@ fn cancel_during_setup_and_killed_slurmstepd_leave_nothing() {
     ] {
         kill_slurmstepd_while_the_step_runs(&lab, &container, &before);
     }
+    settle_and_drop_image_cache();
     let dir = lab.dir.display().to_string();
     let leftovers = || -> Vec<String> {
         let mut found: Vec<String> = root_output("losetup", &["-a"])

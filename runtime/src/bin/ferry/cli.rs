@@ -96,6 +96,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List this node's kept image mounts (the image cache: image, user, age, size);
+    /// `drop` removes them (needs root)
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+        /// Print JSON: every field of every entry
+        #[arg(long)]
+        json: bool,
+    },
     /// Pull an image from an OCI registry (docker://[HOST/]NAME[:TAG][@sha256:HEX]) into the
     /// image store, or into OUT.sqfs; a reference whose manifest is already stored
     /// downloads nothing
@@ -197,6 +206,30 @@ pub enum ImagesAction {
         /// The most the store's images may take: bytes, or with K, M, G, T (powers of 1024)
         #[arg(long, value_name = "SIZE")]
         max_size: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// Drop kept mounts, each named by its key or its image's path, or all of them
+    /// (--all: a drained node left clean: no kept mount, loop device or server)
+    Drop {
+        /// Every entry
+        #[arg(long, conflicts_with = "what")]
+        all: bool,
+        /// A key as `ferry cache` lists it, or an image's path
+        #[arg(value_name = "KEY|IMAGE", required_unless_present = "all")]
+        what: Vec<String>,
+    },
+    /// Expire kept mounts on time until none is left (started by the plugin; one at a time)
+    #[command(hide = true)]
+    Janitor {
+        #[arg(long, value_name = "SECONDS")]
+        ttl: u64,
+        #[arg(long, value_name = "N")]
+        max_images: usize,
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: u64,
     },
 }
 

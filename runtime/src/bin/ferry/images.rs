@@ -147,7 +147,7 @@ fn short(digest: &str) -> String {
 }
 
 /// Bytes in powers of 1024, with one decimal above a KiB: `512 B`, `1.5 MiB`.
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -162,7 +162,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// How long ago `then` was, in the largest whole unit.
-fn ago(now: u64, then: u64) -> String {
+pub(crate) fn ago(now: u64, then: u64) -> String {
     let seconds = now.saturating_sub(then);
     let (count, unit) = match seconds {
         0..60 => return "just now".into(),
@@ -174,7 +174,7 @@ fn ago(now: u64, then: u64) -> String {
     format!("{count} {unit}{plural} ago")
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -182,8 +182,8 @@ fn now() -> u64 {
 }
 
 /// Columns padded to their widest cell, two spaces apart.
-fn print_table(rows: &[[String; 5]]) {
-    let mut widths = [0usize; 5];
+pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

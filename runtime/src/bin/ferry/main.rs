@@ -2,6 +2,7 @@
 //! and the admin commands (version, doctor).
 
 mod build;
+mod cache;
 mod check_config;
 mod cli;
 mod digest;
@@ -104,6 +105,10 @@ fn main() -> ExitCode {
             store,
             json,
         } => match images::images(action, store, json) {
+            Ok(code) => code,
+            Err(message) => say::fail(&message, 1),
+        },
+        Command::Cache { action, json } => match cache::cache(action, json) {
             Ok(code) => code,
             Err(message) => say::fail(&message, 1),
         },
