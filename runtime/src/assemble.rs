@@ -9,7 +9,7 @@
 use crate::as_user::AsUser;
 use crate::container::ImageFacts;
 use crate::error::{Result, SetupError};
-use crate::image::{self, Format, ImageError, OpenedImage};
+use crate::image;
 use crate::image_config::{
     ImageConfig, ImageConfigError, StoredProblem, CONFIG_PATH, MAX_CONFIG_SIZE,
 };
@@ -585,7 +585,7 @@ mod tests {
     //! which flags, without root.
     use super::*;
     use crate::error::Error;
-    use crate::image::Method;
+    use crate::image::{Format, Method};
     use crate::plan::{ImageMount, Source};
     use crate::privileged::fake::{Call, Recording};
     use crate::request::MountSpec;
