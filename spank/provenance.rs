@@ -3,7 +3,7 @@
 //! syslog for the site and, with `--container-provenance=FILE`, appended as one line to
 //! a file the user keeps with their results.
 
-use ferry_runtime::{Container, MountSpec};
+use ferry_runtime::{Container, ImageFacts, MountSpec};
 use serde_json::{json, Value};
 
 pub struct StepIds {
@@ -75,8 +75,6 @@ pub fn record(
         "format": facts.format,
         "mounted_by": facts.mounted_by,
         "image_cache": facts.cache.as_ref().map(|c| c.outcome.name()),
-        "digest": facts.digest.as_ref().map(|d| d.to_string()),
-        "digest_source": facts.digest_source,
         "pinned": container.pinned,
         "size": facts.size,
         "mtime_unix": facts.mtime_unix,
@@ -93,6 +91,9 @@ pub fn record(
         "slurm_version": ids.slurm_version,
         "slurm_built_for": env!("FERRY_SLURM_VERSION"),
     });
+    if let (Some(fields), Value::Object(digest)) = (record.as_object_mut(), digest_fields(facts)) {
+        fields.extend(digest);
+    }
     if let Some(origin) = origin {
         record["reference"] = json!(origin.reference);
         record["manifest_digest"] = json!(origin.manifest_digest);
@@ -100,9 +101,64 @@ pub fn record(
     record
 }
 
+/// The image's digest as the record gives it: `digest` and `digest_source` (`cache` or
+/// `computed`) are null when it is unknown, and `digest_status` says which case it is
+/// (`verified`, `cached`, `unknown_unpinned`, `folder`: see `digest::Status`).
+fn digest_fields(facts: &ImageFacts) -> Value {
+    json!({
+        "digest": facts.digest.as_ref().map(|d| d.to_string()),
+        "digest_source": facts.digest_source,
+        "digest_status": facts.digest_status,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Origin;
+    use super::{digest_fields, Origin};
+    use ferry_runtime::digest::{Digest, Source, Status};
+    use ferry_runtime::ImageFacts;
+    use serde_json::json;
+
+    #[test]
+    fn the_record_says_how_the_digest_is_known_or_why_it_is_not() {
+        let digest = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let facts = |digest: Option<Digest>, source, status| ImageFacts {
+            digest,
+            digest_source: source,
+            digest_status: status,
+            ..ImageFacts::default()
+        };
+        let hex = digest.to_string();
+        for (facts, expected) in [
+            (
+                facts(
+                    Some(digest.clone()),
+                    Some(Source::Computed),
+                    Status::Verified,
+                ),
+                json!({"digest": hex, "digest_source": "computed", "digest_status": "verified"}),
+            ),
+            (
+                facts(Some(digest.clone()), Some(Source::Cache), Status::Cached),
+                json!({"digest": hex, "digest_source": "cache", "digest_status": "cached"}),
+            ),
+            (
+                facts(None, None, Status::UnknownUnpinned),
+                json!({"digest": null, "digest_source": null, "digest_status": "unknown_unpinned"}),
+            ),
+            (
+                facts(None, None, Status::Folder),
+                json!({"digest": null, "digest_source": null, "digest_status": "folder"}),
+            ),
+        ] {
+            assert_eq!(digest_fields(&facts), expected);
+        }
+        // Facts that say nothing say the digest is unknown, never that it was verified.
+        assert_eq!(
+            digest_fields(&ImageFacts::default())["digest_status"],
+            "unknown_unpinned"
+        );
+    }
 
     #[test]
     fn an_origin_is_recorded_only_for_the_image_it_was_resolved_to() {

@@ -50,6 +50,9 @@ fn with_step<T>(f: impl FnOnce(&mut Step) -> T) -> Result<T, String> {
 
 pub fn init(_spank: &Spank, args: &[String]) -> Result<(), String> {
     let config = Config::parse(args)?;
+    for note in &config.obsolete {
+        ffi::debug(&format!("ferry: plugstack.conf: {note}"));
+    }
     with_step(|step| step.config = config)
 }
 

@@ -1756,8 +1756,9 @@ fn provenance_lines(path: &Path) -> Vec<serde_json::Value> {
 /// `--container=IMG@sha256:HEX` through srun and sbatch: the right digest runs (and the
 /// job's environment names the image and its digest), a wrong one fails with one line
 /// giving both digests and nothing runs, a malformed one is refused before submission,
-/// a pinned root folder is refused, and after the image file is rebuilt the old pin
-/// fails with the new digest while the new pin runs the new image.
+/// a pinned root folder is refused, an image nobody pinned runs without a digest (it is
+/// not hashed), and after the image file is rebuilt the old pin fails with the new
+/// digest while the new pin runs the new image.
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn pinned_images_run_only_when_the_digest_matches() {
@@ -1771,9 +1772,13 @@ fn pinned_images_run_only_when_the_digest_matches() {
     let mismatch = format!("image {abs}: digest mismatch: expected {wrong}, found {digest}");
     let env_report = "echo \"env: $FERRY_IMAGE $FERRY_IMAGE_DIGEST\"";
     let env_expected = format!("{abs} {digest}");
+    // An image no step pins: unpinned images are never hashed before their tasks.
+    let unpinned = lab.image("unpinned.sqfs", "UNPINNED");
+    let unpinned_abs = lab.path(&unpinned).display().to_string();
 
     std::thread::scope(|s| {
         let lab = &lab;
+        let (unpinned, unpinned_abs) = (&unpinned, &unpinned_abs);
         let (pinned, mismatch, wrong, env_expected) = (&pinned, &mismatch, &wrong, &env_expected);
         let folder = &folder;
         let image = &image;
@@ -1799,15 +1804,28 @@ fn pinned_images_run_only_when_the_digest_matches() {
             }),
         ));
         cases.push((
-            "srun, unpinned: the digest is still known",
+            "srun, unpinned and never pinned: not hashed, the digest is unknown",
             s.spawn(move || {
-                let out = lab.srun(&[&format!("--container={image}"), "sh", "-c", env_report]);
+                let out = lab.srun(&[
+                    &format!("--container={unpinned}"),
+                    "--container-provenance=unpinned.jsonl",
+                    "sh",
+                    "-c",
+                    env_report,
+                ]);
                 out.expect_ok();
                 assert_eq!(
                     value_of(&out.stdout, "env: "),
-                    Some(env_expected.as_str()),
-                    "{out}"
+                    Some(unpinned_abs.as_str()),
+                    "no FERRY_IMAGE_DIGEST: {out}"
                 );
+                let records = provenance_lines(&lab.path("unpinned.jsonl"));
+                assert_eq!(records.len(), 1, "{records:?}");
+                let r = &records[0];
+                assert_eq!(r["pinned"], false, "{r:#}");
+                assert!(r["digest"].is_null(), "{r:#}");
+                assert!(r["digest_source"].is_null(), "{r:#}");
+                assert_eq!(r["digest_status"], "unknown_unpinned", "{r:#}");
             }),
         ));
         cases.push((
@@ -1947,7 +1965,8 @@ fn pinned_images_run_only_when_the_digest_matches() {
 /// (batch script, then each srun, also one started from another folder; one line per
 /// step however many tasks), written by the user, each naming the job, step, node,
 /// user, image, its digest (sha256sum's), whether it was pinned, where the digest came
-/// from, the mounts and the working directory; syslog has the same records. An srun
+/// from and its status, the mounts and the working directory; syslog has the same
+/// records. An srun
 /// with its own `--container-provenance` writes its step there instead, and a direct
 /// `srun --container-provenance` writes its one step.
 #[test]
@@ -2035,14 +2054,16 @@ cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
         .as_secs();
     let lab_dir = lab.dir.display().to_string();
     let sub_dir = sub.display().to_string();
+    // Step 1 is unpinned: not hashed, its digest is the one the batch step's
+    // verification left in this node's cache.
     let expect = [
-        ("batch", true, "computed", lab_dir.as_str()),
-        ("0", true, "cache", lab_dir.as_str()),
-        ("1", false, "cache", sub_dir.as_str()),
-        ("2", true, "cache", lab_dir.as_str()),
+        ("batch", true, "computed", "verified", lab_dir.as_str()),
+        ("0", true, "cache", "verified", lab_dir.as_str()),
+        ("1", false, "cache", "cached", sub_dir.as_str()),
+        ("2", true, "cache", "verified", lab_dir.as_str()),
     ];
     let all: Vec<&serde_json::Value> = records.iter().chain(&step2).collect();
-    for (r, (step, pinned, source, workdir)) in all.iter().zip(expect) {
+    for (r, (step, pinned, source, status, workdir)) in all.iter().zip(expect) {
         let show = serde_json::to_string_pretty(r).unwrap();
         assert_eq!(r["step"], step, "{show}");
         assert_eq!(r["type"], "ferry-provenance", "{show}");
@@ -2056,6 +2077,7 @@ cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
         assert_eq!(r["digest"], digest.as_str(), "{show}");
         assert_eq!(r["pinned"], pinned, "{show}");
         assert_eq!(r["digest_source"], source, "{show}");
+        assert_eq!(r["digest_status"], status, "{show}");
         assert_eq!(r["size"], meta.len(), "{show}");
         assert_eq!(r["mtime_unix"], meta.mtime(), "{show}");
         assert_eq!(r["workdir"], workdir, "{show}");
@@ -2110,7 +2132,19 @@ cd .. && srun -n 1 --container-provenance=step2.jsonl true && echo step2-ok"#
     assert_eq!(direct[0]["job"], job_id);
     assert_eq!(direct[0]["step"], "0");
     assert_eq!(direct[0]["pinned"], false);
-    assert_eq!(direct[0]["digest"], digest.as_str());
+    // Unpinned, in a new job that may run on another node: the digest is that node's
+    // cache's when the job above verified the image there, else unknown (never hashed).
+    match direct[0]["digest_status"].as_str() {
+        Some("cached") => {
+            assert_eq!(direct[0]["digest"], digest.as_str());
+            assert_eq!(direct[0]["digest_source"], "cache");
+        }
+        Some("unknown_unpinned") => {
+            assert!(direct[0]["digest"].is_null(), "{:#}", direct[0]);
+            assert!(direct[0]["digest_source"].is_null(), "{:#}", direct[0]);
+        }
+        _ => panic!("unexpected digest_status: {:#}", direct[0]),
+    }
     assert_eq!(direct[0]["mounts"], serde_json::json!([]));
 }
 

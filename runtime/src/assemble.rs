@@ -8,21 +8,21 @@
 
 use crate::as_user::AsUser;
 use crate::container::ImageFacts;
-use crate::digest::{self, Cache, DigestError};
 use crate::error::{Result, SetupError};
-use crate::image::{self, Format, ImageError, OpenedImage};
+use crate::image;
 use crate::image_cache::NodeCache;
 use crate::image_config::{
     ImageConfig, ImageConfigError, StoredProblem, CONFIG_PATH, MAX_CONFIG_SIZE,
 };
 use crate::mount_error::{MountError, MountStep};
 use crate::plan::{self, Attrs, Bind, FileContent, Op, Plan};
-use crate::privileged::{self, image_err, image_file, remount_flags, FuseHandoff, Mounted, Sys};
+use crate::privileged::{self, remount_flags, FuseHandoff, Mounted, Sys};
 use crate::request::Request;
 use crate::resolve::{Create, InRoot};
 use crate::site;
 use crate::sys;
 use crate::users;
+use crate::verify;
 use nix::mount::MsFlags;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -64,7 +64,7 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<Assem
     };
     // Before hashing, which can take long: a missing source fails at once.
     let sources = open_sources(&mut real, req, &plan)?;
-    let (facts, verified) = verify_image(req, &image)?;
+    let (facts, verified) = verify::verify_image(req, &image)?;
     real.verified = verified;
     let built = perform(&mut real, req, &plan, sources)?;
     let (cache, cache_note) = (real.cache.take(), real.cache_note.take());
@@ -599,76 +599,13 @@ fn read_image_config(in_root: &InRoot, image: &Path) -> Result<Option<ImageConfi
     Ok(Some(ImageConfig::check_stored(&text, image)?))
 }
 
-/// Holes a hashed image may have (and still more than its data) before it is refused.
-const MAX_HOLES: u64 = 1 << 30;
-
-/// Checks a pinned digest against the opened file (and hashes small unpinned images for
-/// the record). Returns the file version that was verified, to re-check after mounting.
-fn verify_image(
-    req: &Request,
-    image: &OpenedImage,
-) -> Result<(ImageFacts, Option<digest::FileVersion>)> {
-    use std::os::unix::fs::MetadataExt;
-    let file = image_file(image).map_err(ImageError::Duplicate)?;
-    let meta = file.metadata().map_err(|source| DigestError::Stat {
-        path: req.image.clone(),
-        source,
-    })?;
-    let mut facts = ImageFacts {
-        format: image.format.name().into(),
-        size: meta.size(),
-        mtime_unix: meta.mtime(),
-        ..Default::default()
-    };
-    if image.format == Format::Directory {
-        return match req.pinned {
-            Some(_) => Err(DigestError::PinnedFolder {
-                path: req.image.clone(),
-            }
-            .into()),
-            None => Ok((facts, None)),
-        };
-    }
-    if req.pinned.is_none() && meta.size() > req.hash_unpinned_up_to {
-        return Ok((facts, None));
-    }
-    // Holes read as zeros at the speed of the CPU: a sparse file of terabytes would keep
-    // root hashing for hours. A real image's data is on disk.
-    let allocated = meta.blocks().saturating_mul(512);
-    let holes = meta.size().saturating_sub(allocated);
-    if holes > MAX_HOLES && holes > allocated {
-        return Err(DigestError::Sparse {
-            path: req.image.clone(),
-            holes,
-            size: meta.size(),
-        }
-        .into());
-    }
-    let cache = req.digest_cache.as_ref().map(Cache::new);
-    let (found, source, version) = digest::digest_of(&file, cache.as_ref())
-        .map_err(|e| image_err(image, "reading the image to verify its digest", e))?;
-    if let Some(expected) = &req.pinned {
-        if *expected != found {
-            return Err(DigestError::Mismatch {
-                path: req.image.clone(),
-                expected: expected.to_string(),
-                actual: found.to_string(),
-            }
-            .into());
-        }
-    }
-    facts.digest = Some(found);
-    facts.digest_source = Some(source);
-    Ok((facts, Some(version)))
-}
-
 #[cfg(test)]
 mod tests {
     //! The executor over the recording fake: what root would do, in which order, with
     //! which flags, without root.
     use super::*;
     use crate::error::Error;
-    use crate::image::Method;
+    use crate::image::{Format, Method};
     use crate::plan::{ImageMount, Source};
     use crate::privileged::fake::{Call, Recording};
     use crate::request::MountSpec;

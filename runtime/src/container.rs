@@ -11,7 +11,7 @@
 //! Forked children inherit the descriptor and `join` with setns.
 
 use crate::assemble;
-use crate::digest::{Digest, Source};
+use crate::digest::{Digest, Source, Status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image_cache::{self, CacheNote, InUse, Outcome, Record, Server};
 use crate::image_config::ImageConfig;
@@ -59,6 +59,9 @@ pub struct ImageFacts {
     pub mtime_unix: i64,
     pub digest: Option<Digest>,
     pub digest_source: Option<Source>,
+    /// Whether the digest was verified, looked up, or why it is unknown.
+    #[serde(default)]
+    pub digest_status: Status,
     /// The image's stored configuration (`/.ferry/image.json`), when it has one.
     #[serde(default)]
     pub config: Option<ImageConfig>,
@@ -172,8 +175,15 @@ pub fn prepare(req: &Request) -> Result<Container> {
     let (release_read, release_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
     let fuse = open_fuse(req)?;
+    let parent = nix::unistd::getpid();
     match sys::fork().map_err(SetupError::Fork)? {
         sys::Forked::Child => {
+            // Slurm cannot cancel a step in setup, but it can kill slurmstepd: the
+            // helper (hashing a pinned image, say) must not live on as an orphan. This
+            // thread waits below until the helper is reaped, so it cannot end first.
+            if sys::die_with_parent(parent).is_err() {
+                sys::exit_now(1);
+            }
             drop(result_read);
             drop(release_write);
             let handoff = fuse.map(|(device, ours, theirs)| {

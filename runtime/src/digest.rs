@@ -118,6 +118,25 @@ pub enum Source {
     Computed,
 }
 
+/// What the provenance record says of the image's digest (`digest_status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Pinned, and the file's bytes are the pinned ones (hashed now, or known from the
+    /// cache for this very version of the file).
+    Verified,
+    /// Not pinned; the cache knew this very version of the file (a pinned step or root's
+    /// `ferry digest` hashed it before). Nothing was hashed for this step.
+    Cached,
+    /// Not pinned, and the cache did not know this version: the digest is unknown. An
+    /// unpinned image is never hashed before its tasks start (nobody asked to wait for
+    /// it); pinning it (`IMAGE@sha256:...`) records its digest.
+    #[default]
+    UnknownUnpinned,
+    /// A root folder, which has no digest.
+    Folder,
+}
+
 /// What identifies one version of a file: any write changes ctime, which users cannot set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileVersion {
@@ -151,11 +170,26 @@ struct CacheEntry {
 /// writes it; an entry counts only when every field of the file's version matches.
 pub struct Cache {
     dir: PathBuf,
+    /// Whose folder is believed: root's (unit tests, which may run as a user, use their
+    /// own).
+    owner: u32,
 }
 
 impl Cache {
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: dir.into() }
+        Cache {
+            dir: dir.into(),
+            owner: 0,
+        }
+    }
+
+    /// A cache in a folder of the user running the unit tests.
+    #[cfg(test)]
+    pub(crate) fn of_this_user(dir: impl Into<PathBuf>) -> Cache {
+        Cache {
+            dir: dir.into(),
+            owner: nix::unistd::geteuid().as_raw(),
+        }
     }
 
     fn entry_path(&self, v: &FileVersion) -> PathBuf {
@@ -199,7 +233,7 @@ impl Cache {
     /// Only a folder that root owns and nobody else can write is believed.
     fn trusted(&self) -> bool {
         std::fs::symlink_metadata(&self.dir)
-            .map(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+            .map(|m| m.is_dir() && m.uid() == self.owner && m.mode() & 0o022 == 0)
             .unwrap_or(false)
     }
 }
@@ -214,6 +248,18 @@ pub fn digest_of(file: &File, cache: Option<&Cache>) -> io::Result<(Digest, Sour
     let digest = hash_file(file, &mut |_| {})?;
     remember(cache, file, &version, &digest);
     Ok((digest, Source::Computed, version))
+}
+
+/// The digest the cache holds for this very version of the open file, if any: a lookup
+/// that never reads the file's bytes (an unpinned image is not hashed before its tasks).
+pub fn cached_digest(
+    file: &File,
+    cache: Option<&Cache>,
+) -> io::Result<Option<(Digest, FileVersion)>> {
+    let version = FileVersion::of(file)?;
+    Ok(cache
+        .and_then(|c| c.lookup(&version))
+        .map(|digest| (digest, version)))
 }
 
 /// Stores a digest computed from `file` as it was at `before`, unless the file changed

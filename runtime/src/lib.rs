@@ -38,6 +38,7 @@ pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;
 pub mod users;
+mod verify;
 
 pub use container::{prepare, Container, ImageFacts};
 pub use error::{Error, Result};

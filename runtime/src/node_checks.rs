@@ -287,11 +287,21 @@ fn plugstack(node: &Node) -> Vec<Finding> {
                 format!("plugstack: {}: {why}", line.file.display()),
                 "correct the ferry.so line's arguments (see ferry-spank(8)): the plugin refuses them and every step fails",
             )],
-            _ => vec![ok(format!(
-                "plugstack: {} loads {}",
-                line.file.display(),
-                line.plugin.display()
-            ))],
+            config => {
+                let mut found = vec![ok(format!(
+                    "plugstack: {} loads {}",
+                    line.file.display(),
+                    line.plugin.display()
+                ))];
+                let obsolete = config.and_then(Result::ok).map(|c| c.obsolete).unwrap_or_default();
+                found.extend(obsolete.into_iter().map(|note| {
+                    warn(
+                        format!("plugstack: {}: {note}", line.file.display()),
+                        "remove it from the ferry.so line (it is still accepted so that older lines load)",
+                    )
+                }));
+                found
+            }
         },
         lines => vec![fail(
             format!(
@@ -751,6 +761,23 @@ mod tests {
             assert_eq!(launcher.len(), usize::from(clients), "{args}: {launcher:?}");
             assert!(launcher.iter().all(|f| f.level == Level::Fail));
         }
+    }
+
+    #[test]
+    fn an_obsolete_argument_is_a_warning_not_a_failure() {
+        let root = node_with_line("hash_unpinned_max=2G require_digest=yes");
+        let found = findings(&root, "plugstack:");
+        assert!(
+            matches!(found.as_slice(), [loads, note] if loads.level == Level::Ok && note.level == Level::Warn),
+            "{found:?}"
+        );
+        assert!(
+            found[1].what.contains("hash_unpinned_max=2G is obsolete"),
+            "{found:?}"
+        );
+        assert!(found[1].fix.contains("remove it"), "{found:?}");
+        // The rest of the line still counts: the launcher is checked as usual.
+        assert!(!findings(&root, "launcher:").is_empty());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The plugin's arguments from plugstack.conf, parsed once into a typed config: the one
 //! parser, used by the plugin and by `ferry doctor`.
-//! Unknown keys and bad values are errors naming the key.
+//! Unknown keys and bad values are errors naming the key; an obsolete key is accepted
+//! (an older line keeps working) and noted in `Config::obsolete`.
 //!
 //!   required /usr/lib/.../ferry.so [launcher=PATH] [host_dirs=DIR,DIR,...] [slurm_clients=yes|no]
 //!            [accounts=NAME,NAME,...] [require_digest=yes|no] [digest_cache=DIR]
-//!            [hash_unpinned_max=SIZE] [site_config=FILE] [ferry=PATH]
+//!            [site_config=FILE] [ferry=PATH]
+//!
+//! Obsolete, without effect: `hash_unpinned_max=SIZE` (unpinned images are no longer
+//! hashed before a step).
 
 use std::path::PathBuf;
 
@@ -48,13 +52,15 @@ pub struct Config {
     pub require_digest: bool,
     /// Root-owned folder of known image digests.
     pub digest_cache: PathBuf,
-    /// Unpinned images up to this size are hashed for the provenance record.
-    pub hash_unpinned_up_to: u64,
     /// The site policy file, and whether plugstack.conf named it (then it must exist).
     pub site_config: PathBuf,
     pub site_config_required: bool,
     /// The `ferry` command that resolves registry and `sha256:` images at submission.
     pub ferry: PathBuf,
+    /// Arguments of an older line that no longer do anything, each with the line that
+    /// `ferry doctor` and the plugin's log show (refusing them would fail every step
+    /// of a site that upgraded without editing plugstack.conf).
+    pub obsolete: Vec<String>,
 }
 
 impl Default for Config {
@@ -66,10 +72,10 @@ impl Default for Config {
             accounts: vec!["slurm".into(), "munge".into()],
             require_digest: false,
             digest_cache: crate::digest::DEFAULT_CACHE_DIR.into(),
-            hash_unpinned_up_to: crate::request::HASH_UNPINNED_UP_TO,
             site_config: crate::site::DEFAULT_SITE_CONFIG.into(),
             site_config_required: false,
             ferry: DEFAULT_FERRY.into(),
+            obsolete: Vec::new(),
         }
     }
 }
@@ -98,10 +104,9 @@ impl Config {
                 "require_digest" => config.require_digest = yes_no(value).ok_or_else(|| bad("use yes or no"))?,
                 "digest_cache" if value.starts_with('/') => config.digest_cache = value.into(),
                 "digest_cache" => return Err(bad("give an absolute path")),
-                "hash_unpinned_max" => {
-                    config.hash_unpinned_up_to =
-                        crate::site::parse_size(value).ok_or_else(|| bad("give a size such as 2G, 512M or 0"))?
-                }
+                "hash_unpinned_max" => config.obsolete.push(format!(
+                    "{key}={value} is obsolete and has no effect: unpinned images are no longer hashed before a step (pin an image, IMAGE@sha256:..., to have its digest recorded)"
+                )),
                 "site_config" if value.starts_with('/') => {
                     config.site_config = value.into();
                     config.site_config_required = true;
@@ -110,7 +115,7 @@ impl Config {
                 "accounts" => config.accounts = value.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect(),
                 _ => {
                     return Err(format!(
-                        "plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, hash_unpinned_max, site_config, ferry)"
+                        "plugstack.conf: unknown argument {key:?} (known: launcher, host_dirs, slurm_clients, accounts, require_digest, digest_cache, site_config, ferry)"
                     ))
                 }
             }
@@ -160,21 +165,32 @@ mod tests {
 
     #[test]
     fn digest_settings() {
-        let c = parse(&[
-            "require_digest=yes",
-            "digest_cache=/var/lib/ferry/d",
-            "hash_unpinned_max=512M",
-        ])
-        .unwrap();
+        let c = parse(&["require_digest=yes", "digest_cache=/var/lib/ferry/d"]).unwrap();
         assert!(c.require_digest);
         assert_eq!(c.digest_cache, PathBuf::from("/var/lib/ferry/d"));
-        assert_eq!(c.hash_unpinned_up_to, 512 << 20);
-        assert!(parse(&["hash_unpinned_max=lots"])
-            .unwrap_err()
-            .contains("hash_unpinned_max"));
+        assert!(c.obsolete.is_empty());
         assert!(parse(&["require_digest=perhaps"])
             .unwrap_err()
             .contains("require_digest"));
+    }
+
+    #[test]
+    fn an_obsolete_argument_is_accepted_and_noted() {
+        // Lines written for older versions keep loading, whatever value they give.
+        for value in ["512M", "0", "lots"] {
+            let c = parse(&["require_digest=yes", &format!("hash_unpinned_max={value}")]).unwrap();
+            assert!(c.require_digest);
+            assert_eq!(c.obsolete.len(), 1, "{c:?}");
+            let note = &c.obsolete[0];
+            assert!(
+                note.starts_with(&format!("hash_unpinned_max={value} is obsolete")),
+                "{note}"
+            );
+            assert!(
+                note.contains("no effect") && note.contains("@sha256:"),
+                "{note}"
+            );
+        }
     }
 
     #[test]

@@ -29,10 +29,9 @@ pub struct Request {
     pub accounts: Vec<User>,
     /// The pinned digest (`IMAGE@sha256:HEX`): the container is made only if it matches.
     pub pinned: Option<Digest>,
-    /// Root-owned folder of known digests (None: hash every time).
+    /// Root-owned folder of known digests (None: a pinned image is hashed every time,
+    /// an unpinned one's digest is unknown).
     pub digest_cache: Option<PathBuf>,
-    /// Unpinned SquashFS images up to this size are hashed too, for the record.
-    pub hash_unpinned_up_to: u64,
     /// Which images the kernel mounts, which go through FUSE, which are refused.
     pub image_policy: ImagePolicy,
     /// The site's binds into every container (opened as root).
@@ -68,7 +67,6 @@ impl Request {
             accounts: Vec::new(),
             pinned: None,
             digest_cache: None,
-            hash_unpinned_up_to: 0,
             image_policy: ImagePolicy::kernel(),
             site_mounts: Vec::new(),
             user_mount_destinations: None,
@@ -99,9 +97,6 @@ impl Request {
         req
     }
 }
-
-/// Default for `Request::hash_unpinned_up_to`: 1 GiB (a few seconds, once per file version).
-pub const HASH_UNPINNED_UP_TO: u64 = 1 << 30;
 
 #[derive(Clone, Debug)]
 pub struct SlurmClients {

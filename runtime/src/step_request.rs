@@ -217,7 +217,6 @@ pub fn build(inputs: Inputs) -> Result<Request, String> {
         });
         request.accounts = facts.accounts;
         request.digest_cache = Some(config.digest_cache.clone());
-        request.hash_unpinned_up_to = config.hash_unpinned_up_to;
         request.share_with_batch_step_of = facts.step.shares_with_batch_step_of();
         request.cache_janitor = Some(config.ferry.clone());
     }
@@ -622,7 +621,6 @@ mod tests {
     fn accounts_and_digest_settings_come_from_plugstack_conf() {
         let config = Config {
             digest_cache: "/var/lib/ferry/d".into(),
-            hash_unpinned_up_to: 512 << 20,
             ..Config::default()
         };
         let slurm = User {
@@ -637,11 +635,9 @@ mod tests {
         let req = build_step("img", &Site::default(), facts).unwrap();
         assert_eq!(req.accounts, vec![slurm]);
         assert_eq!(req.digest_cache, Some(PathBuf::from("/var/lib/ferry/d")));
-        assert_eq!(req.hash_unpinned_up_to, 512 << 20);
         let req = build_run("img", &[], None).unwrap();
         assert!(req.accounts.is_empty());
         assert_eq!(req.digest_cache, Some(PathBuf::from(DEFAULT_CACHE_DIR)));
-        assert_eq!(req.hash_unpinned_up_to, 0);
     }
 
     #[test]

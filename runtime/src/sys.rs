@@ -161,10 +161,20 @@ pub fn set_no_new_privs() -> io::Result<()> {
 /// ids clears the parent-death signal, so this comes after. Fails when the parent is
 /// already gone.
 pub fn tie_to_parent(parent: nix::unistd::Pid) -> io::Result<()> {
+    die_with_parent(parent)?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// For a child just forked from `parent`: be killed when the parent (precisely: the
+/// thread that forked) dies, so a root helper never outlives a killed slurmstepd, still
+/// hashing or mounting for a step that is gone. Fails when the parent died before the
+/// signal was armed (then the child was already handed to another parent). A change of
+/// effective or file-system ids disarms it: call it again after one.
+pub fn die_with_parent(parent: nix::unistd::Pid) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
-    // SAFETY: as above.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
     if nix::unistd::getppid() != parent {
         return Err(io::Error::other("the parent exited"));
     }

@@ -2,7 +2,9 @@
 //! the pinned bytes, a mismatch or a malformed pin is one clear line and nothing runs,
 //! a root folder cannot be pinned, a changed file is always hashed again (the node's
 //! digest cache never answers for an older version of the file), and `ferry digest`
-//! prints what `sha256sum` prints, for root (who keeps the cache) and for a user.
+//! prints what `sha256sum` prints, for root (who keeps the cache) and for a user. A
+//! pinned sparse file is refused at once, and a setup helper whose parent is killed
+//! while it hashes dies with it.
 //!
 //! The cache fast path is observable through `ferry digest --check`, which says
 //! `OK (cached)` or `OK (hashed)`.
@@ -255,6 +257,28 @@ fn a_pinned_image_that_differs_is_refused_with_both_digests() {
     assert_eq!(check_ok(&img, &actual), "cached");
     let again = refused(&img.pinned(&wrong), &[&format!("found {actual}")]);
     assert_eq!(again, line);
+}
+
+/// A pinned image that is a 4 TiB sparse file (a real image followed by holes) with a
+/// wrong digest: refused at once as sparse, never read through its holes (hours).
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_pinned_sparse_image_of_4_tib_is_refused_at_once() {
+    require_root_and_tools(&[]);
+    let img = TestFile::image("digest-sparse");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap()
+        .set_len(4 << 40)
+        .unwrap();
+    let started = Instant::now();
+    refused(&img.pinned(&zeros()), &[&img.display(), "sparse"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusing took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Anything after `@sha256:` that is not 64 hex digits: one line that says what a pin
@@ -631,4 +655,127 @@ fn a_file_changed_while_ferry_digest_hashes_it_is_not_cached_with_a_stale_digest
          sha256sum fails: the cache kept the digest of the bytes read during the write \
          under the file's new version: {out:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// The setup helper's life.
+
+/// A process's parent and its state letter (`Z` for a zombie), from /proc/PID/stat;
+/// None once it is gone.
+fn parent_and_state(pid: u32) -> Option<(u32, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Bytes a process has read (rchar of /proc/PID/io); None once it is gone.
+fn bytes_read(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: ")?.trim().parse().ok())
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_and_state(pid).is_some_and(|(ppid, _)| ppid == parent))
+        .collect()
+}
+
+/// Slurm cannot cancel a step in setup, but slurmstepd can be killed: the root setup
+/// helper it forked must then die at once, not live on as an orphan hashing a pinned
+/// image. Here `ferry run` stands for slurmstepd: it is killed while its helper hashes
+/// a 1 GiB pinned image, and the helper (and the user's process it started) must be
+/// gone well before it could have read the whole file.
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_killed_parent_takes_its_hashing_setup_helper_along() {
+    require_root_and_tools(&[]);
+    let img = TestFile::image("digest-orphan");
+    // Real data (not holes, which the sparse check refuses) after the SquashFS, which
+    // ignores what follows it.
+    let mut f = fs::OpenOptions::new().append(true).open(&img.path).unwrap();
+    let chunk = vec![0x5au8; 4 << 20];
+    for _ in 0..256 {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    let size = fs::metadata(&img.path).unwrap().len();
+    let _g = shared();
+    let mut parent = Command::new(ferry_bin())
+        .args([
+            "run",
+            "--user",
+            TEST_USER,
+            &img.pinned(&zeros()),
+            "--",
+            "true",
+        ])
+        .current_dir(img.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let parent_pid = parent.id();
+    // The helper is the parent's child that reads the image.
+    let started = Instant::now();
+    let (helper, read) = loop {
+        let hashing = children_of(parent_pid)
+            .into_iter()
+            .find_map(|pid| Some((pid, bytes_read(pid)?)).filter(|(_, n)| *n > 64 << 20));
+        if let Some(found) = hashing {
+            break found;
+        }
+        if let Some(status) = parent.try_wait().unwrap() {
+            let out = parent.wait_with_output().unwrap();
+            panic!(
+                "inconclusive: ferry run ended ({status}) before its helper was seen hashing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < RUN_TIMEOUT,
+            "no helper ever hashed the image"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(
+        read < size / 2,
+        "inconclusive: the helper had read {read} of {size} bytes before it could be seen"
+    );
+    let users_process = children_of(helper);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let killed = Instant::now();
+    let mut last_read = read;
+    let alive = |pid: u32| parent_and_state(pid).is_some_and(|(_, state)| state != 'Z');
+    while alive(helper) {
+        last_read = bytes_read(helper).unwrap_or(last_read);
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "the setup helper {helper} outlived its killed parent by 2 s, still hashing \
+             ({last_read} of {size} bytes read)"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        last_read < size,
+        "the helper read the whole image after its parent was killed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while users_process.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "the user's process {users_process:?} of the killed helper lives on"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -104,3 +104,26 @@ fn slurm_clients_false_is_no_for_doctor_as_for_the_plugin() {
         "{report}"
     );
 }
+
+#[test]
+fn an_obsolete_argument_loads_for_the_plugin_and_is_a_warning_for_doctor() {
+    let config = plugin("hash_unpinned_max=1G slurm_clients=no").unwrap();
+    assert!(!config.slurm_clients, "the rest of the line still counts");
+    assert_eq!(config.obsolete.len(), 1, "{config:?}");
+    let node = NodeRoot::with_line("obsolete", "hash_unpinned_max=1G slurm_clients=no");
+    let (report, _) = node.doctor();
+    let plugstack = line(&report, "plugstack:");
+    assert_eq!(plugstack.len(), 2, "{report}");
+    assert!(
+        plugstack[0].starts_with("ok    plugstack: /etc/slurm/plugstack.conf loads"),
+        "{report}"
+    );
+    assert!(
+        plugstack[1].starts_with("warn  plugstack: /etc/slurm/plugstack.conf: hash_unpinned_max=1G is obsolete and has no effect"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "launcher:").is_empty(),
+        "slurm_clients=no was read:\n{report}"
+    );
+}
