@@ -31,10 +31,13 @@ fn open_to_all(dir: &TempDir) {
     .unwrap();
 }
 
+/// One site file per policy. The node image cache is off in them: these tests count
+/// the squashfuse servers each policy starts, which a kept mount would outlive (the
+/// cache has its own tests, end to end).
 fn site_files(dir: &Path, trusted: &Path) {
     for policy in ["kernel", "fuse", "deny"] {
         let text = format!(
-            r#"{{"untrusted_images": "{policy}", "trusted_image_dirs": ["{}"]}}"#,
+            r#"{{"untrusted_images": "{policy}", "trusted_image_dirs": ["{}"], "image_cache_ttl": "0"}}"#,
             trusted.display()
         );
         write_mode(&dir.join(format!("{policy}.json")), &text, 0o644);
