@@ -2,7 +2,9 @@
 # (squashfuse): a root-only folder the node's plugin trusts for the run.
 #
 #   trusted_folder_start     sets $trusted (a new folder under /var/lib) and makes the
-#                            plugstack line name a site file that trusts it
+#                            plugstack line name a site file that trusts it (with the
+#                            node image cache off: every step mounts afresh)
+#   trusted_site_cache TTL   the same site file with image_cache_ttl TTL (0: off)
 #   trusted_folder_stop      restores the plugstack line and removes the folder
 #   plugin_line_restore      the plugstack line as before, the folder kept
 #   plugin_line_trusting     the line naming the site file again
@@ -17,8 +19,16 @@ trusted_folder_start() {
     trusted=$(mktemp -d /var/lib/ferry-bench-trusted.XXXXXX)
     chmod 0755 "$trusted"
     cp -p "$PLUGIN_CONF" "$trusted/ferry.conf.orig"
-    printf '{"trusted_image_dirs": ["%s"], "untrusted_images": "fuse"}\n' "$trusted" >"$trusted/site.json"
+    trusted_site_cache 0
     plugin_line_trusting
+}
+
+# The site file with the node image cache's image_cache_ttl at $1: "0" (the default
+# of the benches: every step mounts its image afresh, as a first job on a node does)
+# or a time ("10m": a step takes the mount an earlier one kept). Steps read it anew.
+trusted_site_cache() {
+    printf '{"trusted_image_dirs": ["%s"], "untrusted_images": "fuse", "image_cache_ttl": "%s"}\n' \
+        "$trusted" "$1" >"$trusted/site.json"
 }
 
 plugin_line_trusting() {
