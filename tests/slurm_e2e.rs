@@ -814,7 +814,11 @@ fn settle_and_drop_image_cache() {
 
 /// Live (not zombie) squashfuse processes of the test user.
 fn live_fuse_servers_of_test_user() -> Vec<u32> {
-    let uid = test_user().uid;
+    live_fuse_servers_of(test_user().uid)
+}
+
+/// Live (not zombie) squashfuse processes of user `uid`.
+fn live_fuse_servers_of(uid: u32) -> Vec<u32> {
     fs::read_dir("/proc")
         .into_iter()
         .flatten()

@@ -246,6 +246,17 @@ pub fn namespace_inode(ns: BorrowedFd<'_>) -> io::Result<u64> {
 /// SIGKILLs the process `pid` if it is still in the mount namespace `ns_inode` once a
 /// pidfd holds it (so a reused pid is never hit). True when it was signalled.
 pub fn kill_if_in_namespace(pid: u32, ns_inode: u64) -> bool {
+    let link = format!("mnt:[{ns_inode}]");
+    kill_if_still(pid, || {
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            .is_ok_and(|l| l.as_os_str() == OsStr::new(&link))
+    })
+}
+
+/// SIGKILLs process `pid` if `still_the_one` says so once a pidfd holds the process:
+/// what the check reads about `pid` is then about the process signalled, never about
+/// another that reused the number. True when it was signalled.
+fn kill_if_still(pid: u32, still_the_one: impl FnOnce() -> bool) -> bool {
     // SAFETY: pidfd_open takes a pid and flags; a non-negative return is a new fd.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
     if fd < 0 {
@@ -253,10 +264,7 @@ pub fn kill_if_in_namespace(pid: u32, ns_inode: u64) -> bool {
     }
     // SAFETY: the kernel just returned this descriptor to us.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
-    let link = format!("mnt:[{ns_inode}]");
-    let still_there = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
-        .is_ok_and(|l| l.as_os_str() == OsStr::new(&link));
-    if !still_there {
+    if !still_the_one() {
         return false;
     }
     // SAFETY: a live pidfd, a signal number, no siginfo, no flags.
@@ -1036,27 +1044,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 /// SIGKILLs process `pid` if it is still the one that started at `start_time` (checked
 /// once a pidfd holds it, so a reused pid is never hit). True when it was signalled.
 pub fn kill_if_started_at(pid: u32, start_time: u64) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags; a non-negative return is a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
-    if process_start_time(pid) != Some(start_time) {
-        return false;
-    }
-    // SAFETY: a live pidfd, a signal number, no siginfo, no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0u32,
-        )
-    };
-    rc == 0
+    kill_if_still(pid, || process_start_time(pid) == Some(start_time))
 }
 
 /// Starts `argv` (path first) as a daemon: in its own session, reparented away from

@@ -45,19 +45,7 @@ fn loop_devices_of(image: &Path) -> usize {
 
 /// Live squashfuse servers of user `uid`.
 fn fuse_servers_of(uid: u32) -> Vec<u32> {
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status.lines().any(|l| l == "Name:\tsquashfuse_ll")
-                && !status.lines().any(|l| l.starts_with("State:\tZ"))
-                && status.lines().any(|l| {
-                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
-                })
-        })
-        .collect()
+    live_fuse_servers_of(uid)
 }
 
 /// Kept namespaces named in the host's mount table.
