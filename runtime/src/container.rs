@@ -280,9 +280,6 @@ fn after_cache(
         Outcome::Kept => {
             let held = InUse::hold(&note.key);
             let kept_server = server.and_then(|pid| Server::of(pid.as_raw() as u32));
-            if let Some(s) = &kept_server {
-                image_cache::leave_job_cgroups(s.pid);
-            }
             let record = Record {
                 image: req.image.clone(),
                 user: req.user.name.clone(),
@@ -295,7 +292,12 @@ fn after_cache(
                     .map_or(0, |d| d.as_secs()),
                 server: kept_server,
             };
-            let _ = image_cache::write_record(&note.key, &record);
+            // Recorded first: the cache's cgroup holds only the servers entries name
+            // (without a record the server stays the job's, and the entry breaks).
+            let recorded = image_cache::write_record(&note.key, &record).is_ok();
+            if let (true, Some(s)) = (recorded, &record.server) {
+                image_cache::leave_job_cgroups(s.pid);
+            }
             // The janitor brings the cache back within its limits, off this step's path.
             if let Some(ferry) = &req.cache_janitor {
                 let _ = image_cache::start_janitor(ferry, &req.image_cache);

@@ -655,6 +655,7 @@ pub fn sweep(policy: &CachePolicy) -> io::Result<Sweep> {
         };
         sweep.next = Some(sweep.next.map_or(wait, |n| n.min(wait)));
     }
+    end_strays();
     Ok(sweep)
 }
 
@@ -728,30 +729,35 @@ pub fn start_janitor(ferry: &Path, policy: &CachePolicy) -> io::Result<()> {
     sys::spawn_detached(&argv)
 }
 
+/// The cgroup hierarchies mounted here: each one's mount point, and whether it is
+/// cgroup v1's cpuset.
+fn cgroup_hierarchies() -> Vec<(PathBuf, bool)> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split_whitespace();
+            let fstype = right.next()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            let cpuset = right.nth(1)?.split(',').any(|o| o == "cpuset");
+            Some((PathBuf::from(left.split_whitespace().nth(4)?), cpuset))
+        })
+        .collect()
+}
+
 /// Moves `pid` into `CACHE_CGROUP` of every cgroup hierarchy mounted here (made when
 /// missing; its root where that fails), out of the job's: Slurm's process tracking
 /// kills a step's cgroup at its end, and its accounting would bill the job.
 pub fn leave_job_cgroups(pid: u32) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    for line in mounts.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut right = right.split_whitespace();
-        let fstype = right.next().unwrap_or_default();
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        let super_options = right.nth(1).unwrap_or_default();
-        let Some(mountpoint) = left.split_whitespace().nth(4) else {
-            continue;
-        };
-        let root = PathBuf::from(mountpoint);
+    for (root, cpuset) in cgroup_hierarchies() {
         let ours = root.join(CACHE_CGROUP);
         let _ = std::fs::create_dir(&ours);
-        if super_options.split(',').any(|o| o == "cpuset") {
+        if cpuset {
             // A new cpuset cgroup takes no process until it has CPUs and memory nodes.
             for file in ["cpuset.cpus", "cpuset.mems"] {
                 let empty =
@@ -768,6 +774,56 @@ pub fn leave_job_cgroups(pid: u32) {
             let _ = std::fs::write(root.join("cgroup.procs"), &pid);
         }
     }
+}
+
+/// Ends every process in the cache's cgroup that is neither root's (the janitors) nor
+/// the kept squashfuse of an entry that exists now. Only those belong there: a user
+/// who took over their own kept server (it runs as them: ptrace, or a crafted image)
+/// and forked would otherwise keep a process on the node that no job accounts for and
+/// that would outlive every entry. Children stay in their parent's cgroup, so they are
+/// all found there. Returns how many were killed.
+pub fn end_strays() -> usize {
+    let mut killed = 0;
+    for _ in 0..5 {
+        let servers: Vec<Server> = list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| e.record?.server)
+            .collect();
+        let mut strays = Vec::new();
+        for (root, _) in cgroup_hierarchies() {
+            let procs = std::fs::read_to_string(root.join(CACHE_CGROUP).join("cgroup.procs"))
+                .unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                let Some(start_time) = sys::process_start_time(pid) else {
+                    continue;
+                };
+                let server = Server { pid, start_time };
+                if !servers.contains(&server) && process_uid(pid).is_some_and(|u| u != 0) {
+                    strays.push(server);
+                }
+            }
+        }
+        strays.sort_by_key(|s| s.pid);
+        strays.dedup();
+        if strays.is_empty() {
+            break;
+        }
+        for stray in strays {
+            if sys::kill_if_started_at(stray.pid, stray.start_time) {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killed
+}
+
+/// The real uid of process `pid`.
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The node's memory (MemTotal), which sizes the cache by default.

@@ -345,6 +345,11 @@ fn kept_mounts_expire_and_drop_all_leaves_nothing() {
         assert_eq!(cache_entries().len(), 2, "{}", state());
         assert_eq!(kept_namespaces(), 2, "{}", state());
         assert_eq!(janitors(), 1, "{}", state());
+        // What a user who took over their kept squashfuse (it runs as them) could leave:
+        // a process of theirs in the cache's cgroup that no entry names. It must not
+        // outlive the cache.
+        let mut stray = plant_stray();
+        let stray_gone = |stray: &mut std::process::Child| stray.try_wait().unwrap().is_some();
         if how == "drop --all" {
             let out = Command::new(FERRY)
                 .args(["cache", "drop", "--all"])
@@ -352,18 +357,60 @@ fn kept_mounts_expire_and_drop_all_leaves_nothing() {
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
             assert!(nothing_left(), "right after drop --all: {}", state());
+            assert!(
+                wait_until(Duration::from_secs(2), Duration::from_millis(50), || {
+                    stray_gone(&mut stray)
+                }),
+                "drop --all left a stray process in the cache's cgroup"
+            );
         } else {
             assert!(
-                wait_until(
-                    Duration::from_secs(30),
-                    Duration::from_millis(250),
-                    nothing_left
-                ),
-                "after {ttl} of idleness: {}",
-                state()
+                wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+                    nothing_left() && stray_gone(&mut stray)
+                }),
+                "after {ttl} of idleness: {}; stray ended: {}",
+                state(),
+                stray_gone(&mut stray)
             );
         }
     }
+}
+
+/// A `sleep` of the test user placed in the cache's cgroup of every hierarchy, as a
+/// process forked by a kept squashfuse would be.
+fn plant_stray() -> std::process::Child {
+    let child = Command::new("runuser")
+        .args(["-u", TEST_USER, "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // runuser forks the command: the sleep is runuser's child (or runuser itself).
+    let runuser = child.id();
+    let mut sleep_pid = None;
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        sleep_pid = fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children"))
+            .ok()
+            .and_then(|c| {
+                c.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok())
+            });
+        sleep_pid.is_some()
+    });
+    let pid = sleep_pid.unwrap_or(runuser);
+    for line in fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !matches!(right.split_whitespace().next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        let mountpoint = left.split_whitespace().nth(4).unwrap();
+        let procs = Path::new(mountpoint).join("ferry-image-cache/cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("placing the stray in {}: {e}", procs.display()));
+    }
+    child
 }
 
 /// A job cancelled while its first step runs on a just-kept mount: the entry stays

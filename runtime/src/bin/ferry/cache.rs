@@ -153,6 +153,10 @@ fn drop(all: bool, what: &[String]) -> Result<ExitCode, String> {
     }
     if all {
         image_cache::stop_janitor();
+        let strays = image_cache::end_strays();
+        if strays > 0 {
+            println!("ended {strays} process(es) left in the cache's cgroup that no entry names");
+        }
     }
     if !unmatched.is_empty() {
         return Err(format!(
