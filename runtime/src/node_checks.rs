@@ -740,6 +740,29 @@ mod tests {
     }
 
     #[test]
+    fn the_image_cache_is_reported_with_the_sites_settings() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = node_with_line("site_config=/etc/ferry/site.json");
+        fs::create_dir_all(root.join("etc/ferry")).unwrap();
+        let site = root.join("etc/ferry/site.json");
+        for (text, says) in [
+            (
+                r#"{"image_cache_ttl": "2m", "image_cache_max_images": 3, "image_cache_max_memory": "1G"}"#,
+                "image cache: kept 120 s after their last step, at most 3 images and 1024 MiB",
+            ),
+            (r#"{"image_cache_ttl": "0"}"#, "image cache: off ("),
+        ] {
+            fs::write(&site, text).unwrap();
+            fs::set_permissions(&site, fs::Permissions::from_mode(0o644)).unwrap();
+            let found = findings(&root, "image cache:");
+            assert!(
+                matches!(found.as_slice(), [f] if f.level == Level::Ok && f.what.starts_with(says)),
+                "{text}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
     fn slurm_clients_is_read_as_the_plugin_reads_it() {
         for (args, clients) in [
             ("slurm_clients=false", false),
