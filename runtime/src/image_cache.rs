@@ -169,11 +169,12 @@ impl NodeCache {
         // Back home before anything else: the helper must not go on in the kept namespace.
         sys::setns_mount(own.as_fd())?;
         let cloned = cloned?;
+        // First: a FUSE mount whose server is gone answers nothing, not even what it is.
+        if fuse && !sys::file_system_answers(cloned.as_fd()) {
+            return Ok(Taken::Broken);
+        }
         if sys::is_fuse(cloned.as_fd()) != fuse {
             return Ok(Taken::Missing);
-        }
-        if fuse && !sys::file_system_answers(cloned.as_fd()) {
-            return Ok(Taken::Broken); // its server is gone
         }
         sys::attach_mount(cloned.as_fd(), target)?;
         self.held = Some(lock);

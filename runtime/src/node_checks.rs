@@ -505,7 +505,7 @@ fn proctrack(node: &Node) -> Vec<Finding> {
         ))]
     } else {
         vec![warn(
-            format!("proctrack: {tracker}: Slurm cannot kill a task that double-forks or has not exec'd yet; ferry bounds its setup (setup_timeout) and kills what is left in a container at step end, nothing more"),
+            format!("proctrack: {tracker}: Slurm cannot kill a task that double-forks or has not exec'd yet; ferry bounds its setup (setup_timeout) and kills what is left in a container at step end, nothing more; and Slurm kills the squashfuse the image cache keeps with its step, so users' own images are not kept warm"),
             "set ProctrackType=proctrack/cgroup (with a cgroup.conf) in slurm.conf",
         )]
     }
