@@ -786,25 +786,27 @@ pub fn leave_job_cgroups(pid: u32) {
 pub fn end_strays() -> usize {
     let mut killed = 0;
     for _ in 0..5 {
+        // Who is in the cgroup first, then the records: a server is recorded before it
+        // is moved in, so one found there is in a list read afterwards.
+        let mut present = Vec::new();
+        for (root, _) in cgroup_hierarchies() {
+            let procs = std::fs::read_to_string(root.join(CACHE_CGROUP).join("cgroup.procs"))
+                .unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                if let Some(start_time) = sys::process_start_time(pid) {
+                    present.push(Server { pid, start_time });
+                }
+            }
+        }
         let servers: Vec<Server> = list()
             .unwrap_or_default()
             .into_iter()
             .filter_map(|e| e.record?.server)
             .collect();
-        let mut strays = Vec::new();
-        for (root, _) in cgroup_hierarchies() {
-            let procs = std::fs::read_to_string(root.join(CACHE_CGROUP).join("cgroup.procs"))
-                .unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                let Some(start_time) = sys::process_start_time(pid) else {
-                    continue;
-                };
-                let server = Server { pid, start_time };
-                if !servers.contains(&server) && process_uid(pid).is_some_and(|u| u != 0) {
-                    strays.push(server);
-                }
-            }
-        }
+        let mut strays: Vec<Server> = present
+            .into_iter()
+            .filter(|p| !servers.contains(p) && process_uid(p.pid).is_some_and(|u| u != 0))
+            .collect();
         strays.sort_by_key(|s| s.pid);
         strays.dedup();
         if strays.is_empty() {
