@@ -586,15 +586,6 @@ fn abandoned(entry: &Entry) -> bool {
     }
 }
 
-/// What a sweep did and when the next one is due.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Sweep {
-    pub dropped: usize,
-    pub left: usize,
-    /// When an entry left expires (None: nothing left).
-    pub next: Option<Duration>,
-}
-
 /// The entries to drop now under `policy`, oldest first: expired or broken ones, half-made
 /// ones whose maker is gone, then unused ones beyond the limits. Pure, for tests.
 pub fn to_drop(entries: &[Entry], policy: &CachePolicy, now: SystemTime) -> Vec<usize> {
@@ -632,32 +623,29 @@ pub fn to_drop(entries: &[Entry], policy: &CachePolicy, now: SystemTime) -> Vec<
     drop
 }
 
-/// Drops what `policy` says is due and tells when to look again.
-pub fn sweep(policy: &CachePolicy) -> io::Result<Sweep> {
+/// Drops what `policy` says is due and tells when to look again (None: nothing left).
+pub fn sweep(policy: &CachePolicy) -> io::Result<Option<Duration>> {
     let entries = list()?;
     let now = SystemTime::now();
     let due = to_drop(&entries, policy, now);
-    let mut sweep = Sweep::default();
     for i in &due {
-        if drop_entry(&entries[*i]).is_ok() {
-            sweep.dropped += 1;
-        }
+        let _ = drop_entry(&entries[*i]);
     }
-    for (i, e) in entries.iter().enumerate() {
-        if due.contains(&i) {
-            continue;
-        }
-        sweep.left += 1;
-        let wait = if e.in_use || !e.complete {
-            // Its expiry starts when its steps end, which nobody announces.
-            RECHECK.min(policy.ttl)
-        } else {
-            policy.ttl.saturating_sub(e.idle(now))
-        };
-        sweep.next = Some(sweep.next.map_or(wait, |n| n.min(wait)));
-    }
+    let next = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !due.contains(i))
+        .map(|(_, e)| {
+            if e.in_use || !e.complete {
+                // Its expiry starts when its steps end, which nobody announces.
+                RECHECK.min(policy.ttl)
+            } else {
+                policy.ttl.saturating_sub(e.idle(now))
+            }
+        })
+        .min();
     end_strays();
-    Ok(sweep)
+    Ok(next)
 }
 
 /// `ferry cache janitor`: brings the cache within `policy` at once (a step just kept a
@@ -686,8 +674,7 @@ pub fn run_janitor(policy: &CachePolicy) -> io::Result<()> {
         format!("{me} {}\n", sys::process_start_time(me).unwrap_or(0)).as_bytes(),
     )?;
     loop {
-        let sweep = sweep(policy)?;
-        match sweep.next {
+        match sweep(policy)? {
             None => return Ok(()),
             Some(wait) => std::thread::sleep(wait.clamp(Duration::from_secs(1), RECHECK)),
         }
@@ -839,16 +826,6 @@ pub fn node_memory() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(0)
-}
-
-/// The device a kept mount's file came from, for a record's reader.
-pub fn describe_version(version: &FileVersion) -> String {
-    format!(
-        "device {}:{} inode {}",
-        libc::major(version.dev as libc::dev_t),
-        libc::minor(version.dev as libc::dev_t),
-        version.ino
-    )
 }
 
 #[cfg(test)]

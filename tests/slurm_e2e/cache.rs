@@ -76,6 +76,29 @@ fn cache_outcomes(provenance: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A root-owned folder and a site file (in plugstack.conf while kept) that trusts it.
+fn trusting_site(name: &str) -> (TrustedDir, SiteFile) {
+    let trusted = TrustedDir::new(name);
+    let site = SiteFile::new(
+        &format!("{name}-site"),
+        &format!(r#"{{"trusted_image_dirs": ["{}"]}}"#, trusted.dir.display()),
+    );
+    (trusted, site)
+}
+
+/// `(mounted_by, image_cache)` of each record of a provenance file, in its order.
+fn mounts_and_outcomes(provenance: &Path) -> Vec<(String, String)> {
+    provenance_lines(provenance)
+        .iter()
+        .map(|r| {
+            (
+                r["mounted_by"].as_str().unwrap_or_default().to_string(),
+                r["image_cache"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// A trusted (root-owned, kernel-mounted) copy of the lab's image `rel`, mode `mode`.
 fn trusted_copy(lab: &Lab, rel: &str, trusted: &TrustedDir, mode: u32) -> PathBuf {
     let path = trusted.dir.join(rel);
@@ -91,11 +114,7 @@ fn trusted_copy(lab: &Lab, rel: &str, trusted: &TrustedDir, mode: u32) -> PathBu
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn a_second_job_takes_the_kept_mount_of_the_first() {
     let lab = Lab::exclusive("cache-reuse");
-    let trusted = TrustedDir::new("cache-reuse");
-    let _site = SiteFile::new(
-        "cache-reuse-site",
-        &format!(r#"{{"trusted_image_dirs": ["{}"]}}"#, trusted.dir.display()),
-    );
+    let (trusted, _site) = trusting_site("cache-reuse");
     lab.image("t.sqfs", "TRUSTED");
     let t = trusted_copy(&lab, "t.sqfs", &trusted, 0o644);
     let u = lab.path(&lab.image("u.sqfs", "USER"));
@@ -115,16 +134,7 @@ fn a_second_job_takes_the_kept_mount_of_the_first() {
         assert_eq!(loop_devices_of(&t), 1, "round {round}: one loop device");
         assert_eq!(fuse_servers_of(uid).len(), 1, "round {round}: one server");
     }
-    let records = provenance_lines(&prov);
-    let seen: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["mounted_by"].as_str().unwrap_or_default().to_string(),
-                r["image_cache"].as_str().unwrap_or("none").to_string(),
-            )
-        })
-        .collect();
+    let seen = mounts_and_outcomes(&prov);
     let expected = [
         ("kernel", "kept"),
         ("fuse", "kept"),
@@ -132,7 +142,7 @@ fn a_second_job_takes_the_kept_mount_of_the_first() {
         ("fuse", "hit"),
     ]
     .map(|(m, c)| (m.to_string(), c.to_string()));
-    assert_eq!(seen, expected, "{records:#?}");
+    assert_eq!(seen, expected);
     for image in [&t, &u] {
         let entries = entries_of(image);
         assert_eq!(entries.len(), 1, "{entries:?}");
@@ -158,11 +168,7 @@ fn a_second_job_takes_the_kept_mount_of_the_first() {
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn a_changed_file_is_never_served_from_the_old_mount() {
     let lab = Lab::exclusive("cache-changed");
-    let trusted = TrustedDir::new("cache-changed");
-    let _site = SiteFile::new(
-        "cache-changed-site",
-        &format!(r#"{{"trusted_image_dirs": ["{}"]}}"#, trusted.dir.display()),
-    );
+    let (trusted, _site) = trusting_site("cache-changed");
     let u = lab.path(&lab.image("u.sqfs", "OLD"));
     let newer = lab.path(&lab.image("new.sqfs", "NEW"));
     lab.image("t.sqfs", "OLD");
@@ -196,11 +202,7 @@ fn a_changed_file_is_never_served_from_the_old_mount() {
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn kept_mounts_reach_only_users_who_may_read_the_image() {
     let lab = Lab::exclusive("cache-users");
-    let trusted = TrustedDir::new("cache-users");
-    let _site = SiteFile::new(
-        "cache-users-site",
-        &format!(r#"{{"trusted_image_dirs": ["{}"]}}"#, trusted.dir.display()),
-    );
+    let (trusted, _site) = trusting_site("cache-users");
     // A folder the victim can traverse, with the test user's images: one anyone may
     // read, one only its owner may.
     let shared = Path::new("/tmp").join(format!("ferry-e2e-cache-users-{}", std::process::id()));
@@ -266,20 +268,10 @@ fn kept_mounts_reach_only_users_who_may_read_the_image() {
     // ...the user image's squashfuse is not: the victim's own server serves it.
     let out = victim_run(&open);
     assert_eq!(out.stdout.trim(), "only-in-image OPEN", "{out}");
-    let records = provenance_lines(Path::new(&victim_prov));
-    let seen: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["mounted_by"].as_str().unwrap_or_default().to_string(),
-                r["image_cache"].as_str().unwrap_or("none").to_string(),
-            )
-        })
-        .collect();
+    let seen = mounts_and_outcomes(Path::new(&victim_prov));
     assert_eq!(
         seen,
-        [("kernel", "hit"), ("fuse", "kept")].map(|(m, c)| (m.to_string(), c.to_string())),
-        "{records:#?}"
+        [("kernel", "hit"), ("fuse", "kept")].map(|(m, c)| (m.to_string(), c.to_string()))
     );
     assert_eq!(
         fuse_servers_of(owner),
