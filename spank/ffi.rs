@@ -254,6 +254,15 @@ pub fn error(message: &str) {
     }
 }
 
+/// Into slurmd's log (info level): for the site, not the user.
+pub fn info(message: &str) {
+    let line = format!("ferry: {}", ferry_runtime::error::one_line(message));
+    if let Ok(m) = CString::new(line) {
+        // SAFETY: as in `error`.
+        unsafe { bindings::slurm_info(c"%s".as_ptr(), m.as_ptr()) }
+    }
+}
+
 pub fn debug(message: &str) {
     if let Ok(m) = CString::new(message) {
         // SAFETY: as in `error`.

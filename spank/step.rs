@@ -110,6 +110,11 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
             let record =
                 provenance::record(&step_ids, &container, &req.mounts, origin.as_ref()).to_string();
             syslog::log(syslog::INFO, &format!("provenance {record}"));
+            let cache_problem = container.facts.cache.as_ref();
+            if let Some(line) = cache_problem.and_then(|c| c.problem_line(&container.image)) {
+                syslog::log(syslog::WARNING, &format!("{ids}: {line}"));
+                ffi::info(&line);
+            }
             with_step(|s| {
                 s.container = Some(container);
                 s.record = Some(record);

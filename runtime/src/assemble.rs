@@ -34,7 +34,10 @@ use std::path::{Path, PathBuf};
 pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<Assembled> {
     let user = &req.user;
     // Before the namespace: the kept mounts are named in the host's.
-    let cache = NodeCache::open(&req.image_cache);
+    let (cache, cache_problem) = match NodeCache::open(&req.image_cache) {
+        Ok(cache) => (cache, None),
+        Err(problem) => (None, Some(problem)),
+    };
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
     // opener is forked after this, so it opens them here too.
@@ -60,6 +63,7 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<Assem
         fuse,
         verified: None,
         cache,
+        cache_problem,
         cache_note: None,
     };
     // Before hashing, which can take long: a missing source fails at once.

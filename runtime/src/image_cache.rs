@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -120,6 +120,22 @@ pub struct CacheNote {
     pub key: Key,
     pub outcome: Outcome,
     pub version: FileVersion,
+    /// Why the cache could not serve or keep this image (outcome `not kept`), for the
+    /// site's log: the step itself went on with a mount of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl CacheNote {
+    /// The line for the site's log when the cache could not serve or keep `image`.
+    pub fn problem_line(&self, image: &Path) -> Option<String> {
+        self.problem.as_ref().map(|problem| {
+            format!(
+                "image {}: not kept warm on this node ({problem}); each step mounts it afresh until this is fixed (ferry doctor checks the image cache)",
+                image.display()
+            )
+        })
+    }
 }
 
 /// The cache as the setup helper sees it: the folder and the host's namespace, opened
@@ -134,27 +150,29 @@ pub(crate) struct NodeCache {
 }
 
 impl NodeCache {
-    /// The cache, when the site keeps images and the folder is root's alone.
-    pub(crate) fn open(policy: &CachePolicy) -> Option<NodeCache> {
+    /// The cache, when the site keeps images. Err: why it cannot be used (the folder
+    /// is not root's alone, say), for the site's log.
+    pub(crate) fn open(policy: &CachePolicy) -> Result<Option<NodeCache>, String> {
         if !policy.enabled() {
-            return None;
+            return Ok(None);
         }
-        let dir = open_cache_dir(true).ok()?;
-        let host = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY).ok()?;
-        Some(NodeCache {
+        let dir = open_cache_dir(true).map_err(|e| format!("opening {CACHE_DIR}: {e}"))?;
+        let host = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+            .map_err(|e| format!("opening the host's namespace: {e}"))?;
+        Ok(Some(NodeCache {
             dir,
             host,
             max_bytes: policy.max_bytes,
             held: None,
-        })
+        }))
     }
 
     /// Mounts at `target` the kept mount for `key`, if there is one that answers.
-    pub(crate) fn take(&mut self, key: &Key, target: &Path, fuse: bool) -> io::Result<Taken> {
+    pub(crate) fn take(&mut self, key: &Key, target: &Path, fuse: bool) -> Result<Taken, Trouble> {
         let Ok(lock) = self.open_in(key, LOCK_FILE, libc::O_RDONLY) else {
             return Ok(Taken::Missing);
         };
-        if !sys::try_lock(lock.as_fd(), false)? {
+        if !sys::try_lock(lock.as_fd(), false).map_err(failed("locking its entry"))? {
             return Ok(Taken::Missing); // being dropped
         }
         let Ok(ns) = self.open_in(key, NS_FILE, libc::O_RDONLY) else {
@@ -163,12 +181,13 @@ impl NodeCache {
         if !sys::is_nsfs(ns.as_fd()) {
             return Ok(Taken::Missing); // still being made by another step
         }
-        let own = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)?;
-        sys::setns_mount(ns.as_fd())?;
+        let own = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+            .map_err(failed("opening the step's namespace"))?;
+        sys::setns_mount(ns.as_fd()).map_err(failed("entering the kept namespace"))?;
         let cloned = sys::clone_mount(Path::new("/"));
         // Back home before anything else: the helper must not go on in the kept namespace.
-        sys::setns_mount(own.as_fd())?;
-        let cloned = cloned?;
+        sys::setns_mount(own.as_fd()).map_err(Trouble::Stranded)?;
+        let cloned = cloned.map_err(failed("copying the kept mount"))?;
         // First: a FUSE mount whose server is gone answers nothing, not even what it is.
         if fuse && !sys::file_system_answers(cloned.as_fd()) {
             return Ok(Taken::Broken);
@@ -176,7 +195,7 @@ impl NodeCache {
         if sys::is_fuse(cloned.as_fd()) != fuse {
             return Ok(Taken::Missing);
         }
-        sys::attach_mount(cloned.as_fd(), target)?;
+        sys::attach_mount(cloned.as_fd(), target).map_err(failed("attaching the kept mount"))?;
         self.held = Some(lock);
         Ok(Taken::Mounted)
     }
@@ -184,13 +203,13 @@ impl NodeCache {
     /// Keeps the mount at `target` (the image just mounted, `size` bytes) under `key`:
     /// a namespace of its own whose root is that mount, named in the host's namespace.
     /// False when it is not kept (another step is keeping the same, or it is too big).
-    pub(crate) fn keep(&mut self, key: &Key, target: &Path, size: u64) -> io::Result<bool> {
+    pub(crate) fn keep(&mut self, key: &Key, target: &Path, size: u64) -> Result<bool, Trouble> {
         if size > self.max_bytes {
             return Ok(false);
         }
         match sys::mkdirat(self.dir.as_fd(), OsStr::new(key.as_str()), 0o700) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(false),
-            other => other?,
+            other => other.map_err(failed("making its entry"))?,
         }
         let made = self.make_entry(key, target);
         if !matches!(made, Ok(true)) {
@@ -199,26 +218,35 @@ impl NodeCache {
         made
     }
 
-    fn make_entry(&mut self, key: &Key, target: &Path) -> io::Result<bool> {
+    fn make_entry(&mut self, key: &Key, target: &Path) -> Result<bool, Trouble> {
         let me = std::process::id();
         let owner = format!("{me} {}\n", sys::process_start_time(me).unwrap_or(0));
+        let making = failed("making its entry");
         self.create_in(key, OWNER_FILE)
-            .and_then(|fd| io::Write::write_all(&mut File::from(fd), owner.as_bytes()))?;
-        let lock = self.create_in(key, LOCK_FILE)?;
-        sys::try_lock(lock.as_fd(), false)?;
-        drop(self.create_in(key, NS_FILE)?);
-        let Some(keeper) = Keeper::start(target)? else {
-            return Ok(false);
-        };
+            .and_then(|fd| io::Write::write_all(&mut File::from(fd), owner.as_bytes()))
+            .map_err(&making)?;
+        let lock = self.create_in(key, LOCK_FILE).map_err(&making)?;
+        sys::try_lock(lock.as_fd(), false).map_err(&making)?;
+        drop(self.create_in(key, NS_FILE).map_err(&making)?);
+        let keeper =
+            Keeper::start(target, self.host.as_fd()).map_err(failed("making its namespace"))?;
         let ns_file = self.entry_path(key).join(NS_FILE);
-        let own = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)?;
+        let own = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+            .map_err(failed("opening the step's namespace"))?;
         // Only in the host's namespace can the namespace file be bound where it stays.
-        sys::setns_mount(self.host.as_fd())?;
+        sys::setns_mount(self.host.as_fd()).map_err(failed("entering the host's namespace"))?;
         let bound = sys::mount_bind(&keeper.namespace_file(), &ns_file, false);
-        sys::setns_mount(own.as_fd())?;
+        sys::setns_mount(own.as_fd()).map_err(Trouble::Stranded)?;
         drop(keeper);
-        bound?;
-        let _ = sys::unlinkat(self.entry_dir(key)?.as_fd(), OsStr::new(OWNER_FILE), false);
+        bound.map_err(failed(&format!(
+            "binding its namespace at {}",
+            ns_file.display()
+        )))?;
+        let _ = sys::unlinkat(
+            self.entry_dir(key).map_err(&making)?.as_fd(),
+            OsStr::new(OWNER_FILE),
+            false,
+        );
         self.held = Some(lock);
         Ok(true)
     }
@@ -257,6 +285,20 @@ impl NodeCache {
     }
 }
 
+/// Why the cache could not serve or keep a step's image. The step goes on with a mount of
+/// its own, unless the helper could not return to its own namespace.
+#[derive(Debug)]
+pub(crate) enum Trouble {
+    /// What failed and why, for the site's log.
+    Failed(String),
+    /// The helper is stranded in another namespace: the step must fail.
+    Stranded(io::Error),
+}
+
+fn failed(what: &str) -> impl Fn(io::Error) -> Trouble + '_ {
+    move |e| Trouble::Failed(format!("{what}: {e}"))
+}
+
 /// What `NodeCache::take` found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Taken {
@@ -274,9 +316,8 @@ struct Keeper {
 }
 
 impl Keeper {
-    /// None: the child could not make its namespace (it says nothing more: the step
-    /// goes on with its own mount).
-    fn start(image_mount: &Path) -> io::Result<Option<Keeper>> {
+    /// Starts the child, whose namespace the host's namespace `host` can then bind.
+    fn start(image_mount: &Path, host: BorrowedFd<'_>) -> io::Result<Keeper> {
         let (ready_read, ready_write) = sys::pipe()?;
         let (release_read, release_write) = sys::pipe()?;
         let helper = nix::unistd::getpid();
@@ -285,11 +326,15 @@ impl Keeper {
                 drop(ready_read);
                 drop(release_write);
                 let made = sys::tie_to_parent(helper)
-                    .and_then(|_| sys::unshare_mount_namespace())
+                    .and_then(|_| unshare_bindable_from(host))
                     .and_then(|_| sys::open_path(image_mount, libc::O_PATH | libc::O_DIRECTORY))
                     .and_then(|root| sys::pivot_into(root.as_fd()));
+                let answer = match &made {
+                    Ok(()) => READY.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let _ = io::Write::write_all(&mut File::from(ready_write), answer.as_bytes());
                 if made.is_ok() {
-                    let _ = io::Write::write_all(&mut File::from(ready_write), b"1");
                     let mut byte = [0u8; 1];
                     let _ = io::Read::read(&mut File::from(release_read), &mut byte);
                 }
@@ -298,13 +343,20 @@ impl Keeper {
             sys::Forked::Parent(pid) => {
                 drop(ready_write);
                 drop(release_read);
-                let mut byte = [0u8; 1];
-                let ready = io::Read::read(&mut File::from(ready_read), &mut byte)? == 1;
                 let keeper = Keeper {
                     pid,
                     release: Some(release_write),
                 };
-                Ok(ready.then_some(keeper))
+                let mut answer = String::new();
+                io::Read::read_to_string(
+                    &mut io::Read::take(File::from(ready_read), 512),
+                    &mut answer,
+                )?;
+                match answer.as_str() {
+                    READY => Ok(keeper),
+                    "" => Err(io::Error::other("its process ended without a word")),
+                    why => Err(io::Error::other(why.to_string())),
+                }
             }
         }
     }
@@ -321,38 +373,102 @@ impl Drop for Keeper {
     }
 }
 
-/// Opens the cache folder (making it, and /run/ferry, when `create`), refusing one that
-/// is not root's alone.
-fn open_cache_dir(create: bool) -> io::Result<OwnedFd> {
-    let mut dir = sys::open_path(Path::new("/run"), libc::O_PATH | libc::O_DIRECTORY)?;
-    for (name, mode) in [("ferry", 0o755), ("image-cache", 0o700)] {
-        if create {
-            match sys::mkdirat(dir.as_fd(), OsStr::new(name), mode) {
-                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                _ => {}
-            }
-        }
-        dir = sys::openat(
-            Some(dir.as_fd()),
-            OsStr::new(name),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        let st = sys::fstat(dir.as_fd())?;
-        let writable_by_others = st.st_mode & 0o022 != 0;
-        let readable_by_others = name == "image-cache" && st.st_mode & 0o077 != 0;
-        if st.st_uid != 0 || writable_by_others || readable_by_others {
-            return Err(io::Error::other(format!(
-                "/run/{} must be root's and closed to others",
-                if name == "ferry" {
-                    "ferry"
-                } else {
-                    "ferry/image-cache"
-                }
-            )));
+/// What the keeper writes once its namespace is made.
+const READY: &str = "ready";
+
+/// Gives this process a mount namespace of its own that `host` may bind. The kernel
+/// refuses (EINVAL, taking it for a loop) to bind the file of a namespace whose id is
+/// not above the binder's. Since Linux 6.18 each CPU hands out namespace ids from a
+/// batch of its own, so a namespace made later can have a smaller id than `host`'s when
+/// `host` is not the node's first namespace (slurmd in a container, our Slurm 24.11
+/// test). A CPU that has used up its batch takes the next one above every id handed
+/// out so far: on this CPU, draw ids (UTS namespaces, ~3 µs each) until ours is above.
+fn unshare_bindable_from(host: BorrowedFd<'_>) -> io::Result<()> {
+    sys::unshare_mount_namespace()?;
+    let Some(host_id) = sys::mount_namespace_id(host) else {
+        return Ok(()); // before Linux 6.8: one global counter, always in order
+    };
+    let ours = || {
+        sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+            .map(|ns| sys::mount_namespace_id(ns.as_fd()).unwrap_or(u64::MAX))
+    };
+    if ours()? > host_id {
+        return Ok(());
+    }
+    sys::stay_on_this_cpu()?;
+    // A batch is 4096 ids (linux/cookie.h): 32 rounds of 256 pass two.
+    for _ in 0..32 {
+        sys::draw_namespace_ids(256)?;
+        sys::unshare_mount_namespace()?;
+        if ours()? > host_id {
+            return Ok(());
         }
     }
+    Err(io::Error::other(format!(
+        "the kernel numbers new mount namespaces below the host's ({host_id})"
+    )))
+}
+
+/// Opens the cache folder (making it, and /run/ferry, when `create`), refusing one that
+/// is not root's alone. Making it, it also makes it a private mount (`own_private_mount`).
+fn open_cache_dir(create: bool) -> io::Result<OwnedFd> {
+    let run = sys::open_path(Path::new("/run"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let ferry = open_root_dir(run.as_fd(), "ferry", create)?;
+    let dir = open_root_dir(ferry.as_fd(), "image-cache", create)?;
+    if !create {
+        return Ok(dir);
+    }
+    own_private_mount(ferry.as_fd())?;
+    // Opened again: the descriptor from before the bind names the folder beneath it.
+    open_root_dir(ferry.as_fd(), "image-cache", false)
+}
+
+/// Opens (and when `create`, makes) `name` in `parent`: /run/ferry (0755) or its
+/// image-cache (0700), each refused unless root's and closed to others.
+fn open_root_dir(parent: BorrowedFd<'_>, name: &str, create: bool) -> io::Result<OwnedFd> {
+    let cache = name == "image-cache";
+    if create {
+        match sys::mkdirat(parent, OsStr::new(name), if cache { 0o700 } else { 0o755 }) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+    }
+    let dir = sys::openat(
+        Some(parent),
+        OsStr::new(name),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    let st = sys::fstat(dir.as_fd())?;
+    let writable_by_others = st.st_mode & 0o022 != 0;
+    let readable_by_others = cache && st.st_mode & 0o077 != 0;
+    if st.st_uid != 0 || writable_by_others || readable_by_others {
+        return Err(io::Error::other(format!(
+            "/run/{} must be root's and closed to others",
+            if cache { "ferry/image-cache" } else { "ferry" }
+        )));
+    }
     Ok(dir)
+}
+
+/// Makes the cache folder a mount of its own (bound onto itself, once) with private
+/// propagation. The kernel refuses (EINVAL) to bind a mount namespace's file below a
+/// mount that propagates to other namespaces, lest namespaces hold each other alive;
+/// on a systemd node / is shared, and every step's namespace receives from it.
+fn own_private_mount(ferry: BorrowedFd<'_>) -> io::Result<()> {
+    let dir = sys::openat(
+        Some(ferry),
+        OsStr::new("image-cache"),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    // One helper at a time, or two could each bind the folder and stack two mounts.
+    sys::lock_exclusive(dir.as_fd())?;
+    let path = Path::new(CACHE_DIR);
+    if sys::mount_id(dir.as_fd())? == sys::mount_id(ferry)? {
+        sys::mount_bind(path, path, false)?;
+    }
+    sys::make_private(path)
 }
 
 // ---------------------------------------------------------------------------

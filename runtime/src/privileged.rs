@@ -11,7 +11,7 @@ use crate::as_user::AsUser;
 use crate::digest::{self, DigestError, FileVersion};
 use crate::error::{Error, Result, SetupError};
 use crate::image::OpenedImage;
-use crate::image_cache::{CacheNote, Key, MountKind, NodeCache, Outcome, Taken};
+use crate::image_cache::{CacheNote, Key, MountKind, NodeCache, Outcome, Taken, Trouble};
 use crate::mount_error::MountError;
 use crate::plan::{Attrs, ImageMount, Source};
 use crate::request::Request;
@@ -147,6 +147,8 @@ pub(crate) struct Real<'a> {
     pub(crate) verified: Option<FileVersion>,
     /// The node image cache, when the site keeps images (opened before the namespace).
     pub(crate) cache: Option<NodeCache>,
+    /// Why the cache could not be used for this step (it goes on without).
+    pub(crate) cache_problem: Option<String>,
     /// What the cache did for this step.
     pub(crate) cache_note: Option<CacheNote>,
 }
@@ -327,7 +329,7 @@ impl Real<'_> {
     /// The cache key of this image mounted `how`, when the node keeps images and the
     /// image is a file (a root folder has nothing to decompress).
     fn cache_key(&self, how: &ImageMount) -> Result<Option<(Key, FileVersion)>> {
-        if self.cache.is_none() {
+        if self.cache.is_none() && self.cache_problem.is_none() {
             return Ok(None);
         }
         let driver;
@@ -375,19 +377,17 @@ impl Real<'_> {
             return Ok(None);
         };
         let fuse = matches!(how, ImageMount::Fuse { .. });
-        let taken = cache
-            .take(key, target, fuse)
-            .map_err(|e| image_err(self.image, "taking the image's kept mount", e))?;
-        let outcome = match taken {
-            Taken::Mounted => Outcome::Hit,
-            Taken::Broken => Outcome::Broken,
-            Taken::Missing => return Ok(None),
+        let outcome = match cache.take(key, target, fuse) {
+            Ok(Taken::Mounted) => Outcome::Hit,
+            Ok(Taken::Broken) => Outcome::Broken,
+            Ok(Taken::Missing) => return Ok(None),
+            Err(Trouble::Failed(problem)) => {
+                self.cache_problem = Some(format!("taking its kept mount: {problem}"));
+                return Ok(None);
+            }
+            Err(Trouble::Stranded(e)) => return Err(stranded(self.image, e)),
         };
-        self.cache_note = Some(CacheNote {
-            key: key.clone(),
-            outcome,
-            version: version.clone(),
-        });
+        self.note_cache(key.clone(), outcome, version.clone(), None);
         Ok((outcome == Outcome::Hit).then_some(if fuse {
             Mounted::CachedFuse
         } else {
@@ -397,24 +397,55 @@ impl Real<'_> {
 
     /// Keeps the image mount just made at `target` in the cache for later steps.
     fn keep_in_cache(&mut self, key: Key, version: FileVersion, target: &Path) -> Result<()> {
+        if let Some(problem) = self.cache_problem.take() {
+            self.note_cache(key, Outcome::NotKept, version, Some(problem));
+            return Ok(());
+        }
         let Some(cache) = self.cache.as_mut() else {
             return Ok(());
         };
-        let kept = cache
-            .keep(&key, target, version.size)
-            .map_err(|e| image_err(self.image, "keeping the image's mount", e))?;
+        let kept = match cache.keep(&key, target, version.size) {
+            Ok(kept) => kept,
+            Err(Trouble::Failed(problem)) => {
+                let problem = Some(format!("keeping its mount: {problem}"));
+                self.note_cache(key, Outcome::NotKept, version, problem);
+                return Ok(());
+            }
+            Err(Trouble::Stranded(e)) => return Err(stranded(self.image, e)),
+        };
         let outcome = match (kept, &self.cache_note) {
             (true, _) => Outcome::Kept,
             (false, Some(note)) if note.outcome == Outcome::Broken => Outcome::Broken,
             (false, _) => Outcome::NotKept,
         };
+        self.note_cache(key, outcome, version, None);
+        Ok(())
+    }
+
+    fn note_cache(
+        &mut self,
+        key: Key,
+        outcome: Outcome,
+        version: FileVersion,
+        problem: Option<String>,
+    ) {
         self.cache_note = Some(CacheNote {
             key,
             outcome,
             version,
+            problem,
         });
-        Ok(())
     }
+}
+
+/// The helper could not return to the step's own namespace from another: it must not
+/// go on building the container.
+fn stranded(image: &OpenedImage, e: io::Error) -> Error {
+    image_err(
+        image,
+        "returning to the step's namespace from the node image cache",
+        e,
+    )
 }
 
 /// For a step of a batch job: mounts a copy of the batch step's FUSE mount of this very

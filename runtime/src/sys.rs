@@ -292,6 +292,36 @@ pub fn unshare_mount_namespace() -> io::Result<()> {
     Ok(())
 }
 
+/// NS_GET_MNTNS_ID of linux/nsfs.h: _IOR(0xb7, 5, __u64).
+const NS_GET_MNTNS_ID: libc::c_ulong = 0x8008_b705;
+
+/// The kernel's id of the mount namespace file `ns` (Linux 6.8 and later; None before).
+pub fn mount_namespace_id(ns: BorrowedFd<'_>) -> Option<u64> {
+    let mut id: u64 = 0;
+    // SAFETY: the ioctl writes one u64 through the pointer, which is valid for it.
+    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_MNTNS_ID, &mut id as *mut u64) };
+    (rc == 0).then_some(id)
+}
+
+/// Keeps this process on the CPU it runs on now.
+pub fn stay_on_this_cpu() -> io::Result<()> {
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = check(unsafe { libc::sched_getcpu() })?;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu as usize)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// Makes `count` UTS namespaces one after the other (each replacing the last): the
+/// cheapest way to draw namespace ids.
+pub fn draw_namespace_ids(count: usize) -> io::Result<()> {
+    for _ in 0..count {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+    }
+    Ok(())
+}
+
 pub fn setns_mount(ns: BorrowedFd<'_>) -> io::Result<()> {
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
     Ok(())
@@ -1021,6 +1051,56 @@ pub fn try_lock(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<bool> {
         _ if io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
         _ => Err(io::Error::last_os_error()),
     }
+}
+
+/// An exclusive lock on an open file (flock), waiting for it. Only for files no user
+/// can open, whose holders hold them for a few system calls.
+pub fn lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we hold, with flag bits only.
+        match unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } {
+            0 => return Ok(()),
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// The id of the mount `fd` lies on (two equal ids: the same mount).
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::uninit();
+    // SAFETY: `stx` is writable for one statx struct; AT_EMPTY_PATH asks about the fd
+    // itself (O_PATH fds too).
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and filled the struct.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::other(
+            "the kernel gives no mount ids (Linux 5.8 or later needed)",
+        ));
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// Makes the mount at `path` private: mounts made below it are not propagated to
+/// other namespaces, nor theirs to it.
+pub fn make_private(path: &Path) -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    Ok(())
 }
 
 /// Detaches the mount at `path` (lazily: whoever still uses it keeps it until done).

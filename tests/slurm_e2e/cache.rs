@@ -482,3 +482,49 @@ fn concurrent_first_jobs_each_keep_their_image() {
     }
     drop_image_cache();
 }
+
+/// The cache folder's mode, put back when dropped (also when the test fails).
+struct FolderMode(u32);
+
+impl Drop for FolderMode {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions(CACHE_DIR, fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// A node whose cache cannot be used (here: its folder is open to others, which the
+/// runtime refuses) runs every step from a mount of its own: the job succeeds, the user
+/// sees nothing of it, provenance says `not kept`, and the site's syslog says why.
+#[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn a_cache_that_cannot_keep_never_fails_a_step() {
+    let lab = Lab::exclusive("cache-unusable");
+    let syslog = syslog_file();
+    let image = lab.path(&lab.image("n.sqfs", "NOTKEPT"));
+    let prov = lab.path("notkept.jsonl");
+    fs::create_dir_all(CACHE_DIR).unwrap();
+    let _mode = FolderMode(fs::metadata(CACHE_DIR).unwrap().permissions().mode() & 0o7777);
+    fs::set_permissions(CACHE_DIR, fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..2 {
+        let out = lab.srun(&[
+            &format!("--container={}", image.display()),
+            &format!("--container-provenance={}", prov.display()),
+            "cat",
+            ONLY_FILE,
+        ]);
+        out.expect_ok();
+        assert_eq!(out.stdout.trim(), "only-in-image NOTKEPT", "{out}");
+        assert!(!out.stderr.contains("ferry"), "nothing for the user: {out}");
+    }
+    assert_eq!(cache_outcomes(&prov), ["not kept", "not kept"]);
+    let expected = format!(
+        "image {}: not kept warm on this node (opening {CACHE_DIR}: {CACHE_DIR} must be \
+         root's and closed to others)",
+        image.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&fs::read(syslog).unwrap()).contains(&expected) {
+        assert!(Instant::now() < deadline, "syslog has no line {expected:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

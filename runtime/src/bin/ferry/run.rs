@@ -51,6 +51,10 @@ pub fn run(
     // This very program expires the images a site file lets this node keep.
     request.cache_janitor = std::env::current_exe().ok();
     let container = prepare(&request).map_err(|e| e.to_string())?;
+    let cache = container.facts.cache.as_ref();
+    if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
+        crate::say::warning(&line);
+    }
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
     let config = container.facts.config.clone().unwrap_or_default();
