@@ -103,6 +103,9 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
                 .map_err(|rule| rule.to_string())?;
         }
     }
+    if let Some(name) = options::name() {
+        ferry_runtime::named::check_name(&name)?;
+    }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {
             return Err(format!(

@@ -40,6 +40,7 @@ impl Spank {
         name: &str,
         arginfo: &str,
         usage: &str,
+        kind: ArgKind,
         val: i32,
         cb: OptionCallback,
     ) -> Result<(), String> {
@@ -52,7 +53,7 @@ impl Spank {
             name: leak(name),
             arginfo: leak(arginfo),
             usage: leak(usage),
-            has_arg: 1,
+            has_arg: kind as c_int,
             val,
             cb: Some(cb),
         }));
@@ -242,6 +243,15 @@ pub unsafe fn optarg(optarg: *const c_char) -> Result<String, String> {
             value.to_string_lossy()
         )
     })
+}
+
+/// Whether an option takes a value (`struct spank_option`'s `has_arg`).
+#[derive(Clone, Copy)]
+pub enum ArgKind {
+    None = 0,
+    Required = 1,
+    /// `--opt` or `--opt=VALUE`.
+    Optional = 2,
 }
 
 /// Prints through Slurm's log: on the user's terminal from srun/sbatch, in the step's

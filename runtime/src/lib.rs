@@ -16,6 +16,7 @@ pub mod image;
 pub mod image_cache;
 pub mod image_config;
 pub mod mount_error;
+pub mod named;
 pub mod node_checks;
 pub mod oci;
 mod plan;
