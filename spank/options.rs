@@ -169,7 +169,6 @@ pub fn save() -> Option<String> {
 }
 
 /// `--container-env`: the names whose job value wins over the image's.
-#[allow(dead_code)] // wired into the step request next
 pub fn env_names() -> Vec<String> {
     get(Slot::Env)
         .map(|list| {
@@ -182,7 +181,6 @@ pub fn env_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[allow(dead_code)] // wired into the step request next
 pub fn no_mount_home() -> bool {
     given(Slot::NoMountHome).is_some()
 }

@@ -94,6 +94,11 @@ pub fn record(
     if let (Some(fields), Value::Object(digest)) = (record.as_object_mut(), digest_fields(facts)) {
         fields.extend(digest);
     }
+    if let Some(named) = &container.named {
+        // A joined container was built by the step that made it, from the same image.
+        record["container_name"] = json!(named.name);
+        record["container_name_use"] = json!(if named.joined { "joined" } else { "created" });
+    }
     if let Some(origin) = origin {
         record["reference"] = json!(origin.reference);
         record["manifest_digest"] = json!(origin.manifest_digest);

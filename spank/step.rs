@@ -14,6 +14,7 @@ use crate::options;
 use crate::provenance;
 use crate::resolve;
 use crate::syslog;
+use ferry_runtime::named::NamedContainer;
 use ferry_runtime::plugin_config::Config;
 use ferry_runtime::request::BIN_DIR;
 use ferry_runtime::site::{LogLevel, Site};
@@ -180,13 +181,30 @@ fn build_request(
             .filter_map(|name| User::by_name(name).ok())
             .collect(),
     };
-    step_request::build(Inputs {
+    let mut req = step_request::build(Inputs {
         image,
         user,
         workdir: options::workdir().map(PathBuf::from),
         site: Some(&site),
         launch: Launch::SlurmStep(facts),
-    })
+    })?;
+    if options::no_mount_home() {
+        req.mount_home = false;
+    }
+    if let (Some(name), Some(job)) = (options::name(), step.job) {
+        ferry_runtime::named::check_name(&name)?;
+        req.named = Some(NamedContainer {
+            job,
+            // Two slurmd of one host (a test cluster) keep their containers apart.
+            node: spank
+                .getenv("SLURMD_NODENAME")
+                .or_else(|| std::env::var("SLURMD_NODENAME").ok())
+                .filter(|n| ferry_runtime::named::check_name(n).is_ok())
+                .unwrap_or_else(ferry_runtime::hostname),
+            name,
+        });
+    }
+    Ok(req)
 }
 
 /// Task child, as root: remember where slurmstepd put us, then join the container.
@@ -266,7 +284,8 @@ fn enter(spank: &Spank) -> Result<(), String> {
     })?;
     spank.setenv("PWD", &workdir.display().to_string())?;
     write_provenance_file(spank)?;
-    for (name, value) in config.environment(|n| spank.getenv(n), Some(BIN_DIR)) {
+    let host_wins = options::env_names();
+    for (name, value) in config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins) {
         spank.setenv(&name, &value)?;
     }
     Ok(())

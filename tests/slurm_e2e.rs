@@ -24,6 +24,8 @@ mod adversarial;
 mod audit;
 #[path = "slurm_e2e/cache.rs"]
 mod cache;
+#[path = "slurm_e2e/named.rs"]
+mod named;
 #[path = "slurm_e2e/registry.rs"]
 mod registry;
 
@@ -2348,7 +2350,9 @@ chmod 644 "$LAB/imp.tar""#;
         r#"echo "batch: $(greet)"
 srun -n 2 sh -c 'echo "task-$SLURM_PROCID: $(greet)"'
 srun -n 1 --container-workdir=/tmp sh -c 'echo "override: pwd=$(pwd)"'
-APP_GREETING=from-job srun -n 1 sh -c 'echo "job-env: $(greet)"'"#,
+APP_GREETING=from-job srun -n 1 sh -c 'echo "job-env: $(greet)"'
+PATH=/custom:$PATH srun -n 1 sh -c 'echo "image-path: $PATH"'
+PATH=/custom:$PATH srun -n 1 --container-env=LANG,PATH sh -c 'echo "job-path: $PATH"'"#,
     );
     job.expect_ok();
     let expected = format!("greeting=hello job={name} pwd=/opt/app path={image_path}");
@@ -2370,4 +2374,48 @@ APP_GREETING=from-job srun -n 1 sh -c 'echo "job-env: $(greet)"'"#,
         Some(format!("greeting=from-job job={name} pwd=/opt/app path={image_path}").as_str()),
         "{job}"
     );
+    // PATH is the image's, unless --container-env names it: then the job's wins.
+    assert_eq!(
+        value_of(&job.log, "image-path: "),
+        Some(image_path),
+        "{job}"
+    );
+    assert_eq!(
+        value_of(&job.log, "job-path: "),
+        Some(format!("/custom:{image_path}").as_str()),
+        "{job}"
+    );
+}
+
+/// `--no-container-mount-home`: the home folder is not bound (the folder srun ran in
+/// still is); by default it is.
+#[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn no_container_mount_home_leaves_the_home_folder_out() {
+    let lab = Lab::new("nohome");
+    let image = lab.image("h.sqfs", "HOME");
+    let home = PathBuf::from(TEST_HOME);
+    let marker = home.join(format!("ferry-home-marker-{}", std::process::id()));
+    fs::write(&marker, "mine\n").unwrap();
+    lab.give(&marker);
+    let look = format!(
+        "cat {} 2>/dev/null || echo absent; cat {ONLY_FILE}",
+        marker.display()
+    );
+    let with_home = lab.srun(&[&format!("--container={image}"), "sh", "-c", &look]);
+    let without = lab.srun(&[
+        &format!("--container={image}"),
+        "--no-container-mount-home",
+        "sh",
+        "-c",
+        &look,
+    ]);
+    let _ = fs::remove_file(&marker);
+    with_home.expect_ok();
+    without.expect_ok();
+    assert_eq!(
+        with_home.stdout, "mine\nonly-in-image HOME\n",
+        "{with_home}"
+    );
+    assert_eq!(without.stdout, "absent\nonly-in-image HOME\n", "{without}");
 }

@@ -18,6 +18,7 @@ use crate::image_config::ImageConfig;
 use crate::mount_error::MountError;
 #[cfg(test)]
 use crate::mount_error::MountStep;
+use crate::named::{self, NamedContainer, Slot};
 use crate::privileged::FuseHandoff;
 use crate::request::Request;
 use crate::site::Untrusted;
@@ -45,6 +46,16 @@ pub struct Container {
     pub setup_timeout: Duration,
     /// The node image cache's entry this step uses, held until it ends.
     cache_use: Option<InUse>,
+    /// A named container (`--container-name`): whether this step made it or joined it.
+    pub named: Option<Named>,
+}
+
+/// What a step did with its named container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub name: String,
+    /// True: an earlier step of the job made it; false: this step did.
+    pub joined: bool,
 }
 
 /// What the caller learns about the image: for the environment and the provenance record.
@@ -169,6 +180,79 @@ impl Report {
 /// has not finished, so at the deadline the helper (with the user's opener, which dies
 /// with it) and the image's server are killed and the step fails with one line.
 pub fn prepare(req: &Request) -> Result<Container> {
+    match &req.named {
+        None => prepare_new(req),
+        Some(named) => prepare_named(req, named),
+    }
+}
+
+/// The job's container named `named` on this node: joined when an earlier step made it
+/// (from the same image), else made now and kept for the job's later steps.
+fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
+    let failed = |what: &str, e: std::io::Error| {
+        Error::Named(format!(
+            "--container-name={}: {what}: {e}; try again, or ask your admin to check the node (ferry doctor)",
+            named.name
+        ))
+    };
+    let deadline = Instant::now() + req.setup_timeout;
+    let slot = Slot::lock(named, deadline).map_err(|e| failed("waiting for it", e))?;
+    if let Some(found) = slot.existing().map_err(|e| failed("opening it", e))? {
+        let record = found.record;
+        let pinned = req.pinned.as_ref().map(|d| d.to_string());
+        if record.uid != req.user.uid || record.image != req.image || record.pinned != pinned {
+            return Err(Error::Named(format!(
+                "--container-name={}: this job's container of that name was made from image {}{}; this step asks for {}{}: give the same image, or another name",
+                named.name,
+                record.image.display(),
+                record.pinned.map(|p| format!("@{p}")).unwrap_or_default(),
+                req.image.display(),
+                pinned.map(|p| format!("@{p}")).unwrap_or_default(),
+            )));
+        }
+        return Ok(Container {
+            namespace: found.namespace,
+            workdir: assemble::effective_workdir(req, record.facts.config.as_ref()),
+            user: req.user.clone(),
+            image: req.image.clone(),
+            facts: record.facts,
+            pinned: req.pinned.is_some(),
+            fuse_server: None,
+            setup_timeout: req.setup_timeout,
+            cache_use: None,
+            named: Some(Named {
+                name: named.name.clone(),
+                joined: true,
+            }),
+        });
+    }
+    let mut container = prepare_new(req)?;
+    let record = named::Record {
+        image: req.image.clone(),
+        pinned: req.pinned.as_ref().map(|d| d.to_string()),
+        uid: req.user.uid,
+        facts: container.facts.clone(),
+        server: None,
+    };
+    let ferry = req
+        .cache_janitor
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/ferry"));
+    let server = container.fuse_server.map(|p| p.as_raw() as u32);
+    if let Err(e) = slot.keep(&container.namespace, record, server, named, &ferry) {
+        container.release();
+        return Err(failed("keeping it for the job's later steps", e));
+    }
+    // Its squashfuse now lives as long as the container: the warden ends it.
+    container.fuse_server = None;
+    container.named = Some(Named {
+        name: named.name.clone(),
+        joined: false,
+    });
+    Ok(container)
+}
+
+fn prepare_new(req: &Request) -> Result<Container> {
     let deadline = Instant::now() + req.setup_timeout;
     let (result_read, result_write) =
         sys::pipe().map_err(|e| Error::system("creating a pipe", e))?;
@@ -254,6 +338,7 @@ pub fn prepare(req: &Request) -> Result<Container> {
                 fuse_server: server,
                 setup_timeout: req.setup_timeout,
                 cache_use,
+                named: None,
             })
         }
     }
@@ -444,7 +529,11 @@ impl Container {
     /// killed after a few seconds otherwise). Without this (dropping the container) the
     /// server is left to exit on its own.
     pub fn release(mut self) {
-        self.end_stragglers();
+        // A named container outlives the step: other steps of the job may be in it
+        // now, and its warden ends what is left when the job ends.
+        if self.named.is_none() {
+            self.end_stragglers();
+        }
         let server = self.fuse_server;
         let cache_use = self.cache_use.take();
         drop(self);

@@ -50,6 +50,9 @@ pub enum Error {
     /// pipe, so the parent keeps the kind and the text, never a guess).
     #[error("{message}")]
     Helper { kind: ErrorKind, message: String },
+    /// A named container (`--container-name`) that cannot be made or joined.
+    #[error("{0}")]
+    Named(String),
     /// A generic system call with nothing more specific to say (a pipe, a socket pair).
     #[error("{what}: {source}")]
     System {
@@ -76,6 +79,7 @@ pub enum ErrorKind {
     /// A pull from a registry (only the CLI pulls; kept in every build so the
     /// helper's reports read the same).
     Registry,
+    Named,
     System,
     /// The helper panicked: a bug, not the user's input.
     Internal,
@@ -103,6 +107,7 @@ impl Error {
             #[cfg(feature = "registry")]
             Error::Registry(_) => ErrorKind::Registry,
             Error::Helper { kind, .. } => *kind,
+            Error::Named(_) => ErrorKind::Named,
             Error::System { .. } => ErrorKind::System,
         }
     }

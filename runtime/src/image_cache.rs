@@ -423,10 +423,14 @@ fn open_cache_dir(create: bool) -> io::Result<OwnedFd> {
     open_root_dir(ferry.as_fd(), "image-cache", false)
 }
 
-/// Opens (and when `create`, makes) `name` in `parent`: /run/ferry (0755) or its
-/// image-cache (0700), each refused unless root's and closed to others.
-fn open_root_dir(parent: BorrowedFd<'_>, name: &str, create: bool) -> io::Result<OwnedFd> {
-    let cache = name == "image-cache";
+/// Opens (and when `create`, makes) `name` in `parent`: /run/ferry (0755) or a folder
+/// of ours in it (0700), each refused unless root's and closed to others.
+pub(crate) fn open_root_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    create: bool,
+) -> io::Result<OwnedFd> {
+    let cache = name != "ferry";
     if create {
         match sys::mkdirat(parent, OsStr::new(name), if cache { 0o700 } else { 0o755 }) {
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
@@ -445,7 +449,11 @@ fn open_root_dir(parent: BorrowedFd<'_>, name: &str, create: bool) -> io::Result
     if st.st_uid != 0 || writable_by_others || readable_by_others {
         return Err(io::Error::other(format!(
             "/run/{} must be root's and closed to others",
-            if cache { "ferry/image-cache" } else { "ferry" }
+            if cache {
+                format!("ferry/{name}")
+            } else {
+                "ferry".into()
+            }
         )));
     }
     Ok(dir)
@@ -858,8 +866,13 @@ fn cgroup_hierarchies() -> Vec<(PathBuf, bool)> {
 /// missing; its root where that fails), out of the job's: Slurm's process tracking
 /// kills a step's cgroup at its end, and its accounting would bill the job.
 pub fn leave_job_cgroups(pid: u32) {
+    move_to_cgroup(pid, CACHE_CGROUP)
+}
+
+/// Moves `pid` into the cgroup `group` (at the root of every hierarchy), out of the job's.
+pub(crate) fn move_to_cgroup(pid: u32, group: &str) {
     for (root, cpuset) in cgroup_hierarchies() {
-        let ours = root.join(CACHE_CGROUP);
+        let ours = root.join(group);
         let _ = std::fs::create_dir(&ours);
         if cpuset {
             // A new cpuset cgroup takes no process until it has CPUs and memory nodes.

@@ -7,7 +7,9 @@
 //!   managers and the user's identity (`RESERVED_PREFIXES`, `RESERVED_NAMES`) are never
 //!   taken from the image, set or not. `PATH` is the exception: when the image's `Env`
 //!   has one, it replaces the host's (the image's commands live there), then the
-//!   standard folders and ferry's own are appended (see `request::container_path`).
+//!   standard folders and ferry's own are appended (see `request::container_path`),
+//!   unless the user named `PATH` in `--container-env` (`ferry run --env-from-host`):
+//!   then the job's PATH wins too.
 //! - Working directory: an explicit option (`--container-workdir`, `ferry run
 //!   --workdir`) wins over the image's `WorkingDir`, which wins over the default (the
 //!   folder the job was submitted from, or the current folder).
@@ -166,11 +168,13 @@ impl ImageConfig {
     }
 
     /// The variables to set for a command, given the host's environment (`host` looks
-    /// one up) and ferry's extra PATH folder: see the module's precedence rules.
+    /// one up), ferry's extra PATH folder and the names whose host value wins over the
+    /// image's (`--container-env`): see the module's precedence rules.
     pub fn environment(
         &self,
         host: impl Fn(&str) -> Option<String>,
         extra_path: Option<&str>,
+        host_wins: &[String],
     ) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut image_path = None;
@@ -182,7 +186,11 @@ impl ImageConfig {
                 out.push((name.to_string(), value.to_string()));
             }
         }
-        let path = image_path.or_else(|| host("PATH"));
+        let host_path = host_wins.iter().any(|n| n == "PATH").then(|| host("PATH"));
+        let path = match host_path.flatten() {
+            Some(path) => Some(path),
+            None => image_path.or_else(|| host("PATH")),
+        };
         out.push((
             "PATH".into(),
             crate::request::container_path(path.as_deref(), extra_path),
@@ -211,7 +219,7 @@ mod tests {
             "PATH" => Some("/host/bin".to_string()),
             _ => None,
         };
-        let env = c.environment(host, Some("/.ferry/bin"));
+        let env = c.environment(host, Some("/.ferry/bin"), &[]);
         assert_eq!(
             env,
             vec![
@@ -228,8 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn container_env_path_makes_the_jobs_path_win() {
+        let c = config(r#"{"Env":["PATH=/opt/app/bin","LANG=C"]}"#);
+        let host = |name: &str| (name == "PATH").then(|| "/home/a/bin:/usr/bin".to_string());
+        let path =
+            |env: Vec<(String, String)>| env.into_iter().find(|(n, _)| n == "PATH").unwrap().1;
+        assert_eq!(
+            path(c.environment(host, None, &["PATH".into()])),
+            crate::request::container_path(Some("/home/a/bin:/usr/bin"), None)
+        );
+        assert!(path(c.environment(host, None, &[])).starts_with("/opt/app/bin:"));
+        // Named but unset in the job: the image's stays.
+        assert!(path(c.environment(|_| None, None, &["PATH".into()])).starts_with("/opt/app/bin:"));
+    }
+
+    #[test]
     fn without_image_path_the_hosts_is_kept() {
-        let env = ImageConfig::default().environment(|_| Some("/host/bin".into()), None);
+        let env = ImageConfig::default().environment(|_| Some("/host/bin".into()), None, &[]);
         assert_eq!(
             env,
             vec![(

@@ -380,7 +380,9 @@ fn binds(req: &Request) -> Vec<Bind> {
         optional: true,
         user_destination: false,
     };
-    binds.push(users(&req.user.home, false));
+    if req.mount_home {
+        binds.push(users(&req.user.home, false));
+    }
     if let Some(cwd) = &req.cwd {
         if !visible_through(&binds, cwd) {
             binds.push(users(cwd, false));
@@ -604,6 +606,15 @@ mod tests {
         let parent = d.iter().position(|x| x == "/in").unwrap();
         let child = d.iter().position(|x| x == "/in/deep/x").unwrap();
         assert!(parent < child);
+    }
+
+    #[test]
+    fn without_mount_home_the_home_folder_is_not_bound() {
+        let mut req = everything();
+        let home = req.user.home.clone();
+        assert!(squashfs(&req).binds().any(|b| b.dest == home));
+        req.mount_home = false;
+        assert!(!squashfs(&req).binds().any(|b| b.dest == home));
     }
 
     #[test]

@@ -48,8 +48,14 @@ pub struct Request {
     /// The node image cache's limits (`CachePolicy::OFF`: none).
     pub image_cache: CachePolicy,
     /// The `ferry` command that expires kept images (`ferry cache janitor`) once no
-    /// step comes to do it.
+    /// step comes to do it, and keeps named containers (`ferry named-warden`).
     pub cache_janitor: Option<PathBuf>,
+    /// `--container-name`: create this job's container of that name on the node, or
+    /// join it when an earlier step made it.
+    pub named: Option<crate::named::NamedContainer>,
+    /// Bind the user's home folder (the site's `mount_home`, and not
+    /// `--no-container-mount-home`).
+    pub mount_home: bool,
 }
 
 impl Request {
@@ -75,6 +81,8 @@ impl Request {
             share_with_batch_step_of: None,
             image_cache: CachePolicy::OFF,
             cache_janitor: None,
+            named: None,
+            mount_home: true,
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Site {
     pub image_cache_ttl: Duration,
     pub image_cache_max_images: usize,
     pub image_cache_max_memory: MemoryLimit,
+    /// Whether containers get the user's home bound in unless the user says not
+    /// (`--no-container-mount-home`).
+    pub mount_home: bool,
 }
 
 impl Default for Site {
@@ -83,6 +86,7 @@ impl Default for Site {
             image_cache_ttl: DEFAULT_IMAGE_CACHE_TTL,
             image_cache_max_images: DEFAULT_IMAGE_CACHE_MAX_IMAGES,
             image_cache_max_memory: MemoryLimit::Percent(DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT),
+            mount_home: true,
         }
     }
 }
@@ -103,6 +107,7 @@ struct RawSite {
     image_cache_ttl: Option<String>,
     image_cache_max_images: Option<u64>,
     image_cache_max_memory: Option<String>,
+    mount_home: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +224,9 @@ impl Site {
             site.image_cache_max_memory = parse_memory_limit(&limit).ok_or_else(|| {
                 format!("image_cache_max_memory: {limit:?}: give a share of the node's memory from 0% to 90%, such as \"25%\", or a size, such as \"16G\"")
             })?;
+        }
+        if let Some(home) = raw.mount_home {
+            site.mount_home = home;
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -369,6 +377,15 @@ impl Site {
                 )
             } else {
                 "off (every step mounts its image afresh)".into()
+            },
+        );
+        line(
+            &mut out,
+            "mount_home",
+            if self.mount_home {
+                "yes (a user can say --no-container-mount-home)".into()
+            } else {
+                "no".to_string()
             },
         );
         out

@@ -198,6 +198,7 @@ pub fn build(inputs: Inputs) -> Result<Request, String> {
         request.user_mount_destinations = site.user_mount_destinations.clone();
         request.setup_timeout = site.setup_timeout;
         request.image_cache = site.image_cache(crate::image_cache::node_memory());
+        request.mount_home = site.mount_home;
     }
     if let Launch::SlurmStep(facts) = launch {
         let config = facts.config;

@@ -189,6 +189,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = "/etc/slurm/plugstack.conf")]
         plugstack: PathBuf,
     },
+    /// Keep a job's named container until the job ends on this node (started by the plugin)
+    #[command(hide = true)]
+    NamedWarden {
+        #[arg(long)]
+        job: u32,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        name: String,
+        /// PID/FD: the process that has the container's namespace open, and the descriptor
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Subcommand)]

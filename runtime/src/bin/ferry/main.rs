@@ -116,6 +116,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => say::fail(&message, 2),
         },
+        Command::NamedWarden {
+            job,
+            node,
+            name,
+            from,
+        } => {
+            let named = ferry_runtime::named::NamedContainer { job, node, name };
+            report(
+                ferry_runtime::named::run_warden(&named, &from)
+                    .map_err(|e| format!("named container {}: {e}", named.name)),
+            )
+        }
     }
 }
 

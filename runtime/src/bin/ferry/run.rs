@@ -108,7 +108,7 @@ fn drop_to_env(user: &User, config: &ImageConfig) {
     std::env::set_var("HOME", &user.home);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
-    for (name, value) in config.environment(|n| std::env::var(n).ok(), None) {
+    for (name, value) in config.environment(|n| std::env::var(n).ok(), None, &[]) {
         std::env::set_var(name, value);
     }
 }
