@@ -226,21 +226,6 @@ fn unreadable(stderr: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_mksquashfs_could_not_read_is_named_as_in_the_image() {
-        let stderr = "Could not open ./root, skipping...\nPseudo file \".ferry\" exists\nFailed to read file ./etc/shadow, creating empty file\n";
-        assert_eq!(
-            unreadable(stderr),
-            [PathBuf::from("/root"), PathBuf::from("/etc/shadow")]
-        );
-        assert!(unreadable("").is_empty());
-    }
-}
-
 /// A hidden name next to `path`, unique to this process, on the same filesystem.
 pub fn sibling(path: &Path, what: &str) -> PathBuf {
     let name = path
@@ -284,5 +269,20 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_mksquashfs_could_not_read_is_named_as_in_the_image() {
+        let stderr = "Could not open ./root, skipping...\nPseudo file \".ferry\" exists\nFailed to read file ./etc/shadow, creating empty file\n";
+        assert_eq!(
+            unreadable(stderr),
+            [PathBuf::from("/root"), PathBuf::from("/etc/shadow")]
+        );
+        assert!(unreadable("").is_empty());
     }
 }
