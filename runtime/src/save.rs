@@ -115,7 +115,7 @@ pub(crate) fn save(
     match sys::fork().map_err(|e| failed(format!("forking: {e}")))? {
         sys::Forked::Child => {
             drop(report_read);
-            let report = pack(namespace, user, out, &record, caller);
+            let report = pack(namespace, user, out, &record, caller, report_write.as_fd());
             let text = serde_json::to_vec(&report).unwrap_or_default();
             let _ = std::fs::File::from(report_write).write_all(&text);
             sys::exit_now(0)
@@ -145,16 +145,21 @@ fn pack(
     out: &Path,
     record: &str,
     caller: nix::unistd::Pid,
+    report: BorrowedFd<'_>,
 ) -> Report {
     sys::die_with_parent(caller).map_err(|e| format!("starting: {e}"))?;
     let root = root_mount_alone(namespace)
         .map_err(|e| format!("taking a copy of the container's root: {e}"))?;
+    // The copy stays reachable as the working folder alone; nothing else of the
+    // caller's (slurmstepd's sockets, the namespace) reaches the user's mksquashfs.
+    nix::unistd::fchdir(root.as_raw_fd())
+        .map_err(|e| format!("entering the copy of the container's root: {e}"))?;
+    drop(root);
+    sys::close_all_but(report);
     sys::become_user(user.uid, user.gid, &user.gids())
         .and_then(|_| sys::set_no_new_privs())
         .and_then(|_| sys::die_with_parent(caller))
         .map_err(|e| format!("becoming {}: {e}", user.name))?;
-    nix::unistd::fchdir(root.as_raw_fd())
-        .map_err(|e| format!("{} cannot enter the container's root ({e})", user.name))?;
     let mut pseudo = Vec::new();
     let mut exclude: Vec<&str> = FERRY_OWN.to_vec();
     match std::fs::symlink_metadata(".ferry") {
