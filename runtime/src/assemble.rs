@@ -690,6 +690,23 @@ mod tests {
     }
 
     #[test]
+    fn a_writable_root_is_remounted_nosuid_nodev_but_not_read_only() {
+        let mut req = request();
+        req.root = crate::request::RootAccess::Writable;
+        let mut sys = Recording::new();
+        run(&mut sys, &req, Method::Kernel).unwrap();
+        let n = sys.calls.len();
+        assert_eq!(
+            sys.calls[n - 2],
+            Call::Remount {
+                target: "/".into(),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+            }
+        );
+        assert_eq!(sys.calls[n - 1], Call::Pivot);
+    }
+
+    #[test]
     fn binds_are_restricted_before_they_are_attached() {
         let mut sys = Recording::new();
         run(&mut sys, &request(), Method::Kernel).unwrap();

@@ -611,6 +611,18 @@ impl Container {
         })
     }
 
+    /// Saves this container's root (the image with the writable layer's changes, without
+    /// the binds) as a new SquashFS image at the absolute path `out`, written as the
+    /// user, recording `parent` (see `save`). For slurmstepd once the step's tasks have
+    /// ended, or `ferry run` once its command has; as root, from the host's namespace.
+    pub fn save(
+        &self,
+        out: &Path,
+        parent: &crate::save::ParentImage,
+    ) -> Result<crate::save::SavedImage> {
+        crate::save::save(self.namespace.as_fd(), &self.user, &self.image, out, parent)
+    }
+
     /// Drops to the container's user: groups, gid, uid.
     pub fn become_user(&self) -> Result<()> {
         let u = &self.user;

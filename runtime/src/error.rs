@@ -14,6 +14,7 @@ pub use crate::oci::ArchiveError;
 pub use crate::policy::PolicyError;
 #[cfg(feature = "registry")]
 pub use crate::registry::RegistryError;
+pub use crate::save::SaveError;
 pub use crate::squash::SquashError;
 pub use crate::store::StoreError;
 pub use crate::users::UserError;
@@ -42,6 +43,8 @@ pub enum Error {
     Squash(#[from] SquashError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Save(#[from] SaveError),
     #[cfg(feature = "registry")]
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -76,6 +79,7 @@ pub enum ErrorKind {
     Oci,
     Squash,
     Store,
+    Save,
     /// A pull from a registry (only the CLI pulls; kept in every build so the
     /// helper's reports read the same).
     Registry,
@@ -103,6 +107,7 @@ impl Error {
             Error::User(_) => ErrorKind::User,
             Error::Oci(_) => ErrorKind::Oci,
             Error::Squash(_) => ErrorKind::Squash,
+            Error::Save(_) => ErrorKind::Save,
             Error::Store(_) => ErrorKind::Store,
             #[cfg(feature = "registry")]
             Error::Registry(_) => ErrorKind::Registry,

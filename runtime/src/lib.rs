@@ -27,6 +27,7 @@ mod privileged;
 pub mod registry;
 pub mod request;
 pub mod resolve;
+pub mod save;
 #[cfg(test)]
 mod scratch;
 mod share;
@@ -66,6 +67,11 @@ pub mod interrupt {
     //! Ctrl-C and termination during long CLI operations: noted, not fatal, so the
     //! operation can clean up before it exits.
     pub use crate::sys::{catch_interrupts, interrupted, restore_default_sigpipe};
+}
+
+pub mod process {
+    //! Forking the CLI's own process: `ferry run --save` waits for its command.
+    pub use crate::sys::{fork, Forked};
 }
 
 pub mod exec {

@@ -6,7 +6,9 @@
 //!
 //! The rules the list keeps (each test below checks one):
 //! - every mount is `nosuid`; every one is `nodev` but the bind of the host's `/dev`;
-//! - the image is mounted read-only, and the root is remounted read-only before pivot;
+//! - the image is mounted read-only, and the root is remounted read-only before pivot
+//!   unless the request asks for a writable root (then only `nosuid,nodev`: its writes
+//!   go to the tmpfs upper layer, whose size bounds them);
 //! - attributes apply to a bind and every mount below it (recursive binds);
 //! - sources are named by who opens them: the user's inputs as the user, the site's and
 //!   ferry's as root;
@@ -17,7 +19,7 @@
 use crate::error::Result;
 use crate::image::{Format, Method};
 use crate::mount_error::MountError;
-use crate::request::{Request, BIN_DIR, HOST_ROOT};
+use crate::request::{Request, RootAccess, BIN_DIR, HOST_ROOT};
 use crate::share::SHARED_IMAGE;
 use std::path::{Path, PathBuf};
 
@@ -154,7 +156,8 @@ pub enum Op {
         target: PathBuf,
     },
     Bind(Bind),
-    /// Remounts the root with `attrs` (read-only: only the binds stay writable).
+    /// Remounts the root with `attrs` (read-only unless asked for a writable root: then
+    /// only the binds and the writable layer take writes).
     RemountRoot {
         attrs: Attrs,
     },
@@ -256,7 +259,10 @@ pub fn plan(req: &Request, format: Format, method: Method) -> Result<Plan> {
     }
     ops.extend(binds(req).into_iter().map(Op::Bind));
     ops.push(Op::RemountRoot {
-        attrs: Attrs::READ_ONLY,
+        attrs: match req.root {
+            RootAccess::ReadOnly => Attrs::READ_ONLY,
+            RootAccess::Writable => Attrs::SAFE,
+        },
     });
     ops.push(Op::Pivot);
     Ok(Plan {
@@ -555,6 +561,50 @@ mod tests {
             .rposition(|op| matches!(op, Op::Bind(_)))
             .unwrap();
         assert!(last_bind < n - 2);
+    }
+
+    #[test]
+    fn a_writable_root_stays_nosuid_nodev_over_a_read_only_image_of_the_asked_size() {
+        let mut req = everything();
+        req.root = RootAccess::Writable;
+        req.writable_layer_size = 3 << 30;
+        for (format, method) in [
+            (Format::Squashfs, Method::Kernel),
+            (Format::Squashfs, Method::Fuse),
+            (Format::Directory, Method::Bind),
+        ] {
+            let plan = plan(&req, format, method).unwrap();
+            let n = plan.ops.len();
+            assert_eq!(
+                plan.ops[n - 2..],
+                [Op::RemountRoot { attrs: Attrs::SAFE }, Op::Pivot]
+            );
+            assert_eq!(
+                plan.ops[0],
+                Op::Tmpfs {
+                    target: STAGING.into(),
+                    size: 3 << 30,
+                    attrs: Attrs::SAFE
+                }
+            );
+            // The image under it stays read-only, and so do the read-only binds.
+            assert!(plan.ops.iter().any(|op| matches!(
+                op,
+                Op::MountImage {
+                    attrs: Attrs::READ_ONLY,
+                    ..
+                }
+            )));
+            assert_eq!(bind(&plan, "/apps").attrs, Attrs::READ_ONLY);
+            for (dest, attrs) in all_attrs(&plan) {
+                assert!(attrs.nosuid, "{dest}");
+            }
+        }
+        // Everything else is the read-only plan's.
+        let read_only = squashfs(&everything());
+        let writable = squashfs(&req);
+        let n = writable.ops.len();
+        assert_eq!(read_only.ops[1..n - 2], writable.ops[1..n - 2]);
     }
 
     #[test]

@@ -9,6 +9,11 @@ use std::time::Duration;
 /// Debian's multi-threaded low-level squashfuse.
 pub const DEFAULT_FUSE_HELPER: &str = "/usr/bin/squashfuse_ll";
 pub const DEFAULT_WRITABLE_LAYER: u64 = 64 << 20;
+/// The largest writable layer a user may ask for (`--container-writable=SIZE`) where the
+/// site file sets no `writable_layer_max` (or its `writable_layer_size`, if larger): the
+/// layer is memory (tmpfs), charged to the job, so a gigabyte is what a `pip install`
+/// needs without letting one step's layer be most of a node's memory.
+pub const DEFAULT_WRITABLE_LAYER_MAX: u64 = 1 << 30;
 /// How long preparing a container (and a task's last steps before it runs the user's
 /// command) may take before it is stopped: Slurm cannot cancel a step in that phase.
 /// Long enough to hash a pinned image of tens of GiB the first time.

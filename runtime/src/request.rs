@@ -40,8 +40,11 @@ pub struct Request {
     pub user_mount_destinations: Option<Vec<PathBuf>>,
     /// Longest the setup may take before the helper (and what it waits on) is killed.
     pub setup_timeout: Duration,
-    /// Size of the tmpfs under the writable layer, in bytes.
+    /// Size of the tmpfs under the writable layer, in bytes: with `RootAccess::Writable`
+    /// the most the command can write into the root (then ENOSPC).
     pub writable_layer_size: u64,
+    /// Whether the command may write to the container's root (`--container-writable`).
+    pub root: RootAccess,
     /// A step of this Slurm job other than its batch step: under `fuse`, take the
     /// batch step's mount of the same image on this node when there is one (`share`).
     pub share_with_batch_step_of: Option<u32>,
@@ -78,6 +81,7 @@ impl Request {
             user_mount_destinations: None,
             setup_timeout: DEFAULT_SETUP_TIMEOUT,
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
+            root: RootAccess::ReadOnly,
             share_with_batch_step_of: None,
             image_cache: CachePolicy::OFF,
             cache_janitor: None,
@@ -104,6 +108,18 @@ impl Request {
         req.cwd = Some("/home/alice/project".into());
         req
     }
+}
+
+/// What the command may do to the container's root. Either way the image file is never
+/// written (it is the overlay's read-only lower layer) and the root is `nosuid,nodev`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootAccess {
+    /// The default: the root is remounted read-only before the command runs; only the
+    /// binds (home, /tmp, the user's mounts) take writes.
+    ReadOnly,
+    /// Writes go to the overlay's upper layer on the staging tmpfs (ENOSPC when it is
+    /// full) and vanish with the container.
+    Writable,
 }
 
 #[derive(Clone, Debug)]

@@ -18,6 +18,7 @@ pub use crate::policy::{
     destination_allowed, CachePolicy, ImagePolicy, MemoryLimit, SiteMount, Untrusted,
     DEFAULT_FUSE_HELPER, DEFAULT_IMAGE_CACHE_MAX_IMAGES, DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT,
     DEFAULT_IMAGE_CACHE_TTL, DEFAULT_SETUP_TIMEOUT, DEFAULT_WRITABLE_LAYER,
+    DEFAULT_WRITABLE_LAYER_MAX,
 };
 
 /// Where the plugin reads the site file when plugstack.conf names none.
@@ -46,6 +47,8 @@ pub struct Site {
     pub images: ImagePolicy,
     pub site_mounts: Vec<SiteMount>,
     pub writable_layer_size: u64,
+    /// The largest writable layer a step may ask for (`--container-writable=SIZE`).
+    pub writable_layer_max: u64,
     /// Prefixes a user's `--container-mounts` destination must be under (None: any).
     pub user_mount_destinations: Option<Vec<PathBuf>>,
     /// Longest a step's setup may take (see `DEFAULT_SETUP_TIMEOUT`).
@@ -78,6 +81,7 @@ impl Default for Site {
             },
             site_mounts: Vec::new(),
             writable_layer_size: DEFAULT_WRITABLE_LAYER,
+            writable_layer_max: DEFAULT_WRITABLE_LAYER_MAX,
             user_mount_destinations: None,
             setup_timeout: DEFAULT_SETUP_TIMEOUT,
             log_level: LogLevel::Info,
@@ -99,6 +103,7 @@ struct RawSite {
     fuse_helper: Option<String>,
     site_mounts: Option<Vec<RawMount>>,
     writable_layer_size: Option<String>,
+    writable_layer_max: Option<String>,
     user_mount_destinations: Option<Vec<String>>,
     setup_timeout: Option<String>,
     log_level: Option<String>,
@@ -183,6 +188,23 @@ impl Site {
                 .ok_or_else(|| {
                     format!("writable_layer_size: {size:?}: give a size from 1M to 64G, such as \"256M\"")
                 })?;
+        }
+        // Unset: the default maximum, or the default size where the site made it larger.
+        site.writable_layer_max = DEFAULT_WRITABLE_LAYER_MAX.max(site.writable_layer_size);
+        if let Some(max) = raw.writable_layer_max {
+            site.writable_layer_max = parse_size(&max)
+                .filter(|n| (MIN_WRITABLE_LAYER..=MAX_WRITABLE_LAYER).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "writable_layer_max: {max:?}: give a size from 1M to 64G, such as \"4G\""
+                    )
+                })?;
+            if site.writable_layer_max < site.writable_layer_size {
+                return Err(format!(
+                    "writable_layer_max: {max:?} is below writable_layer_size ({} MiB); give at least that",
+                    site.writable_layer_size >> 20
+                ));
+            }
         }
         if let Some(prefixes) = raw.user_mount_destinations {
             site.user_mount_destinations = Some(path_list("user_mount_destinations", &prefixes)?);
@@ -326,6 +348,14 @@ impl Site {
             &mut out,
             "writable_layer_size",
             format!("{} MiB", self.writable_layer_size >> 20),
+        );
+        line(
+            &mut out,
+            "writable_layer_max",
+            format!(
+                "{} MiB (the most --container-writable=SIZE may ask for)",
+                self.writable_layer_max >> 20
+            ),
         );
         line(
             &mut out,
@@ -515,6 +545,30 @@ mod tests {
         assert_eq!(site, Site::default());
         assert_eq!(site.images.untrusted, Untrusted::Fuse);
         assert_eq!(site.writable_layer_size, DEFAULT_WRITABLE_LAYER);
+        assert_eq!(site.writable_layer_max, DEFAULT_WRITABLE_LAYER_MAX);
+    }
+
+    #[test]
+    fn the_writable_layer_maximum_defaults_to_a_gigabyte_or_the_default_size() {
+        let site = parse(r#"{"writable_layer_max": "4G"}"#).unwrap();
+        assert_eq!(site.writable_layer_max, 4 << 30);
+        assert!(site
+            .describe()
+            .contains("writable_layer_max       4096 MiB"));
+        // A site default above the built-in maximum raises the maximum with it.
+        let site = parse(r#"{"writable_layer_size": "2G"}"#).unwrap();
+        assert_eq!(site.writable_layer_max, 2 << 30);
+        let site = parse(r#"{"writable_layer_size": "128M"}"#).unwrap();
+        assert_eq!(site.writable_layer_max, DEFAULT_WRITABLE_LAYER_MAX);
+        let e = parse(r#"{"writable_layer_size": "2G", "writable_layer_max": "1G"}"#).unwrap_err();
+        assert_eq!(
+            e,
+            "writable_layer_max: \"1G\" is below writable_layer_size (2048 MiB); give at least that"
+        );
+        for bad in ["lots", "10", "100G"] {
+            let e = parse(&format!(r#"{{"writable_layer_max": "{bad}"}}"#)).unwrap_err();
+            assert!(e.starts_with("writable_layer_max: "), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -93,6 +93,46 @@ pub fn squash(
     all_root: bool,
     compression: Compression,
 ) -> Result<(), SquashError> {
+    squash_with(
+        rootfs,
+        out,
+        force,
+        all_root,
+        compression,
+        &Additions::default(),
+    )
+    .map(drop)
+}
+
+/// What a caller adds to or takes from the packed folder (`save`: its provenance file
+/// in, ferry's own mount points out).
+#[derive(Default)]
+pub struct Additions<'a> {
+    /// mksquashfs pseudo definitions (`-p`), such as a file made from a command's output.
+    pub pseudo: &'a [String],
+    /// Paths relative to the folder, left out (mksquashfs `-wildcards -e`).
+    pub exclude: &'a [&'a str],
+    /// Variables the pseudo definitions' commands read; with them, mksquashfs gets no
+    /// other variable but PATH.
+    pub env: &'a [(&'a str, String)],
+}
+
+/// What mksquashfs could not read (with the rights it ran with) and so left out: its
+/// folders skipped, its files stored empty.
+#[derive(Debug, Default)]
+pub struct Packed {
+    pub unreadable: Vec<PathBuf>,
+}
+
+/// `squash` with `additions`.
+pub fn squash_with(
+    rootfs: &Path,
+    out: &Path,
+    force: bool,
+    all_root: bool,
+    compression: Compression,
+    additions: &Additions,
+) -> Result<Packed, SquashError> {
     let partial = sibling(out, "partial");
     let _ = std::fs::remove_file(&partial);
     let guard = RemoveOnDrop(partial.clone());
@@ -118,8 +158,21 @@ pub fn squash(
     if all_root {
         cmd.arg("-all-root");
     }
+    if !additions.env.is_empty() {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        cmd.env_clear().env("PATH", path);
+        cmd.envs(additions.env.iter().map(|(k, v)| (k, v)));
+    }
+    for definition in additions.pseudo {
+        cmd.arg("-p").arg(definition);
+    }
     if !on_terminal {
         cmd.args(["-quiet", "-no-progress"]).stdout(Stdio::null());
+    }
+    // Last: `-e` takes every argument after it.
+    if !additions.exclude.is_empty() {
+        cmd.args(["-wildcards", "-e"]).args(additions.exclude);
     }
     let child = cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => SquashError::NoMksquashfs,
@@ -151,7 +204,26 @@ pub fn squash(
         source,
     })?;
     std::mem::forget(guard);
-    Ok(())
+    Ok(Packed {
+        unreadable: unreadable(&String::from_utf8_lossy(&output.stderr)),
+    })
+}
+
+/// The paths mksquashfs 4.x says it could not read, as paths of the image: "Could not
+/// open ./X, skipping..." (a folder) and "Failed to read file ./X, creating empty file".
+fn unreadable(stderr: &str) -> Vec<PathBuf> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("Could not open ")
+                .and_then(|l| l.strip_suffix(", skipping..."))
+                .or_else(|| {
+                    line.strip_prefix("Failed to read file ")
+                        .and_then(|l| l.strip_suffix(", creating empty file"))
+                })
+        })
+        .map(|p| Path::new("/").join(p.trim_start_matches("./")))
+        .collect()
 }
 
 /// A hidden name next to `path`, unique to this process, on the same filesystem.
@@ -197,5 +269,20 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_mksquashfs_could_not_read_is_named_as_in_the_image() {
+        let stderr = "Could not open ./root, skipping...\nPseudo file \".ferry\" exists\nFailed to read file ./etc/shadow, creating empty file\n";
+        assert_eq!(
+            unreadable(stderr),
+            [PathBuf::from("/root"), PathBuf::from("/etc/shadow")]
+        );
+        assert!(unreadable("").is_empty());
     }
 }

@@ -9,8 +9,8 @@ use crate::digest::{split_pinned, Digest, DEFAULT_CACHE_DIR};
 use crate::error::Error;
 use crate::plugin_config::Config;
 use crate::policy::{check_user_mount_destination, PolicyError};
-use crate::request::{MountSpec, Request, SlurmClients, SLURM_COMMANDS};
-use crate::site::Site;
+use crate::request::{MountSpec, Request, RootAccess, SlurmClients, SLURM_COMMANDS};
+use crate::site::{parse_size, Site};
 use crate::users::User;
 use std::path::{Path, PathBuf};
 
@@ -222,6 +222,47 @@ pub fn build(inputs: Inputs) -> Result<Request, String> {
         request.cache_janitor = Some(config.ferry.clone());
     }
     Ok(request)
+}
+
+/// `--container-writable[=SIZE]` and `ferry run --writable[=SIZE]`, on a request `build`
+/// made: the root stays writable, its layer SIZE bytes (`64M`, `2G`; none: the site's
+/// `writable_layer_size`), at most the site's `writable_layer_max` (no site: the
+/// defaults). The error is the one line the user reads.
+pub fn make_writable(
+    request: &mut Request,
+    site: Option<&Site>,
+    size: Option<&str>,
+) -> Result<(), String> {
+    let default = Site::default();
+    let site = site.unwrap_or(&default);
+    let bytes = match size {
+        None => site.writable_layer_size,
+        Some(text) => parse_size(text)
+            .filter(|n| *n >= MIN_ASKED_LAYER)
+            .ok_or_else(|| {
+                format!(
+                    "writable layer size {text:?}: give a size of at least 1M, such as 512M or 2G"
+                )
+            })?,
+    };
+    if bytes > site.writable_layer_max {
+        return Err(format!(
+            "writable layer size {} is above this site's maximum of {} (writable_layer_max in the site file); ask for at most that",
+            size.map_or_else(|| mebibytes(bytes), str::to_string),
+            mebibytes(site.writable_layer_max)
+        ));
+    }
+    request.writable_layer_size = bytes;
+    request.root = RootAccess::Writable;
+    Ok(())
+}
+
+/// The smallest writable layer a user may ask for: it also holds the account files.
+const MIN_ASKED_LAYER: u64 = 1 << 20;
+
+/// `1024M`: sizes in the unit users write them in.
+fn mebibytes(bytes: u64) -> String {
+    format!("{}M", bytes >> 20)
 }
 
 /// The step's `--container-mounts`. Relative sources are taken from where the option
@@ -682,6 +723,37 @@ mod tests {
         let config = Config::default();
         let req = build_step("img", &Site::default(), step_facts(&config)).unwrap();
         assert_eq!(req.image_policy.untrusted, Untrusted::Fuse);
+    }
+
+    #[test]
+    fn a_writable_root_is_asked_for_with_a_size_up_to_the_sites_maximum() {
+        let req = build_run("img", &[], None).unwrap();
+        assert_eq!(req.root, RootAccess::ReadOnly, "read-only by default");
+        let site = site(r#"{"writable_layer_size": "128M", "writable_layer_max": "2G"}"#);
+        let writable = |size: Option<&str>| {
+            let mut req = build_run("img", &[], Some(&site)).unwrap();
+            make_writable(&mut req, Some(&site), size).map(|_| req)
+        };
+        let req = writable(None).unwrap();
+        assert_eq!(req.root, RootAccess::Writable);
+        assert_eq!(req.writable_layer_size, 128 << 20);
+        assert_eq!(writable(Some("2G")).unwrap().writable_layer_size, 2 << 30);
+        assert_eq!(
+            writable(Some("512M")).unwrap().writable_layer_size,
+            512 << 20
+        );
+        assert_eq!(
+            writable(Some("3G")).unwrap_err(),
+            "writable layer size 3G is above this site's maximum of 2048M (writable_layer_max in the site file); ask for at most that"
+        );
+        for bad in ["lots", "12", "-1G", ""] {
+            let e = writable(Some(bad)).unwrap_err();
+            assert!(e.starts_with("writable layer size "), "{bad}: {e}");
+        }
+        // No site file: the built-in maximum.
+        let mut req = build_run("img", &[], None).unwrap();
+        assert!(make_writable(&mut req, None, Some("1G")).is_ok());
+        assert!(make_writable(&mut req, None, Some("2G")).is_err());
     }
 
     #[test]

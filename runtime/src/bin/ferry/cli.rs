@@ -36,6 +36,18 @@ pub enum Command {
         /// Run as this user (default: the caller)
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// Make the container's root writable: writes go to a layer in memory of SIZE
+        /// (default: the site's writable_layer_size, 64M without a site file; at most its
+        /// writable_layer_max) and are gone when the command ends
+        #[arg(long, value_name = "SIZE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        writable: Option<String>,
+        /// Keep the container's root read-only (the default)
+        #[arg(long, conflicts_with = "writable")]
+        readonly: bool,
+        /// When the command exits with status 0, save the container's root (the image
+        /// and what the command wrote) as a new SquashFS image FILE, written as the user
+        #[arg(long, value_name = "FILE", requires = "writable")]
+        save: Option<PathBuf>,
         /// Image file or root folder
         image: PathBuf,
         /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)

@@ -9,6 +9,7 @@
 
 use ferry_runtime::image::{self, Magic};
 use ferry_runtime::image_config::{ImageConfig, CONFIG_PATH, MAX_CONFIG_SIZE};
+use ferry_runtime::save::{ParentImage, PARENT_PATH};
 use ferry_runtime::{sif, superblock};
 use serde::Serialize;
 use std::fs::File;
@@ -44,6 +45,9 @@ struct Report {
     config: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     config_error: Option<String>,
+    /// The image this one was saved from (`/.ferry/parent.json`, see `save`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<ParentImage>,
 }
 
 #[derive(Serialize)]
@@ -120,6 +124,7 @@ fn examine(path: &Path) -> Result<Report, String> {
         folder: None,
         config: None,
         config_error: None,
+        parent: None,
     };
     // What `ferry run` would say about it (the same code).
     let verdict = file
@@ -134,7 +139,8 @@ fn examine(path: &Path) -> Result<Report, String> {
     if meta.is_dir() {
         report.format = "directory";
         report.folder = Some(folder_report(path)?);
-        set_config(&mut report, path, config_in_folder(path));
+        set_config(&mut report, path, file_in_folder(path, CONFIG_PATH));
+        report.parent = parent(file_in_folder(path, PARENT_PATH));
         return Ok(report);
     }
     if !meta.is_file() {
@@ -166,18 +172,25 @@ fn examine(path: &Path) -> Result<Report, String> {
                 ..
             }) = &verdict
             {
-                set_config(&mut report, path, config_in_squashfs(path, *offset));
+                set_config(
+                    &mut report,
+                    path,
+                    file_in_squashfs(path, *offset, CONFIG_PATH),
+                );
+                report.parent = parent(file_in_squashfs(path, *offset, PARENT_PATH));
             }
         }
         Some(Magic::Squashfs) => {
             report.format = "squashfs";
             report.squashfs = superblock::squashfs(&head);
-            set_config(&mut report, path, config_in_squashfs(path, 0));
+            set_config(&mut report, path, file_in_squashfs(path, 0, CONFIG_PATH));
+            report.parent = parent(file_in_squashfs(path, 0, PARENT_PATH));
         }
         Some(Magic::Ext) => {
             report.format = "ext";
             report.ext = superblock::ext(&head);
-            set_config(&mut report, path, config_in_ext(path));
+            set_config(&mut report, path, file_in_ext(path, CONFIG_PATH));
+            report.parent = parent(file_in_ext(path, PARENT_PATH));
         }
         None => {
             return Err(verdict
@@ -277,34 +290,41 @@ fn set_config(report: &mut Report, image: &Path, found: Config) {
     }
 }
 
-/// In a root folder: the file itself, never through a symlink (the folder is user data).
-fn config_in_folder(root: &Path) -> Config {
+/// The parent record of a saved image; one that does not parse is not shown.
+fn parent(found: Config) -> Option<ParentImage> {
+    serde_json::from_slice(&found.ok()??).ok()
+}
+
+/// In a root folder: the file `/.ferry/NAME` itself, never through a symlink (the
+/// folder is user data).
+fn file_in_folder(root: &Path, wanted: &str) -> Config {
     let dir = root.join(".ferry");
     match std::fs::symlink_metadata(&dir) {
         Err(_) => return Ok(None),
         Ok(m) if !m.is_dir() => return Ok(None),
         Ok(_) => {}
     }
-    let file = dir.join("image.json");
+    let name = Path::new(wanted).file_name().unwrap_or_default();
+    let file = dir.join(name);
     match std::fs::symlink_metadata(&file) {
         Err(_) => Ok(None),
-        Ok(m) if !m.is_file() => Err(format!("{CONFIG_PATH} is not a regular file")),
+        Ok(m) if !m.is_file() => Err(format!("{wanted} is not a regular file")),
         Ok(_) => {
             let mut bytes = Vec::new();
             File::open(&file)
                 .and_then(|f| f.take(MAX_CONFIG as u64 + 1).read_to_end(&mut bytes))
-                .map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
+                .map_err(|e| format!("reading {wanted}: {e}"))?;
             Ok(Some(bytes))
         }
     }
 }
 
 /// In a SquashFS (at `offset` in the file: a SIF's partition) through unsquashfs.
-fn config_in_squashfs(image: &Path, offset: u64) -> Config {
+fn file_in_squashfs(image: &Path, offset: u64, wanted: &str) -> Config {
     let mut cmd = Command::new(tool("unsquashfs"));
     cmd.args(["-o", &offset.to_string(), "-cat"])
         .arg(image)
-        .arg(CONFIG_PATH);
+        .arg(wanted);
     let out = bounded_output(cmd)
         .map_err(|e| format!("cannot run unsquashfs ({e}); install squashfs-tools"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -318,9 +338,9 @@ fn config_in_squashfs(image: &Path, offset: u64) -> Config {
 }
 
 /// In an ext image through debugfs (read-only unless -w, which is never given).
-fn config_in_ext(image: &Path) -> Config {
+fn file_in_ext(image: &Path, wanted: &str) -> Config {
     let mut cmd = Command::new(tool("debugfs"));
-    cmd.arg("-R").arg(format!("cat {CONFIG_PATH}")).arg(image);
+    cmd.arg("-R").arg(format!("cat {wanted}")).arg(image);
     let out =
         bounded_output(cmd).map_err(|e| format!("cannot run debugfs ({e}); install e2fsprogs"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -514,5 +534,17 @@ fn print_text(r: &Report) {
             }
         }
         _ => row("config", "none".to_string()),
+    }
+    if let Some(p) = &r.parent {
+        row(
+            "saved from",
+            format!(
+                "{} ({})",
+                p.image.display(),
+                p.digest
+                    .as_ref()
+                    .map_or("digest unknown".to_string(), |d| d.to_string())
+            ),
+        );
     }
 }

@@ -29,9 +29,23 @@ fn main() -> ExitCode {
             workdir,
             site_config,
             user,
+            writable,
+            readonly: _,
+            save,
             image,
             command,
-        } => match run::run(mounts, workdir, site_config, user, image, command) {
+        } => match run::run(
+            run::Options {
+                mounts,
+                workdir,
+                site_config,
+                user,
+                writable,
+                save,
+            },
+            image,
+            command,
+        ) {
             Ok(never) => match never {},
             Err(message) => say::fail(&message, 125),
         },

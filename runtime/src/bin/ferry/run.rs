@@ -1,23 +1,42 @@
-//! `ferry run`: prepare, join and exec, as root, optionally as another user.
+//! `ferry run`: prepare, join and exec, as root, optionally as another user. With
+//! `--save` it forks instead: the child joins and execs, this process waits and, when
+//! the command succeeded, saves the container as a new image.
 
 use ferry_runtime::image_config::ImageConfig;
+use ferry_runtime::save::ParentImage;
 use ferry_runtime::site::Site;
 use ferry_runtime::step_request::{self, CommandFacts, Inputs, Launch};
-use ferry_runtime::{exec, prepare, User};
+use ferry_runtime::{exec, prepare, Container, Request, User};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 pub enum Never {}
 
+/// `ferry run`'s options.
+pub struct Options {
+    pub mounts: Vec<String>,
+    pub workdir: Option<PathBuf>,
+    pub site_config: Option<PathBuf>,
+    pub user: Option<String>,
+    /// `--writable[=SIZE]`: "" without a size.
+    pub writable: Option<String>,
+    pub save: Option<PathBuf>,
+}
+
 pub fn run(
-    mounts: Vec<String>,
-    workdir: Option<PathBuf>,
-    site_config: Option<PathBuf>,
-    user: Option<String>,
+    options: Options,
     image: PathBuf,
     command: Vec<std::ffi::OsString>,
 ) -> Result<Never, String> {
+    let Options {
+        mounts,
+        workdir,
+        site_config,
+        user,
+        writable,
+        save,
+    } = options;
     if !ferry_runtime::is_root() {
         return Err("ferry run needs root: it mounts the image in a private mount namespace; run it with sudo (use --user NAME to run as yourself), or use sbatch/srun --container=IMAGE on a cluster with ferry".into());
     }
@@ -44,10 +63,14 @@ pub fn run(
         workdir,
         site: site.as_ref(),
         launch: Launch::FerryRun(CommandFacts {
-            folder: cwd,
+            folder: cwd.clone(),
             mounts,
         }),
     })?;
+    if let Some(size) = &writable {
+        let size = Some(size.as_str()).filter(|s| !s.is_empty());
+        step_request::make_writable(&mut request, site.as_ref(), size)?;
+    }
     // This very program expires the images a site file lets this node keep.
     request.cache_janitor = std::env::current_exe().ok();
     let container = prepare(&request).map_err(|e| e.to_string())?;
@@ -55,6 +78,18 @@ pub fn run(
     if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
         crate::say::warning(&line);
     }
+    match save {
+        None => enter_and_exec(container, &request, command),
+        Some(out) => run_then_save(container, &request, command, &cwd.join(out)),
+    }
+}
+
+/// Joins the container as its user and execs the command (or the image's default).
+fn enter_and_exec(
+    container: Container,
+    request: &Request,
+    command: Vec<std::ffi::OsString>,
+) -> Result<Never, String> {
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
     let config = container.facts.config.clone().unwrap_or_default();
@@ -94,6 +129,60 @@ pub fn run(
             request.image.display()
         ),
     })
+}
+
+/// `--save`: the command runs in a child; when it exits with status 0, the container is
+/// saved to `out`. Exits with the command's status (128 + N for a signal); a failed
+/// save is one line and status 1.
+fn run_then_save(
+    container: Container,
+    request: &Request,
+    command: Vec<std::ffi::OsString>,
+    out: &std::path::Path,
+) -> Result<Never, String> {
+    use ferry_runtime::process::{fork, Forked};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let child = match fork().map_err(|e| format!("cannot start the command: {e}"))? {
+        Forked::Child => match enter_and_exec(container, request, command) {
+            Ok(never) => match never {},
+            Err(message) => {
+                crate::say::error(&message);
+                std::process::exit(125)
+            }
+        },
+        Forked::Parent(pid) => pid,
+    };
+    let status = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waiting for the command: {e}")),
+        }
+    };
+    if status == 0 {
+        match container.save(out, &ParentImage::of(&container)) {
+            Ok(saved) => {
+                if let Some(first) = saved.unreadable.first() {
+                    crate::say::warning(&format!(
+                        "{}: saved without {} path(s) {} cannot read in the container (first: {}); they are left out, or stored empty",
+                        out.display(),
+                        saved.unreadable.len(),
+                        container.user.name,
+                        first.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                crate::say::error(&e.to_string());
+                container.release();
+                std::process::exit(1)
+            }
+        }
+    }
+    container.release();
+    std::process::exit(status)
 }
 
 fn nix_groups() -> Vec<u32> {
