@@ -1,6 +1,7 @@
 //! The site's policy file (`site_config=/etc/ferry/site.json` in plugstack.conf):
 //! trusted image folders, what to do with other images, site-wide mounts, the writable
-//! layer's size, where users may mount, how long a step's setup may take, log level.
+//! layer's size, where users may mount, how long a step's setup may take, log level,
+//! how srun and sbatch check an image at submission.
 //!
 //! Parsing and validation are pure (no file system access) so that the plugin, the
 //! `ferry check-config` command and the fuzz targets share them. Checking that a
@@ -8,6 +9,7 @@
 //! the host can change after the file was read.
 
 use crate::policy::join_paths;
+pub use crate::submit_check::SubmitCheck;
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +65,9 @@ pub struct Site {
     pub image_cache_ttl: Duration,
     pub image_cache_max_images: usize,
     pub image_cache_max_memory: MemoryLimit,
+    /// What srun, sbatch and salloc check of the image before a job exists
+    /// (`submit_check`).
+    pub submit_check: SubmitCheck,
 }
 
 impl Default for Site {
@@ -83,6 +88,7 @@ impl Default for Site {
             image_cache_ttl: DEFAULT_IMAGE_CACHE_TTL,
             image_cache_max_images: DEFAULT_IMAGE_CACHE_MAX_IMAGES,
             image_cache_max_memory: MemoryLimit::Percent(DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT),
+            submit_check: SubmitCheck::default(),
         }
     }
 }
@@ -103,6 +109,7 @@ struct RawSite {
     image_cache_ttl: Option<String>,
     image_cache_max_images: Option<u64>,
     image_cache_max_memory: Option<String>,
+    submit_check: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +225,11 @@ impl Site {
         if let Some(limit) = raw.image_cache_max_memory {
             site.image_cache_max_memory = parse_memory_limit(&limit).ok_or_else(|| {
                 format!("image_cache_max_memory: {limit:?}: give a share of the node's memory from 0% to 90%, such as \"25%\", or a size, such as \"16G\"")
+            })?;
+        }
+        if let Some(mode) = raw.submit_check {
+            site.submit_check = SubmitCheck::parse(&mode).ok_or_else(|| {
+                format!("submit_check: {mode:?}: use \"warn\", \"strict\" or \"off\"")
             })?;
         }
         if let Some(level) = raw.log_level {
@@ -370,6 +382,15 @@ impl Site {
             } else {
                 "off (every step mounts its image afresh)".into()
             },
+        );
+        line(
+            &mut out,
+            "submit_check",
+            format!(
+                "{} ({})",
+                self.submit_check.name(),
+                self.submit_check.meaning()
+            ),
         );
         out
     }
@@ -586,6 +607,8 @@ mod tests {
                 "user_mount_destinations",
             ),
             (r#"{"log_level": "loud"}"#, "log_level"),
+            (r#"{"submit_check": "yes"}"#, "submit_check"),
+            (r#"{"submit_check": true}"#, "submit_check"),
             (r#"{"fuse_helper": "squashfuse"}"#, "fuse_helper"),
         ] {
             let err = parse(text).unwrap_err();
@@ -715,5 +738,26 @@ mod tests {
         }
         let e = parse(r#"{"image_stores": ["rel"]}"#).unwrap_err();
         assert!(e.starts_with("image_stores[0]: "), "{e}");
+    }
+
+    #[test]
+    fn submit_check_warns_by_default_and_takes_three_modes() {
+        assert_eq!(Site::default().submit_check, SubmitCheck::Warn);
+        assert!(Site::default()
+            .describe()
+            .contains("submit_check             warn"));
+        for (text, mode) in [
+            ("warn", SubmitCheck::Warn),
+            ("strict", SubmitCheck::Strict),
+            ("off", SubmitCheck::Off),
+        ] {
+            let site = parse(&format!(r#"{{"submit_check": "{text}"}}"#)).unwrap();
+            assert_eq!(site.submit_check, mode);
+            assert!(site
+                .describe()
+                .contains(&format!("submit_check             {text} (")));
+        }
+        let e = parse(r#"{"submit_check": "Strict"}"#).unwrap_err();
+        assert!(e.contains(r#"use "warn", "strict" or "off""#), "{e}");
     }
 }
