@@ -117,6 +117,16 @@ fn user_cache_dir() -> Option<PathBuf> {
         .map(|home| home.join(".cache/ferry/digests"))
 }
 
+/// The name of the user running this process, for messages (the uid if it has none).
+pub fn caller_name() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
 /// Checks the `--container` value (absolute, maybe `@sha256:` pinned, or `none`) as
 /// `user` on this host. Ok(Some): submit, after showing the warning; Err: one line,
 /// and no job.
