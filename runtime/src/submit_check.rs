@@ -332,7 +332,7 @@ pub fn check_mount_source(source: &Path) -> Result<(), String> {
 fn check_mount_source_opened(source: &Path, opened: io::Result<()>) -> Result<(), String> {
     match opened {
         Err(e) if e.raw_os_error() == Some(libc::EACCES) && source_exists(source) => Err(format!(
-            "--container-mounts: {}: you cannot read it ({e}); make it readable to you, or leave it out",
+            "--container-mounts: mount source {}: you cannot read it ({e}); make it readable to you, or leave it out",
             source.display()
         )),
         _ => Ok(()),
