@@ -1,11 +1,14 @@
 //! srun, sbatch and salloc (local and allocator contexts): settle which image the job
-//! or step asked for, make its path absolute, and check our options before anything
-//! is submitted, so a typo fails at once on the user's terminal.
+//! or step asked for, make its path absolute, and check our options and the image
+//! before anything is submitted (`ferry_runtime::submit_check`, as the user), so a typo
+//! or a broken image fails at once on the user's terminal, not after the queue.
 
 use crate::options;
 use crate::resolve;
 use ferry_runtime::plugin_config::Config;
+use ferry_runtime::site::Site;
 use ferry_runtime::step_request::{check_pin_rule, NO_CONTAINER};
+use ferry_runtime::submit_check::{self, DigestCaches, SubmitCheck, Warning};
 use ferry_runtime::MountSpec;
 use std::path::Path;
 use std::sync::Mutex;
@@ -61,8 +64,15 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         .transpose()?;
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    // An image inherited from the job (an srun in a batch script) was checked when the
+    // job was submitted; the one given here is checked below.
+    let given_here = from_command_line.is_some();
+    let mut warnings = Vec::new();
+    // The stored file `ferry resolve` pinned for a registry or `sha256:` image.
+    let mut from_store = false;
     if let Some(image) = from_command_line.or(inherited) {
         let value = if resolve::needs_resolving(&image) {
+            from_store = true;
             let site_config = (config.site_config_required || config.site_config.exists())
                 .then_some(config.site_config.as_path());
             let resolved = resolve::resolve(&config.ferry, site_config, &image)?;
@@ -77,12 +87,16 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
         std::env::set_var(CWD_VAR, &cwd);
     }
     if let Some(list) = options::mounts() {
-        MountSpec::parse_list(&list, &cwd).map_err(|e| format!("--container-mounts: {e}"))?;
+        let specs =
+            MountSpec::parse_list(&list, &cwd).map_err(|e| format!("--container-mounts: {e}"))?;
         // Relative sources are taken from where the option was given: an srun inside a
         // job that inherits sbatch's option keeps sbatch's folder as their base.
         let inherited = std::env::var(MOUNTS_SPEC_VAR).ok().as_deref() == Some(list.as_str())
             && std::env::var_os(MOUNTS_BASE_VAR).is_some();
         if !inherited {
+            for spec in &specs {
+                submit_check::check_mount_source(&spec.source)?;
+            }
             std::env::set_var(MOUNTS_SPEC_VAR, &list);
             std::env::set_var(MOUNTS_BASE_VAR, &cwd);
         }
@@ -113,7 +127,58 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
             ));
         }
     }
+    if let Some(file) = options::save() {
+        warnings.extend(submit_check::check_save_target(&cwd.join(file)));
+    }
+    // Last: the syntax above costs nothing, a pinned image may be hashed here.
+    match std::env::var(CONTAINER_VAR) {
+        Ok(image) if given_here && image != NO_CONTAINER => {
+            let caches = DigestCaches::for_caller(&config.digest_cache);
+            let user = submit_check::caller_name();
+            // A stored file's name is its digest, which the store checked when it took
+            // the file: hashing it again here would cost seconds per GiB on every
+            // first submission of a pulled image and prove nothing more (the nodes
+            // verify the pin). Its format and superblock are checked like any image.
+            let checked = if from_store {
+                ferry_runtime::digest::split_pinned(&image)?.0.to_string()
+            } else {
+                image
+            };
+            warnings.extend(submit_check::check_image(
+                &checked,
+                site_submit_check(config)?,
+                &user,
+                &caches,
+            )?);
+        }
+        _ => {}
+    }
+    // Only once nothing refused the submission: an error stays the one ferry line.
+    for Warning(line) in warnings {
+        eprintln!("ferry: warning: {}", ferry_runtime::error::one_line(&line));
+    }
     Ok(())
+}
+
+/// The site's `submit_check`, from the site file the nodes read. Where this host has
+/// none, or users may not read it, the default applies here (the nodes check anyway);
+/// a file that is there but wrong is refused now, as every node would refuse it.
+fn site_submit_check(config: &Config) -> Result<SubmitCheck, String> {
+    let file = &config.site_config;
+    match std::fs::File::open(file) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(SubmitCheck::default())
+        }
+        _ => {}
+    }
+    Site::load(file)
+        .map(|site| site.submit_check)
+        .map_err(|e| format!("{e}; ask the administrators (srun and sbatch read it too)"))
 }
 
 fn set_or_remove(var: &str, value: Option<&str>) {
@@ -139,6 +204,43 @@ pub fn absolute_image(image: &str, base: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_submit_check_mode_comes_from_a_readable_site_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-client-site-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = |file: &str| Config {
+            site_config: dir.join(file),
+            site_config_required: true,
+            ..Config::default()
+        };
+        // None on this host (it may be on the nodes only): the default.
+        assert_eq!(
+            site_submit_check(&config("none.json")),
+            Ok(SubmitCheck::Warn)
+        );
+        let strict = dir.join("strict.json");
+        std::fs::write(&strict, r#"{"submit_check": "strict"}"#).unwrap();
+        std::fs::set_permissions(&strict, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = site_submit_check(&config("strict.json"));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"submit_check": "always"}"#).unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = site_submit_check(&config("bad.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        if ferry_runtime::is_root() {
+            assert_eq!(mode, Ok(SubmitCheck::Strict));
+        } else {
+            // Site::load believes only root's files; as a user the test sees that refusal.
+            assert!(mode.unwrap_err().contains("owned by root"));
+        }
+        let line = refused.unwrap_err();
+        assert!(
+            line.contains("bad.json") && line.contains("ask the administrators"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn relative_images_are_taken_from_the_submit_folder() {

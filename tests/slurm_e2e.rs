@@ -28,6 +28,8 @@ mod cache;
 mod named;
 #[path = "slurm_e2e/registry.rs"]
 mod registry;
+#[path = "slurm_e2e/submit.rs"]
+mod submit;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -164,10 +166,12 @@ impl fmt::Display for Job {
 }
 
 /// The lines of ferry's own error messages (Slurm prefixes them with
-/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `).
+/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `). A warning at
+/// submission (`ferry: warning: `, an image missing on the submit host) is not one.
 fn ferry_lines(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| l.starts_with("ferry: ") || l.contains(": error: ferry: "))
+        .filter(|l| !l.starts_with("ferry: warning: "))
         .collect()
 }
 
@@ -1363,8 +1367,10 @@ fn srun_each_is_refused(lab: &Lab, cases: &[(&str, Vec<String>, &str)]) {
     });
 }
 
-/// Every bad input given to sbatch: the job fails and its output file (or sbatch, for
-/// a syntax error) has one `ferry:` line; a bad `srun` inside a good job fails too.
+/// Every bad input given to sbatch: sbatch refuses what it can check on the submit host
+/// (syntax, an image or mount source that is there but unusable: no job), the job fails
+/// for the rest (its output file has one `ferry:` line); a bad `srun` inside a good job
+/// fails too.
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn bad_inputs_fail_batch_jobs_with_one_message() {
@@ -1381,7 +1387,14 @@ fn bad_inputs_fail_batch_jobs_with_one_message() {
                     // A syntax error is refused by sbatch itself (no job, no file).
                     let text = format!("{}\n{}", job.sbatch.stderr, job.log);
                     assert_one_ferry_error(case, job.sbatch.code, &text, fragment);
-                    if *case == "bad --container-mounts syntax" {
+                    // Checked at submission (tests/slurm_e2e/submit.rs has more).
+                    let refused_at_submission = [
+                        "bad --container-mounts syntax",
+                        "unreadable image",
+                        "not an image",
+                        "unreadable mount source",
+                    ];
+                    if refused_at_submission.contains(case) {
                         assert_eq!(job.id, None, "{case}: the job was submitted:\n{job}");
                     } else {
                         assert!(job.id.is_some(), "{case}: not submitted:\n{job}");
@@ -1898,7 +1911,8 @@ fn pinned_images_run_only_when_the_digest_matches() {
                     &[&format!("--container={image}@{wrong}")],
                     "echo SHOULD-NOT-RUN",
                 );
-                assert!(job.id.is_some(), "not submitted:\n{job}");
+                // Compared at submission: no job.
+                assert_eq!(job.id, None, "a wrong pin was submitted:\n{job}");
                 let text = format!("{}\n{}", job.sbatch.stderr, job.log);
                 assert_one_ferry_error("sbatch, wrong digest", job.sbatch.code, &text, mismatch);
             }),

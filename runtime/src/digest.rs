@@ -186,9 +186,15 @@ impl Cache {
     /// A cache in a folder of the user running the unit tests.
     #[cfg(test)]
     pub(crate) fn of_this_user(dir: impl Into<PathBuf>) -> Cache {
+        Cache::of_user(dir, nix::unistd::geteuid().as_raw())
+    }
+
+    /// A cache that `uid` owns: only for a check the user makes for themselves (srun
+    /// and sbatch at submission); a node believes root's alone.
+    pub fn of_user(dir: impl Into<PathBuf>, uid: u32) -> Cache {
         Cache {
             dir: dir.into(),
-            owner: nix::unistd::geteuid().as_raw(),
+            owner: uid,
         }
     }
 

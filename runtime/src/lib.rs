@@ -36,6 +36,7 @@ pub mod site;
 pub mod squash;
 pub mod step_request;
 pub mod store;
+pub mod submit_check;
 pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;

@@ -1,6 +1,7 @@
 //! The site's policy file (`site_config=/etc/ferry/site.json` in plugstack.conf):
 //! trusted image folders, what to do with other images, site-wide mounts, the writable
-//! layer's size, where users may mount, how long a step's setup may take, log level.
+//! layer's size, where users may mount, how long a step's setup may take, log level,
+//! how srun and sbatch check an image at submission.
 //!
 //! Parsing and validation are pure (no file system access) so that the plugin, the
 //! `ferry check-config` command and the fuzz targets share them. Checking that a
@@ -8,6 +9,7 @@
 //! the host can change after the file was read.
 
 use crate::policy::join_paths;
+pub use crate::submit_check::SubmitCheck;
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +71,9 @@ pub struct Site {
     /// Whether containers get the user's home bound in unless the user says not
     /// (`--no-container-mount-home`).
     pub mount_home: bool,
+    /// What srun, sbatch and salloc check of the image before a job exists
+    /// (`submit_check`).
+    pub submit_check: SubmitCheck,
 }
 
 impl Default for Site {
@@ -91,6 +96,7 @@ impl Default for Site {
             image_cache_max_images: DEFAULT_IMAGE_CACHE_MAX_IMAGES,
             image_cache_max_memory: MemoryLimit::Percent(DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT),
             mount_home: true,
+            submit_check: SubmitCheck::default(),
         }
     }
 }
@@ -113,6 +119,7 @@ struct RawSite {
     image_cache_max_images: Option<u64>,
     image_cache_max_memory: Option<String>,
     mount_home: Option<bool>,
+    submit_check: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +256,11 @@ impl Site {
         }
         if let Some(home) = raw.mount_home {
             site.mount_home = home;
+        }
+        if let Some(mode) = raw.submit_check {
+            site.submit_check = SubmitCheck::parse(&mode).ok_or_else(|| {
+                format!("submit_check: {mode:?}: use \"warn\", \"strict\" or \"off\"")
+            })?;
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -417,6 +429,15 @@ impl Site {
             } else {
                 "no".to_string()
             },
+        );
+        line(
+            &mut out,
+            "submit_check",
+            format!(
+                "{} ({})",
+                self.submit_check.name(),
+                self.submit_check.meaning()
+            ),
         );
         out
     }
@@ -657,6 +678,8 @@ mod tests {
                 "user_mount_destinations",
             ),
             (r#"{"log_level": "loud"}"#, "log_level"),
+            (r#"{"submit_check": "yes"}"#, "submit_check"),
+            (r#"{"submit_check": true}"#, "submit_check"),
             (r#"{"fuse_helper": "squashfuse"}"#, "fuse_helper"),
         ] {
             let err = parse(text).unwrap_err();
@@ -786,5 +809,26 @@ mod tests {
         }
         let e = parse(r#"{"image_stores": ["rel"]}"#).unwrap_err();
         assert!(e.starts_with("image_stores[0]: "), "{e}");
+    }
+
+    #[test]
+    fn submit_check_warns_by_default_and_takes_three_modes() {
+        assert_eq!(Site::default().submit_check, SubmitCheck::Warn);
+        assert!(Site::default()
+            .describe()
+            .contains("submit_check             warn"));
+        for (text, mode) in [
+            ("warn", SubmitCheck::Warn),
+            ("strict", SubmitCheck::Strict),
+            ("off", SubmitCheck::Off),
+        ] {
+            let site = parse(&format!(r#"{{"submit_check": "{text}"}}"#)).unwrap();
+            assert_eq!(site.submit_check, mode);
+            assert!(site
+                .describe()
+                .contains(&format!("submit_check             {text} (")));
+        }
+        let e = parse(r#"{"submit_check": "Strict"}"#).unwrap_err();
+        assert!(e.contains(r#"use "warn", "strict" or "off""#), "{e}");
     }
 }

@@ -13,6 +13,7 @@ use crate::privileged::{image_err, image_file};
 use crate::request::Request;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// Holes a pinned image may have (and still more than its data) before it is refused:
 /// hashing then takes at most about twice as long as reading the file's data.
@@ -89,17 +90,22 @@ fn verify(
 /// Holes read as zeros at the speed of the CPU: a sparse file of terabytes would keep
 /// root hashing for hours. A real image's data is on disk.
 fn refuse_sparse(req: &Request, meta: &Metadata) -> Result<()> {
+    match sparse_problem(&req.image, meta) {
+        Some(problem) => Err(problem.into()),
+        None => Ok(()),
+    }
+}
+
+/// Why a pinned image file is too sparse to hash (see `refuse_sparse`), if it is; the
+/// submission check (`submit_check`) refuses it the same way.
+pub(crate) fn sparse_problem(path: &Path, meta: &Metadata) -> Option<DigestError> {
     let allocated = meta.blocks().saturating_mul(512);
     let holes = meta.size().saturating_sub(allocated);
-    if holes > MAX_HOLES && holes > allocated {
-        return Err(DigestError::Sparse {
-            path: req.image.clone(),
-            holes,
-            size: meta.size(),
-        }
-        .into());
-    }
-    Ok(())
+    (holes > MAX_HOLES && holes > allocated).then(|| DigestError::Sparse {
+        path: path.to_path_buf(),
+        holes,
+        size: meta.size(),
+    })
 }
 
 #[cfg(test)]
@@ -111,7 +117,6 @@ mod tests {
     use std::fs::File;
     use std::os::fd::OwnedFd;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    use std::path::Path;
     use std::time::{Duration, Instant};
 
     const BYTES: &[u8] = b"the image's bytes";
