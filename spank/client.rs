@@ -127,7 +127,20 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
             ));
         }
     }
+    if let Some(Some(size)) = options::writable() {
+        // The site's maximum is the nodes' to check; the syntax is checked here.
+        if ferry_runtime::site::parse_size(&size).is_none() {
+            return Err(format!(
+                "--container-writable={size}: give a size such as 512M or 2G"
+            ));
+        }
+    }
     if let Some(file) = options::save() {
+        if options::writable().is_none() && options::name().is_none() {
+            return Err(format!(
+                "--container-save={file}: only a writable container has anything to save: add --container-writable"
+            ));
+        }
         warnings.extend(submit_check::check_save_target(&cwd.join(file)));
     }
     // Last: the syntax above costs nothing, a pinned image may be hashed here.

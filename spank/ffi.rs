@@ -89,6 +89,20 @@ impl Spank {
         ok(rc).ok().and_then(|_| u32::try_from(value).ok())
     }
 
+    /// How the task just ended, as wait(2) gives it (task_exit only): 0 is success.
+    pub fn task_exit_status(&self) -> Option<c_int> {
+        let mut value: c_int = 0;
+        // SAFETY: S_TASK_EXIT_STATUS takes one `int *`; `value` outlives the call.
+        let rc = unsafe {
+            bindings::spank_get_item(
+                self.0,
+                spank_item::S_TASK_EXIT_STATUS,
+                &mut value as *mut c_int,
+            )
+        };
+        ok(rc).ok().map(|_| value)
+    }
+
     /// The node's index in the job (0 for the first node).
     pub fn node_id(&self) -> Option<u32> {
         self.item_u32(spank_item::S_JOB_NODEID)

@@ -100,10 +100,25 @@ pub extern "C" fn slurm_spank_task_init(sp: spank_t, argc: c_int, argv: *mut *mu
 
 #[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
-pub extern "C" fn slurm_spank_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
-    hook(sp, argc, argv, |_, _| {
+pub extern "C" fn slurm_spank_task_exit(
+    sp: spank_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    hook(sp, argc, argv, |spank, _| {
         if Spank::context() == Context::S_CTX_REMOTE {
-            step::release();
+            step::task_ended(spank);
+        }
+        Ok(())
+    })
+}
+
+#[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
+#[no_mangle]
+pub extern "C" fn slurm_spank_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
+    hook(sp, argc, argv, |spank, _| {
+        if Spank::context() == Context::S_CTX_REMOTE {
+            step::release(spank);
         }
         Ok(())
     })

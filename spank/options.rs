@@ -150,7 +150,6 @@ pub fn provenance() -> Option<String> {
 
 /// `--container-writable[=SIZE]`: Some(None) without a size, Some(Some(SIZE)) with one;
 /// None when read-only (the default, or `--container-readonly` given last).
-#[allow(dead_code)] // wired into the step request next
 pub fn writable() -> Option<Option<String>> {
     match given(Slot::Writable)? {
         v if v == READONLY => None,
@@ -163,7 +162,6 @@ pub fn name() -> Option<String> {
     get(Slot::Name)
 }
 
-#[allow(dead_code)] // wired into the step request next
 pub fn save() -> Option<String> {
     get(Slot::Save)
 }

@@ -38,6 +38,8 @@ struct Step {
     record: Option<String>,
     /// This task's working directory as slurmstepd set it (task processes only).
     task_cwd: Option<PathBuf>,
+    /// A task of this step on this node ended with a non-zero status (no save then).
+    a_task_failed: bool,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -188,6 +190,9 @@ fn build_request(
         site: Some(&site),
         launch: Launch::SlurmStep(facts),
     })?;
+    if let Some(size) = options::writable() {
+        step_request::make_writable(&mut req, Some(&site), size.as_deref())?;
+    }
     if options::no_mount_home() {
         req.mount_home = false;
     }
@@ -311,9 +316,64 @@ fn folder_srun_ran_in(spank: &Spank, here: PathBuf) -> PathBuf {
     }
 }
 
-pub fn release() {
-    if let Ok(Some(container)) = with_step(|s| s.container.take()) {
-        container.release();
+/// slurmstepd, as each task ends: remember a failure (`--container-save` saves only a
+/// step whose tasks all succeeded).
+pub fn task_ended(spank: &Spank) {
+    if spank.task_exit_status() != Some(0) {
+        let _ = with_step(|s| s.a_task_failed = true);
+    }
+}
+
+pub fn release(spank: &Spank) {
+    let Ok((Some(container), failed)) = with_step(|s| (s.container.take(), s.a_task_failed))
+    else {
+        return;
+    };
+    if let Some(spec) = options::save() {
+        if spank.node_id() == Some(0) && !failed {
+            save(spank, &container, &spec);
+        }
+    }
+    container.release();
+}
+
+/// `--container-save=FILE`: the first node packs its container into FILE, as the user.
+/// A failure is one line in the step's error output and in syslog.
+fn save(spank: &Spank, container: &Container, spec: &str) {
+    let base = spank
+        .getenv(CWD_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| container.user.home.clone());
+    let out = base.join(spec);
+    let parent = ferry_runtime::save::ParentImage::of(container);
+    let ids = format!(
+        "job {} step {}",
+        spank.job_id().map_or("?".into(), |j| j.to_string()),
+        spank.step_id().map_or("?".into(), |s| s.to_string())
+    );
+    match container.save(&out, &parent) {
+        Ok(saved) => {
+            syslog::log(
+                syslog::INFO,
+                &format!(
+                    "{ids}: saved the container of image {} as {}",
+                    container.image.display(),
+                    saved.path.display()
+                ),
+            );
+            if !saved.unreadable.is_empty() {
+                ffi::info(&format!(
+                    "--container-save={spec}: {} path(s) you cannot read were left out or stored empty, such as {}",
+                    saved.unreadable.len(),
+                    saved.unreadable[0].display()
+                ));
+            }
+        }
+        Err(e) => {
+            let message = format!("--container-save={spec}: {e}");
+            syslog::log(syslog::ERR, &format!("{ids}: {message}"));
+            ffi::error(&message);
+        }
     }
 }
 

@@ -233,6 +233,14 @@ pub fn make_writable(
     site: Option<&Site>,
     size: Option<&str>,
 ) -> Result<(), String> {
+    request.writable_layer_size = writable_layer_size(site, size)?;
+    request.root = RootAccess::Writable;
+    Ok(())
+}
+
+/// The writable layer `--container-writable[=SIZE]` asks for, in bytes, if `site`
+/// allows it (checked at submission too).
+pub fn writable_layer_size(site: Option<&Site>, size: Option<&str>) -> Result<u64, String> {
     let default = Site::default();
     let site = site.unwrap_or(&default);
     let bytes = match size {
@@ -252,9 +260,7 @@ pub fn make_writable(
             mebibytes(site.writable_layer_max)
         ));
     }
-    request.writable_layer_size = bytes;
-    request.root = RootAccess::Writable;
-    Ok(())
+    Ok(bytes)
 }
 
 /// The smallest writable layer a user may ask for: it also holds the account files.
