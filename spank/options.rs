@@ -116,6 +116,9 @@ extern "C" fn on_option(val: c_int, optarg: *const c_char, remote: c_int) -> c_i
 }
 
 fn store(val: i32, arg: String, _remote: bool) -> Result<(), String> {
+    // sbatch passes an option given without its value on to the job's steps as the
+    // text "(null)" (measured, Slurm 22.05): that is no value.
+    let arg = if arg == "(null)" { String::new() } else { arg };
     let (slot, value) = match val {
         READONLY_VAL => (Slot::Writable, READONLY.to_string()),
         _ => match SLOTS.iter().find(|s| **s as i32 == val) {

@@ -200,12 +200,9 @@ fn build_request(
         ferry_runtime::named::check_name(&name)?;
         req.named = Some(NamedContainer {
             job,
-            // Two slurmd of one host (a test cluster) keep their containers apart.
-            node: spank
-                .getenv("SLURMD_NODENAME")
-                .or_else(|| std::env::var("SLURMD_NODENAME").ok())
-                .filter(|n| ferry_runtime::named::check_name(n).is_ok())
-                .unwrap_or_else(ferry_runtime::hostname),
+            // The host name (not the job's SLURMD_NODENAME: a batch script passes its
+            // own on to every step, on every node).
+            node: ferry_runtime::hostname(),
             name,
         });
     }

@@ -223,6 +223,17 @@ pub(crate) fn perform<'p>(
                         source,
                     })?;
             }
+            Op::HomeFolder { dest } => {
+                let root = root.as_ref().ok_or_else(no_root)?;
+                let made = |source| MountError::CreateFolder {
+                    path: dest.clone(),
+                    source,
+                };
+                if root.resolver().open(dest, Create::Nothing).is_err() {
+                    let dir = root.resolver().open(dest, Create::Dir).map_err(made)?;
+                    sys.give_to_user(dir.as_fd()).map_err(made)?;
+                }
+            }
             Op::Bind(bind) => {
                 let root = root.as_ref().ok_or_else(no_root)?;
                 if let Some(source) = sources[binds].take() {

@@ -156,6 +156,11 @@ pub enum Op {
         target: PathBuf,
     },
     Bind(Bind),
+    /// The user's home folder in a writable root without a home bind: made (with any
+    /// missing folders above it, root's) and given to the user when the image has none.
+    HomeFolder {
+        dest: PathBuf,
+    },
     /// Remounts the root with `attrs` (read-only unless asked for a writable root: then
     /// only the binds and the writable layer take writes).
     RemountRoot {
@@ -256,6 +261,13 @@ pub fn plan(req: &Request, format: Format, method: Method) -> Result<Plan> {
             dest: Path::new(BIN_DIR).join(c),
             target: LAUNCHER_NAME.into(),
         }));
+    }
+    if req.root == RootAccess::Writable && !req.mount_home {
+        // The user's home in the writable layer (made when the image has none), so
+        // `pip install --user` and the like land in the container.
+        ops.push(Op::HomeFolder {
+            dest: req.user.home.clone(),
+        });
     }
     ops.extend(binds(req).into_iter().map(Op::Bind));
     ops.push(Op::RemountRoot {

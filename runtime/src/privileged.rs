@@ -121,6 +121,8 @@ pub(crate) trait Sys {
     fn write_file(&mut self, dir: BorrowedFd<'_>, name: &OsStr, content: &str) -> io::Result<()>;
     /// Makes `name` in `dir` a symlink to `target`, replacing what the image has.
     fn symlink(&mut self, dir: BorrowedFd<'_>, name: &OsStr, target: &Path) -> io::Result<()>;
+    /// Gives a folder just made in the writable layer to the user (mode 0700).
+    fn give_to_user(&mut self, dir: BorrowedFd<'_>) -> io::Result<()>;
     /// Makes `root` the namespace's `/` and detaches the host's.
     fn pivot(&mut self, root: BorrowedFd<'_>) -> io::Result<()>;
 }
@@ -318,6 +320,10 @@ impl Sys for Real<'_> {
     fn symlink(&mut self, dir: BorrowedFd<'_>, name: &OsStr, target: &Path) -> io::Result<()> {
         let _ = sys::unlinkat(dir, name, false);
         sys::symlinkat(target, dir, name)
+    }
+
+    fn give_to_user(&mut self, dir: BorrowedFd<'_>) -> io::Result<()> {
+        sys::give_folder(dir, self.req.user.uid, self.req.user.gid, 0o700)
     }
 
     fn pivot(&mut self, root: BorrowedFd<'_>) -> io::Result<()> {
@@ -574,6 +580,7 @@ pub(crate) mod fake {
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub(crate) enum Call {
+        GiveToUser(PathBuf),
         Tmpfs {
             target: PathBuf,
             size: u64,
@@ -818,6 +825,12 @@ pub(crate) mod fake {
         ) -> io::Result<()> {
             let dest = self.name_of(dir).join(name);
             self.calls.push(Call::WriteFile(dest));
+            Ok(())
+        }
+
+        fn give_to_user(&mut self, dir: BorrowedFd<'_>) -> io::Result<()> {
+            let path = self.name_of(dir);
+            self.calls.push(Call::GiveToUser(path));
             Ok(())
         }
 

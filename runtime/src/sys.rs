@@ -1103,6 +1103,17 @@ pub fn make_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the folder `dir` (an O_PATH descriptor will do) to `uid`:`gid` with `mode`.
+pub fn give_folder(dir: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    // SAFETY: a descriptor we hold and an empty path with AT_EMPTY_PATH: the folder itself.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) })?;
+    // chmod follows the descriptor's /proc link (fchmod refuses O_PATH descriptors).
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", dir.as_raw_fd()),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+}
+
 /// Detaches the mount at `path` (lazily: whoever still uses it keeps it until done).
 pub fn unmount_detached(path: &Path) -> io::Result<()> {
     nix::mount::umount2(
