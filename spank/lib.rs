@@ -100,11 +100,7 @@ pub extern "C" fn slurm_spank_task_init(sp: spank_t, argc: c_int, argv: *mut *mu
 
 #[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
-pub extern "C" fn slurm_spank_task_exit(
-    sp: spank_t,
-    argc: c_int,
-    argv: *mut *mut c_char,
-) -> c_int {
+pub extern "C" fn slurm_spank_task_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
     hook(sp, argc, argv, |spank, _| {
         if Spank::context() == Context::S_CTX_REMOTE {
             step::task_ended(spank);

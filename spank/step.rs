@@ -322,8 +322,7 @@ pub fn task_ended(spank: &Spank) {
 }
 
 pub fn release(spank: &Spank) {
-    let Ok((Some(container), failed)) = with_step(|s| (s.container.take(), s.a_task_failed))
-    else {
+    let Ok((Some(container), failed)) = with_step(|s| (s.container.take(), s.a_task_failed)) else {
         return;
     };
     if let Some(spec) = options::save() {

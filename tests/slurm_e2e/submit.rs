@@ -235,13 +235,14 @@ fn what_the_submit_host_cannot_judge_is_accepted() {
         "save",
         &[
             &format!("--container={good}"),
+            "--container-writable",
             "--container-save=no/such/folder/out.sqfs",
         ],
     );
     assert_accepted(
         "--container-save into a missing folder",
         &s,
-        &["--container-save=", "does not exist on this host"],
+        &["does not exist on this host"],
     );
     // A mount source missing here may exist on the nodes: no line.
     let s = submit_held(
