@@ -103,6 +103,11 @@ impl Spank {
         ok(rc).ok().map(|_| value)
     }
 
+    /// How many tasks of the step run on this node.
+    pub fn local_task_count(&self) -> Option<u32> {
+        self.item_u32(spank_item::S_JOB_LOCAL_TASK_COUNT)
+    }
+
     /// The node's index in the job (0 for the first node).
     pub fn node_id(&self) -> Option<u32> {
         self.item_u32(spank_item::S_JOB_NODEID)

@@ -112,9 +112,9 @@ pub extern "C" fn slurm_spank_task_exit(sp: spank_t, argc: c_int, argv: *mut *mu
 #[allow(unsafe_code)] // exported for Slurm's loader, which looks it up by name
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(sp: spank_t, argc: c_int, argv: *mut *mut c_char) -> c_int {
-    hook(sp, argc, argv, |spank, _| {
+    hook(sp, argc, argv, |_, _| {
         if Spank::context() == Context::S_CTX_REMOTE {
-            step::release(spank);
+            step::release();
         }
         Ok(())
     })

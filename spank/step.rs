@@ -40,6 +40,8 @@ struct Step {
     task_cwd: Option<PathBuf>,
     /// A task of this step on this node ended with a non-zero status (no save then).
     a_task_failed: bool,
+    /// How many of this node's tasks have ended.
+    tasks_ended: u32,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -313,24 +315,36 @@ fn folder_srun_ran_in(spank: &Spank, here: PathBuf) -> PathBuf {
     }
 }
 
-/// slurmstepd, as each task ends: remember a failure (`--container-save` saves only a
-/// step whose tasks all succeeded).
+/// slurmstepd, as each task ends. `--container-save`: once the first node's last task
+/// ended, and all of them succeeded, save the container, before slurmstepd reports the
+/// step's end (so a next `srun` of the job already finds the image).
 pub fn task_ended(spank: &Spank) {
-    if spank.task_exit_status() != Some(0) {
-        let _ = with_step(|s| s.a_task_failed = true);
-    }
-}
-
-pub fn release(spank: &Spank) {
-    let Ok((Some(container), failed)) = with_step(|s| (s.container.take(), s.a_task_failed)) else {
+    let failed = spank.task_exit_status() != Some(0);
+    let Ok((ended, any_failed)) = with_step(|s| {
+        s.a_task_failed |= failed;
+        s.tasks_ended += 1;
+        (s.tasks_ended, s.a_task_failed)
+    }) else {
         return;
     };
-    if let Some(spec) = options::save() {
-        if spank.node_id() == Some(0) && !failed {
-            save(spank, &container, &spec);
-        }
+    let Some(spec) = options::save() else {
+        return;
+    };
+    let last = spank.local_task_count() == Some(ended);
+    if !last || any_failed || spank.node_id() != Some(0) {
+        return;
     }
-    container.release();
+    let _ = with_step(|s| {
+        if let Some(container) = &s.container {
+            save(spank, container, &spec);
+        }
+    });
+}
+
+pub fn release() {
+    if let Ok(Some(container)) = with_step(|s| s.container.take()) {
+        container.release();
+    }
 }
 
 /// `--container-save=FILE`: the first node packs its container into FILE, as the user.

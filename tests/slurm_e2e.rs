@@ -30,6 +30,8 @@ mod named;
 mod registry;
 #[path = "slurm_e2e/submit.rs"]
 mod submit;
+#[path = "slurm_e2e/writable.rs"]
+mod writable;
 
 use std::collections::BTreeSet;
 use std::fmt;
