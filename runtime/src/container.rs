@@ -196,7 +196,7 @@ fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
         ))
     };
     let deadline = Instant::now() + req.setup_timeout;
-    let slot = Slot::lock(named, deadline).map_err(|e| failed("waiting for it", e))?;
+    let slot = Slot::lock(named, deadline).map_err(|e| failed("opening it", e))?;
     if let Some(found) = slot.existing().map_err(|e| failed("opening it", e))? {
         let record = found.record;
         let pinned = req.pinned.as_ref().map(|d| d.to_string());
@@ -241,6 +241,7 @@ fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
     let server = container.fuse_server.map(|p| p.as_raw() as u32);
     if let Err(e) = slot.keep(&container.namespace, record, server, named, &ferry) {
         container.release();
+        slot.forget();
         return Err(failed("keeping it for the job's later steps", e));
     }
     // Its squashfuse now lives as long as the container: the warden ends it.

@@ -8,8 +8,8 @@
 //!   taken from the image, set or not. `PATH` is the exception: when the image's `Env`
 //!   has one, it replaces the host's (the image's commands live there), then the
 //!   standard folders and ferry's own are appended (see `request::container_path`),
-//!   unless the user named `PATH` in `--container-env` (`ferry run --env-from-host`):
-//!   then the job's PATH wins too.
+//!   unless the user named `PATH` in `--container-env` (Slurm steps): then the job's
+//!   PATH wins too.
 //! - Working directory: an explicit option (`--container-workdir`, `ferry run
 //!   --workdir`) wins over the image's `WorkingDir`, which wins over the default (the
 //!   folder the job was submitted from, or the current folder).

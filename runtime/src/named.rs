@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 pub const NAMED_DIR: &str = "/run/ferry/named";
 /// The longest name: it becomes one folder name on the node.
 const MAX_NAME: usize = 64;
+/// The most named containers one job keeps on a node (each holds its image mount, its
+/// writable layer and a warden until the job ends).
+const MAX_PER_JOB: usize = 16;
 const RECORD_FILE: &str = "entry.json";
 const WARDEN_FILE: &str = "warden";
 const LOCK_FILE: &str = "lock";
@@ -130,6 +133,14 @@ impl Slot {
         drop(image_cache::open_root_dir(ferry.as_fd(), "named", true)?);
         let dir = named.dir();
         // Below a folder only root can enter: plain paths cannot be swapped by users.
+        if let Some(job_dir) = dir.parent() {
+            let kept = fs::read_dir(job_dir).map_or(0, |d| d.count());
+            if !dir.exists() && kept >= MAX_PER_JOB {
+                return Err(io::Error::other(format!(
+                    "this job already keeps {MAX_PER_JOB} named containers on this node, the most it may; reuse one of their names"
+                )));
+            }
+        }
         fs::create_dir_all(&dir)?;
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -219,6 +230,24 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Removes this slot's folder (a container that could not be kept), and the job's
+    /// when it was the job's only one.
+    pub(crate) fn forget(self) {
+        remove_container_folder(&self.dir);
+    }
+}
+
+fn remove_container_folder(dir: &Path) {
+    for name in [WARDEN_FILE, RECORD_FILE, LOCK_FILE] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _ = fs::remove_dir(dir);
+    if let Some(job_dir) = dir.parent() {
+        let _ = fs::remove_dir(job_dir); // only when it was the job's last one here
+    }
+}
+
 /// Writes `bytes` to `path` whole or not at all (a reader never sees half a record).
 fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let partial = path.with_extension("partial");
@@ -271,13 +300,7 @@ pub fn run_warden(named: &NamedContainer, from: &str) -> io::Result<()> {
         }
     }
     end_container(&namespace, record.server.as_ref());
-    let _ = fs::remove_file(dir.join(WARDEN_FILE));
-    let _ = fs::remove_file(dir.join(RECORD_FILE));
-    let _ = fs::remove_file(dir.join(LOCK_FILE));
-    let _ = fs::remove_dir(&dir);
-    if let Some(job_dir) = dir.parent() {
-        let _ = fs::remove_dir(job_dir); // the job's last container on the node
-    }
+    remove_container_folder(&dir);
     Ok(())
 }
 
@@ -314,11 +337,18 @@ fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
-/// Whether a slurmstepd of `job` runs on this host (its title is `slurmstepd: [JOB.STEP]`).
+/// Whether a slurmstepd of `job` runs on this host: root's, titled
+/// `slurmstepd: [JOB.STEP]` (a user's process can take any title, not root's uid).
 fn job_has_a_step_here(job: u32) -> bool {
     let title = format!("slurmstepd: [{job}.");
     pids().any(|pid| {
         fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(title.as_bytes()))
+            && fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .is_some_and(|l| l[4..].split_whitespace().all(|id| id == "0"))
+            })
     })
 }
 

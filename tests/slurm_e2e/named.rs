@@ -230,3 +230,31 @@ fn a_cancelled_job_leaves_no_named_container() {
     assert_job_left_nothing(id, &lab.path(&image));
     before.assert_nothing_left("a cancelled job with a named container");
 }
+
+/// One job keeps at most 16 named containers on a node: the 17th name is one line, and
+/// the names it has still work.
+#[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn a_job_keeps_at_most_sixteen_named_containers_per_node() {
+    let lab = Lab::exclusive("named-many");
+    let _site = audit::SiteFile::new("named-many", r#"{"image_cache_ttl": "0"}"#);
+    let image = lab.image("m.sqfs", "MANY");
+    let job = lab.sbatch(
+        &[&format!("--container={image}")],
+        &format!(
+            "for i in $(seq 1 17); do srun -n1 --container-name=n$i true || echo \"name $i refused\"; done\nsrun -n1 --container-name=n3 cat {ONLY_FILE}"
+        ),
+    );
+    let lines = ferry_lines(&job.log);
+    assert_eq!(lines.len(), 1, "{job}");
+    assert!(
+        lines[0].contains("--container-name=n17") && lines[0].contains("16 named containers"),
+        "{job}"
+    );
+    assert!(
+        job.log.contains("name 17 refused") && !job.log.contains("name 16 refused"),
+        "{job}"
+    );
+    assert!(job.log.contains("only-in-image MANY"), "{job}");
+    assert_job_left_nothing(job.id.unwrap(), &lab.path(&image));
+}
