@@ -48,6 +48,7 @@ fn only_plugin_symbols_and_our_hooks_are_exported() {
             "slurm_spank_exit",
             "slurm_spank_init",
             "slurm_spank_init_post_opt",
+            "slurm_spank_task_exit",
             "slurm_spank_task_init",
             "slurm_spank_task_init_privileged",
         ]
