@@ -229,9 +229,24 @@ pub(crate) fn perform<'p>(
                     path: dest.clone(),
                     source,
                 };
-                if root.resolver().open(dest, Create::Nothing).is_err() {
-                    let dir = root.resolver().open(dest, Create::Dir).map_err(made)?;
-                    sys.give_to_user(dir.as_fd()).map_err(made)?;
+                // The folders above it are made as needed (root's); the home itself only
+                // when nothing has its name: an image's own entry there (a folder, or a
+                // symlink to one) is never given away.
+                let (parent, name) = split(dest);
+                let parent = root.resolver().open(parent, Create::Dir).map_err(made)?;
+                match sys::mkdirat(parent.as_fd(), name, 0o700) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(made(e).into()),
+                    Ok(()) => {
+                        let home = sys::openat(
+                            Some(parent.as_fd()),
+                            name,
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        )
+                        .map_err(made)?;
+                        sys.give_to_user(home.as_fd()).map_err(made)?;
+                    }
                 }
             }
             Op::Bind(bind) => {

@@ -226,13 +226,20 @@ fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
             }),
         });
     }
-    let mut container = prepare_new(req)?;
+    let mut container = match prepare_new(req) {
+        Ok(container) => container,
+        Err(e) => {
+            slot.forget();
+            return Err(e);
+        }
+    };
     let record = named::Record {
         image: req.image.clone(),
         pinned: req.pinned.as_ref().map(|d| d.to_string()),
         uid: req.user.uid,
         facts: container.facts.clone(),
         server: None,
+        namespace: 0,
     };
     let ferry = req
         .cache_janitor
@@ -621,7 +628,14 @@ impl Container {
         out: &Path,
         parent: &crate::save::ParentImage,
     ) -> Result<crate::save::SavedImage> {
-        crate::save::save(self.namespace.as_fd(), &self.user, &self.image, out, parent)
+        crate::save::save(
+            self.namespace.as_fd(),
+            &self.user,
+            &self.image,
+            out,
+            parent,
+            self.setup_timeout,
+        )
     }
 
     /// Drops to the container's user: groups, gid, uid.

@@ -472,8 +472,18 @@ fn own_private_mount(ferry: BorrowedFd<'_>) -> io::Result<()> {
     )?;
     // One helper at a time, or two could each bind the folder and stack two mounts.
     sys::lock_exclusive(dir.as_fd())?;
+    // Looked at again under the lock: another helper may have bound it meanwhile.
+    let now = open_root_dir(ferry, "image-cache", false)?;
     let path = Path::new(CACHE_DIR);
-    if sys::mount_id(dir.as_fd())? == sys::mount_id(ferry)? {
+    if sys::mount_id(now.as_fd())? == sys::mount_id(ferry)? {
+        // Entries kept before the folder had a mount of its own (a version before this
+        // one) would be hidden beneath it, never to be dropped: drop them first.
+        for entry in std::fs::read_dir(path)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = sys::unmount_detached(&entry.path().join(NS_FILE));
+                let _ = remove_entry_files(&entry.path());
+            }
+        }
         sys::mount_bind(path, path, false)?;
     }
     sys::make_private(path)

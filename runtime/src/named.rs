@@ -45,6 +45,8 @@ const WARDEN_START: Duration = Duration::from_secs(5);
 /// How often the warden asks the controller whether the job still runs, once no
 /// slurmstepd of the job is left on the node.
 const CONTROLLER_POLL: Duration = Duration::from_secs(5);
+/// The longest wait between two questions to the controller.
+const CONTROLLER_POLL_MAX: Duration = Duration::from_secs(60);
 
 /// A name is 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit: it names a
 /// folder on each node, so no `/`, no `..`, nothing a shell or a log would misread.
@@ -95,6 +97,10 @@ pub(crate) struct Record {
     pub(crate) facts: ImageFacts,
     /// The squashfuse the creating step started (its warden ends it).
     pub(crate) server: Option<image_cache::Server>,
+    /// The container's mount namespace (its inode): what the warden holds is checked
+    /// against it.
+    #[serde(default)]
+    pub(crate) namespace: u64,
 }
 
 /// The warden holding a container: its pid, start time and the descriptor number of the
@@ -174,9 +180,11 @@ impl Slot {
         }
         let path = format!("/proc/{}/fd/{}", warden.pid, warden.fd);
         let namespace = sys::open_path(Path::new(&path), libc::O_RDONLY)?;
-        // Still that warden (not a pid reused meanwhile), and what it holds is a namespace.
+        // Still that warden (not a pid reused meanwhile), and what it holds is the very
+        // namespace the container was made in.
         if sys::process_start_time(warden.pid) != Some(warden.start_time)
             || !sys::is_nsfs(namespace.as_fd())
+            || sys::namespace_inode(namespace.as_fd()).ok() != Some(record.namespace)
         {
             return Ok(None);
         }
@@ -195,6 +203,7 @@ impl Slot {
         ferry: &Path,
     ) -> io::Result<()> {
         let _ = fs::remove_file(self.dir.join(WARDEN_FILE));
+        record.namespace = sys::namespace_inode(namespace.as_fd())?;
         if let Some(pid) = server {
             image_cache::move_to_cgroup(pid, NAMED_CGROUP);
             record.server = image_cache::Server::of(pid);
@@ -215,7 +224,7 @@ impl Slot {
         .into_iter()
         .map(|a| CString::new(a).map_err(io::Error::other))
         .collect::<io::Result<_>>()?;
-        sys::spawn_detached(&argv)?;
+        sys::spawn_detached_with(&argv, &warden_environment())?;
         let deadline = Instant::now() + WARDEN_START;
         while !self.dir.join(WARDEN_FILE).exists() {
             if Instant::now() > deadline {
@@ -248,6 +257,25 @@ fn remove_container_folder(dir: &Path) {
     }
 }
 
+/// The warden's environment: slurmstepd's PATH (where this site's `squeue` is) after the
+/// standard folders, and SLURM_CONF when the site sets it.
+fn warden_environment() -> Vec<CString> {
+    let mut path = String::from("/usr/sbin:/usr/bin:/sbin:/bin");
+    if let Ok(site) = std::env::var("PATH") {
+        for dir in site.split(':').filter(|d| d.starts_with('/')) {
+            path.push(':');
+            path.push_str(dir);
+        }
+    }
+    let mut env = vec![format!("PATH={path}")];
+    if let Ok(conf) = std::env::var("SLURM_CONF") {
+        env.push(format!("SLURM_CONF={conf}"));
+    }
+    env.into_iter()
+        .filter_map(|e| CString::new(e).ok())
+        .collect()
+}
+
 /// Writes `bytes` to `path` whole or not at all (a reader never sees half a record).
 fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let partial = path.with_extension("partial");
@@ -266,11 +294,16 @@ pub fn run_warden(named: &NamedContainer, from: &str) -> io::Result<()> {
         .ok_or_else(|| io::Error::other(format!("--from {from}: give PID/FD")))?;
     let path = format!("/proc/{pid}/fd/{fd}");
     let namespace = sys::open_path(Path::new(&path), libc::O_RDONLY)?;
-    if !sys::is_nsfs(namespace.as_fd()) {
-        return Err(io::Error::other(format!("{path} is not a namespace")));
-    }
     let record: Record =
         serde_json::from_slice(&fs::read(dir.join(RECORD_FILE))?).map_err(io::Error::other)?;
+    // The container's namespace, not whatever that pid holds now (if it was reused).
+    if !sys::is_nsfs(namespace.as_fd())
+        || sys::namespace_inode(namespace.as_fd())? != record.namespace
+    {
+        return Err(io::Error::other(format!(
+            "{path} is not the container's namespace"
+        )));
+    }
     // The image cache's entry the container's image mount came from stays while it lives.
     let _cache_entry = record
         .facts
@@ -284,20 +317,25 @@ pub fn run_warden(named: &NamedContainer, from: &str) -> io::Result<()> {
         fd: namespace.as_raw_fd(),
     };
     write_file(&dir.join(WARDEN_FILE), &serde_json::to_vec(&warden)?)?;
-    let mut asked = None::<Instant>;
+    // Between steps the controller is asked, less and less often while it says the
+    // job runs (a long idle stretch of a big job costs it little).
+    let mut next_ask: Option<Instant> = None;
+    let mut interval = CONTROLLER_POLL;
     loop {
         std::thread::sleep(Duration::from_secs(1));
         if job_has_a_step_here(named.job) {
-            asked = None;
+            next_ask = None;
+            interval = CONTROLLER_POLL;
             continue;
         }
-        if asked.is_some_and(|t| t.elapsed() < CONTROLLER_POLL) {
+        if next_ask.is_some_and(|t| Instant::now() < t) {
             continue;
         }
-        asked = Some(Instant::now());
         if controller_says_ended(named.job) {
             break;
         }
+        next_ask = Some(Instant::now() + interval);
+        interval = (interval * 2).min(CONTROLLER_POLL_MAX);
     }
     end_container(&namespace, record.server.as_ref());
     remove_container_folder(&dir);
@@ -340,28 +378,41 @@ fn pids() -> impl Iterator<Item = u32> {
 /// Whether a slurmstepd of `job` runs on this host: root's, titled
 /// `slurmstepd: [JOB.STEP]` (a user's process can take any title, not root's uid).
 fn job_has_a_step_here(job: u32) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let title = format!("slurmstepd: [{job}.");
+    let root = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l[4..].split_whitespace().all(|id| id == "0"))
+    };
     pids().any(|pid| {
-        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(title.as_bytes()))
-            && fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .is_some_and(|l| l[4..].split_whitespace().all(|id| id == "0"))
-            })
+        // Cheap first (the folder's owner), and only the title's length of the
+        // command line: users choose how long theirs are.
+        if fs::metadata(format!("/proc/{pid}")).map_or(true, |m| m.uid() != 0) {
+            return false;
+        }
+        let mut head = vec![0u8; title.len()];
+        let titled = fs::File::open(format!("/proc/{pid}/cmdline"))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|_| head == title.as_bytes());
+        titled && fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| root(&s))
     })
 }
 
-/// Whether the controller says `job` no longer runs. False when it cannot be asked: a
-/// container with the user's work in it is not ended on a guess.
+/// Whether the controller says `job` no longer runs here: finished, or back in the
+/// queue (requeued, held: its allocation left the node). False when it cannot be
+/// asked: a container with the user's work in it is not ended on a guess.
 fn controller_says_ended(job: u32) -> bool {
     let out = Command::new("squeue")
-        .args(["--noheader", "--states=all", "--format=%T", "--jobs"])
+        .args(["--noheader", "--states=all", "--format=%A %T", "--jobs"])
         .arg(job.to_string())
         .stdin(Stdio::null())
         .output();
     out.is_ok_and(|out| {
         squeue_says_ended(
+            job,
             out.status.success(),
             &String::from_utf8_lossy(&out.stdout),
             &String::from_utf8_lossy(&out.stderr),
@@ -369,29 +420,27 @@ fn controller_says_ended(job: u32) -> bool {
     })
 }
 
-/// What `squeue --states=all --format=%T --jobs=JOB` answered: the job's state (it
-/// lists a finished job for a while), or an error (a job it forgot is over; any other
-/// error, such as an unreachable controller, says nothing).
-fn squeue_says_ended(success: bool, stdout: &str, stderr: &str) -> bool {
+/// What `squeue --states=all --format='%A %T' --jobs=JOB` answered: a line per job
+/// (an array's or a heterogeneous job's id lists its elements too), of which only
+/// `job`'s own counts; or an error (a job it forgot is over; any other error, such as
+/// an unreachable controller, says nothing).
+fn squeue_says_ended(job: u32, success: bool, stdout: &str, stderr: &str) -> bool {
     if !success {
         return stderr.contains("Invalid job id");
     }
-    let state = stdout.trim();
-    !state.is_empty()
-        && !matches!(
-            state,
-            "RUNNING"
-                | "SUSPENDED"
-                | "CONFIGURING"
-                | "PENDING"
-                | "REQUEUED"
-                | "REQUEUE_HOLD"
-                | "REQUEUE_FED"
-                | "RESIZING"
-                | "STOPPED"
-                | "SIGNALING"
-                | "STAGE_OUT"
-        )
+    let own = job.to_string();
+    let state = stdout.lines().find_map(|line| {
+        let (id, state) = line.trim().split_once(' ')?;
+        (id == own).then(|| state.trim().to_string())
+    });
+    match state {
+        // Listed no more (--states=all lists a finished job for a while): over.
+        None => true,
+        Some(state) => !matches!(
+            state.as_str(),
+            "RUNNING" | "SUSPENDED" | "CONFIGURING" | "RESIZING" | "SIGNALING" | "STOPPED"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -424,7 +473,8 @@ mod tests {
     }
 
     #[test]
-    fn only_a_finished_or_forgotten_job_ends_its_containers() {
+    fn only_a_job_that_left_the_node_ends_its_containers() {
+        let ended = |out: &str| squeue_says_ended(42, true, out, "");
         for state in [
             "COMPLETED",
             "CANCELLED",
@@ -432,21 +482,24 @@ mod tests {
             "TIMEOUT",
             "NODE_FAIL",
             "COMPLETING",
-            "OUT_OF_MEMORY",
+            "PENDING",
+            "REQUEUED",
+            "REQUEUE_HOLD",
         ] {
-            assert!(
-                squeue_says_ended(true, &format!("{state}\n"), ""),
-                "{state}"
-            );
+            assert!(ended(&format!("42 {state}\n")), "{state}");
         }
-        for state in ["RUNNING", "SUSPENDED", "CONFIGURING", "PENDING", ""] {
-            assert!(!squeue_says_ended(true, state, ""), "{state:?}");
+        for state in ["RUNNING", "SUSPENDED", "CONFIGURING"] {
+            assert!(!ended(&format!("42 {state}\n")), "{state}");
         }
+        // An array's or a het job's other elements do not decide for this one.
+        assert!(!ended("41 PENDING\n42 RUNNING\n43 COMPLETED\n"));
+        assert!(ended("41 RUNNING\n42 COMPLETED\n"));
+        assert!(ended(""), "no longer listed");
         let forgotten = "slurm_load_jobs error: Invalid job id specified\n";
-        assert!(squeue_says_ended(false, "", forgotten));
+        assert!(squeue_says_ended(42, false, "", forgotten));
         let unreachable =
             "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n";
-        assert!(!squeue_says_ended(false, "", unreachable));
+        assert!(!squeue_says_ended(42, false, "", unreachable));
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub(crate) fn save(
     image: &Path,
     out: &Path,
     parent: &ParentImage,
+    deadline: std::time::Duration,
 ) -> Result<SavedImage> {
     let failed = |reason: String| -> Error {
         SaveError::Failed {
@@ -122,6 +123,17 @@ pub(crate) fn save(
         }
         sys::Forked::Parent(pid) => {
             drop(report_write);
+            // The saving processes run as the user, who may stop them: never wait past
+            // the deadline (slurmstepd waits here before it reports the step's end).
+            let ready = sys::wait_readable(report_read.as_fd(), deadline);
+            if !matches!(ready, Ok(true)) {
+                sys::kill_process_group(pid);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                return Err(failed(format!(
+                    "it took longer than {} s and was stopped (the site's setup_timeout); save a smaller container, or ask your admin",
+                    deadline.as_secs()
+                )));
+            }
             let mut text = Vec::new();
             let read = std::fs::File::from(report_read).read_to_end(&mut text);
             let _ = nix::sys::wait::waitpid(pid, None);
@@ -147,7 +159,12 @@ fn pack(
     caller: nix::unistd::Pid,
     report: BorrowedFd<'_>,
 ) -> Report {
-    sys::die_with_parent(caller).map_err(|e| format!("starting: {e}"))?;
+    // A group of its own (mksquashfs joins it), which the caller kills whole at its
+    // deadline; a name that is not slurmstepd's (process trackers skip those); not
+    // dumpable, though the user owns it soon: it is a copy of slurmstepd's memory.
+    sys::own_process_group(c"ferry-save")
+        .and_then(|_| sys::tie_to_parent(caller))
+        .map_err(|e| format!("starting: {e}"))?;
     let root = root_mount_alone(namespace)
         .map_err(|e| format!("taking a copy of the container's root: {e}"))?;
     // The copy stays reachable as the working folder alone; nothing else of the
@@ -158,7 +175,7 @@ fn pack(
     sys::close_all_but(report);
     sys::become_user(user.uid, user.gid, &user.gids())
         .and_then(|_| sys::set_no_new_privs())
-        .and_then(|_| sys::die_with_parent(caller))
+        .and_then(|_| sys::tie_to_parent(caller))
         .map_err(|e| format!("becoming {}: {e}", user.name))?;
     let mut pseudo = Vec::new();
     let mut exclude: Vec<&str> = FERRY_OWN.to_vec();
@@ -275,6 +292,7 @@ mod tests {
             Path::new("/img.sqfs"),
             Path::new("out.sqfs"),
             &parent,
+            std::time::Duration::from_secs(5),
         )
         .unwrap_err();
         assert_eq!(

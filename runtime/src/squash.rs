@@ -159,8 +159,15 @@ pub fn squash_with(
         cmd.arg("-all-root");
     }
     if !additions.env.is_empty() {
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        // Absolute folders only: the saving process works inside the container's
+        // copy, where a relative or empty PATH entry would find the image's programs.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let path: Vec<&str> = path.split(':').filter(|d| d.starts_with('/')).collect();
+        let path = if path.is_empty() {
+            "/usr/sbin:/usr/bin:/sbin:/bin".to_string()
+        } else {
+            path.join(":")
+        };
         cmd.env_clear().env("PATH", path);
         cmd.envs(additions.env.iter().map(|(k, v)| (k, v)));
     }

@@ -218,6 +218,20 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Re
     }
 }
 
+/// Makes the calling process the leader of a process group of its own, named `name`
+/// (what `ps` and process trackers show instead of the parent's name).
+pub fn own_process_group(name: &std::ffi::CStr) -> io::Result<()> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (at most 16 bytes are kept).
+    check(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) })?;
+    Ok(())
+}
+
+/// SIGKILL to every process of the process group `leader` leads.
+pub fn kill_process_group(leader: nix::unistd::Pid) {
+    let _ = nix::sys::signal::killpg(leader, nix::sys::signal::Signal::SIGKILL);
+}
+
 /// Kills the calling process with SIGALRM after `seconds` unless `disarm_deadline`
 /// comes first. For the few steps of a task before it execs, which Slurm cannot
 /// kill under every process tracker: SIGALRM at its default action is fatal even to a
@@ -1143,13 +1157,16 @@ pub fn kill_if_started_at(pid: u32, start_time: u64) -> bool {
 /// finds it), with /dev/null as its standard streams. Safe in a multi-threaded caller:
 /// the children only make system calls until exec.
 pub fn spawn_detached(argv: &[CString]) -> io::Result<()> {
+    spawn_detached_with(argv, &[c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()])
+}
+
+/// As `spawn_detached`, with exactly the environment `env` (`NAME=VALUE` each).
+pub fn spawn_detached_with(argv: &[CString], env: &[CString]) -> io::Result<()> {
     let null = open_path(Path::new("/dev/null"), libc::O_RDWR)?;
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let env = [
-        c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".as_ptr(),
-        std::ptr::null(),
-    ];
+    let mut env: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env.push(std::ptr::null());
     match fork()? {
         Forked::Parent(pid) => {
             nix::sys::wait::waitpid(pid, None)?;
