@@ -41,6 +41,7 @@ pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;
 pub mod users;
+pub mod userns;
 mod verify;
 
 pub use container::{prepare, Container, ImageFacts};

@@ -142,10 +142,59 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 
 /// Groups, gid, uid, for good. Allocates nothing: usable in a child forked from a
 /// multi-threaded process.
+///
+/// Inside ferry's own user namespace (`ferry run` without root, see `userns`) the
+/// groups cannot be changed (setgroups is denied there, so that no one drops a group
+/// that denies them access) and stay the caller's; a process that is not root inside
+/// then drops every capability it has in the namespace, as a non-root process outside
+/// has none.
 pub(crate) fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io::Result<()> {
-    nix::unistd::setgroups(groups)?;
+    let in_own_namespace = crate::userns::entered();
+    if !in_own_namespace {
+        nix::unistd::setgroups(groups)?;
+    }
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
+    if in_own_namespace && uid != 0 {
+        drop_capabilities()?;
+    }
+    Ok(())
+}
+
+/// Clears the effective, permitted and inheritable capability sets (capset, version 3).
+pub(crate) fn drop_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a version-3 header and two data structs, laid out as the
+    // kernel's (repr(C)), which live until the call returns.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as libc::c_int)?;
+    Ok(())
+}
+
+/// A new user namespace for the calling (single-threaded) process, which gets every
+/// capability inside it and none outside.
+pub fn unshare_user_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)?;
     Ok(())
 }
 
