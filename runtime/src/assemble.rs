@@ -438,9 +438,7 @@ fn bind_over_image_file(
     text: &str,
 ) -> std::io::Result<()> {
     let (_, name) = split(dest);
-    let own = root
-        .resolver()
-        .open(Path::new(OWN_FILES), Create::Dir)?;
+    let own = root.resolver().open(Path::new(OWN_FILES), Create::Dir)?;
     sys.write_file(own.as_fd(), name, text)?;
     let source = sys::openat(Some(own.as_fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
     let target = sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;

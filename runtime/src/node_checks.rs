@@ -693,7 +693,9 @@ pub fn site_needs(root: &Path, site: &Site) -> Vec<Finding> {
 pub fn check_user() -> Vec<Finding> {
     let mut findings = Vec::new();
     match crate::userns::check() {
-        Ok(()) => findings.push(ok("user namespaces: you can make one (ferry run works without root)")),
+        Ok(()) => findings.push(ok(
+            "user namespaces: you can make one (ferry run works without root)",
+        )),
         Err(line) => {
             findings.push(fail(
                 line,

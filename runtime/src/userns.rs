@@ -202,7 +202,10 @@ mod tests {
         ] {
             let line = reason.line();
             assert!(line.contains(setting), "{line}");
-            assert!(line.contains("the Slurm plugin needs none of this"), "{line}");
+            assert!(
+                line.contains("the Slurm plugin needs none of this"),
+                "{line}"
+            );
             assert!(!line.contains('\n'), "{line}");
         }
     }

@@ -94,19 +94,27 @@ pub fn run(
         crate::say::warning(&line);
     }
     match save {
-        None => enter_and_exec(container, &request, command),
+        None => enter_and_exec(container, &request, command, None),
         Some(out) => run_then_save(container, &request, command, &cwd.join(out)),
     }
 }
 
 /// Joins the container as its user and execs the command (or the image's default).
+/// With `die_with`, the command is killed when that process (ferry, waiting to save)
+/// dies: it would otherwise keep the container, and its squashfuse, alive.
 fn enter_and_exec(
     container: Container,
     request: &Request,
     command: Vec<std::ffi::OsString>,
+    die_with: Option<nix::unistd::Pid>,
 ) -> Result<Never, String> {
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
+    if let Some(parent) = die_with {
+        // After becoming the user: a change of ids disarms it.
+        ferry_runtime::process::die_with_parent(parent)
+            .map_err(|e| format!("cannot start the command: {e}"))?;
+    }
     let config = container.facts.config.clone().unwrap_or_default();
     drop_to_env(&container.user, &config);
     container.enter_workdir().map_err(|e| e.to_string())?;
@@ -157,8 +165,9 @@ fn run_then_save(
 ) -> Result<Never, String> {
     use ferry_runtime::process::{fork, Forked};
     use nix::sys::wait::{waitpid, WaitStatus};
+    let parent = nix::unistd::getpid();
     let child = match fork().map_err(|e| format!("cannot start the command: {e}"))? {
-        Forked::Child => match enter_and_exec(container, request, command) {
+        Forked::Child => match enter_and_exec(container, request, command, Some(parent)) {
             Ok(never) => match never {},
             Err(message) => {
                 crate::say::error(&message);
