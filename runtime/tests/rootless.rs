@@ -22,7 +22,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use test_support::sif_builder as sb;
 
-const NEEDS: &str = "needs root and tests/prepare-host (run with --include-ignored)";
 
 struct Images {
     squashfs: PathBuf,
