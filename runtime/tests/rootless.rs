@@ -22,7 +22,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use test_support::sif_builder as sb;
 
-
 struct Images {
     squashfs: PathBuf,
     sif: PathBuf,
