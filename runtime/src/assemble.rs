@@ -1010,6 +1010,47 @@ mod tests {
         ));
     }
 
+    /// Without root, the folders that will hold what the plan makes are made in the
+    /// upper layer, following the image's own folders but never over its symlinks or
+    /// files.
+    #[test]
+    fn the_folders_the_plan_makes_in_are_claimed_in_the_upper_layer() {
+        let scratch = crate::scratch::Scratch::new("claim");
+        let (lower, upper) = (scratch.join("lower"), scratch.join("upper"));
+        for dir in ["etc", "var", "home"] {
+            std::fs::create_dir_all(lower.join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("/elsewhere", lower.join("var/run")).unwrap();
+        std::fs::write(lower.join("data"), "a file").unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        let mut req = request();
+        req.mounts = vec![
+            MountSpec {
+                source: "/data".into(),
+                dest: "/var/run/socket/x".into(),
+                readonly: false,
+            },
+            MountSpec {
+                source: "/data".into(),
+                dest: "/data/inside/y".into(),
+                readonly: false,
+            },
+            MountSpec {
+                source: "/data".into(),
+                dest: "/opt/new/z".into(),
+                readonly: false,
+            },
+        ];
+        let plan = plan::plan(&req, Format::Squashfs, Method::Fuse).unwrap();
+        claim_parents_in_upper(&plan, &lower, &upper).unwrap();
+        for made in ["etc", "home", "var", "opt/new", ".ferry/files"] {
+            assert!(upper.join(made).is_dir(), "{made}");
+        }
+        for left in ["var/run", "data", "home/alice"] {
+            assert!(!upper.join(left).exists(), "{left}");
+        }
+    }
+
     /// The executor reads the stored configuration through the validator `ferry
     /// inspect` uses: one verdict, one message, whichever way the file is wrong.
     #[test]
