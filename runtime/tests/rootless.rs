@@ -330,6 +330,95 @@ fn fakeroot_installs_into_usr_of_a_writable_root() {
 
 #[test]
 #[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn fakeroot_saves_a_writable_root_and_save_needs_it() {
+    require_root_and_tools(&["mkfs.ext4", "runuser"]);
+    let _host = shared();
+    let images = images();
+    let cwd = user_folder("rootless-save");
+    let saved = cwd.join("saved.sqfs");
+    let out = ferry_as_user(
+        cwd.path(),
+        &[
+            "run",
+            "--writable",
+            "--save",
+            saved.to_str().unwrap(),
+            image_path(&images.squashfs),
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    out.one_ferry_line(&["--save without root needs --fakeroot"]);
+    let out = ferry_as_user(
+        cwd.path(),
+        &[
+            "run",
+            "--fakeroot",
+            "--writable",
+            "--save",
+            saved.to_str().unwrap(),
+            image_path(&images.squashfs),
+            "--",
+            "sh",
+            "-c",
+            "echo installed > /usr/installed",
+        ],
+    );
+    out.expect_success("save");
+    let meta = fs::metadata(&saved).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        test_user().uid,
+        "written as the user"
+    );
+    let out = ferry_as_user(
+        cwd.path(),
+        &[
+            "run",
+            saved.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat /usr/installed /data/only-in-image",
+        ],
+    );
+    out.expect_success("run the saved image");
+    assert_eq!(
+        out.stdout,
+        format!("installed\n{ONLY_IN_IMAGE}"),
+        "the install and the image are saved: {out:#?}"
+    );
+    // ferry's own account files (bound over the image's without root) are not saved.
+    let listing = Command::new(find_tool("unsquashfs").expect("unsquashfs"))
+        .arg("-l")
+        .arg(&saved)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("squashfs-root/usr/installed"), "{listing}");
+    assert!(!listing.contains(".ferry/files"), "{listing}");
+}
+
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn doctor_run_by_a_user_checks_running_without_root() {
+    require_root_and_tools(&["mkfs.ext4", "runuser"]);
+    let _host = shared();
+    images(); // opens /dev/fuse to users
+    let out = ferry_as_user(Path::new("/"), &["doctor"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    for line in [
+        "ok    user namespaces: you can make one",
+        "ok    /dev/fuse: you can open it",
+        "ferry doctor: you can run images without root here",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
 fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
     require_root_and_tools(&["mkfs.ext4", "runuser"]);
     let _host = shared();
@@ -399,6 +488,7 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
         cwd.path(),
         &[
             "run",
+            "--fakeroot",
             "--writable",
             "--save",
             saved.to_str().unwrap(),
@@ -481,6 +571,15 @@ fn user_namespaces_off_give_one_line_naming_the_setting() {
         fs::read_to_string(limit).unwrap(),
         restored,
         "the host's limit is back"
+    );
+    // ferry doctor, run by a user there, names the same setting.
+    let doctor = ferry_in_namespace_without_namespaces(cwd.path(), &["doctor"]);
+    assert_eq!(doctor.code, Some(1), "{doctor:#?}");
+    assert!(
+        doctor.stdout.lines().any(|l| l.starts_with(
+            "FAIL  ferry run without root: user namespaces are switched off on this machine (sysctl user.max_user_namespaces = 0)"
+        )),
+        "{doctor:#?}"
     );
 }
 

@@ -45,6 +45,11 @@ pub fn run(
         fakeroot,
     } = options;
     let rootless = !ferry_runtime::is_root();
+    if rootless && save.is_some() && !fakeroot {
+        // Saved by the user's mksquashfs in the namespace, where the image's files
+        // belong to root only with --fakeroot (else they would be stored as nobody's).
+        return Err("--save without root needs --fakeroot, so that the image's files keep root as their owner in the saved image: add --fakeroot".into());
+    }
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let user = if rootless {
