@@ -417,6 +417,47 @@ fn doctor_run_by_a_user_checks_running_without_root() {
     }
 }
 
+/// A site file gives a run without root its mounts, but its trust does not bind it:
+/// under `untrusted_images: deny` an image outside the trusted folders still runs,
+/// through squashfuse as the user (the policy weighs kernel mounts, which a user's
+/// namespace cannot make).
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn a_site_file_gives_its_mounts_but_not_its_trust() {
+    require_root_and_tools(&["mkfs.ext4", "runuser"]);
+    let _host = shared();
+    let images = images();
+    let cwd = user_folder("rootless-site");
+    let shared_data = TempDir::new_in(Path::new("/var/tmp"), "rootless-site-data");
+    fs::set_permissions(shared_data.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    write_mode(&shared_data.join("note"), "from the site\n", 0o644);
+    let sites = TempDir::new("rootless-sites");
+    fs::set_permissions(sites.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let site = sites.join("deny.json");
+    write_mode(
+        &site,
+        &format!(
+            r#"{{"untrusted_images": "deny", "trusted_image_dirs": ["/nonexistent-trusted"], "site_mounts": [{{"source": "{}", "dest": "/site", "readonly": true}}]}}"#,
+            shared_data.path().display()
+        ),
+        0o644,
+    );
+    let out = ferry_as_user(
+        cwd.path(),
+        &[
+            "run",
+            "--site-config",
+            site.to_str().unwrap(),
+            image_path(&images.squashfs),
+            "--",
+            "cat",
+            "/site/note",
+        ],
+    );
+    out.expect_success("site file without root");
+    assert_eq!(out.stdout, "from the site\n", "{out:#?}");
+}
+
 #[test]
 #[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
 fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
