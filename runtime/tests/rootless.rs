@@ -458,6 +458,41 @@ fn a_site_file_gives_its_mounts_but_not_its_trust() {
     assert_eq!(out.stdout, "from the site\n", "{out:#?}");
 }
 
+/// Without a FUSE device open to users, an image file gets one line saying so (and
+/// what an admin can change); a root folder still runs. The device's mode is restored
+/// even when an assertion fails.
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn a_closed_fuse_device_is_one_line_and_folders_still_run() {
+    require_root_and_tools(&["mkfs.ext4", "runuser"]);
+    let _host = exclusive();
+    let images = images();
+    let cwd = user_folder("rootless-nofuse");
+    struct Reopen;
+    impl Drop for Reopen {
+        fn drop(&mut self) {
+            open_fuse_to_users();
+        }
+    }
+    let _reopen = Reopen;
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ferry_as_user(
+        cwd.path(),
+        &["run", image_path(&images.squashfs), "--", "true"],
+    );
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    out.one_ferry_line(&[
+        image_path(&images.squashfs),
+        "/dev/fuse, which you cannot open here",
+        "chmod 0666 /dev/fuse",
+    ]);
+    ferry_as_user(
+        cwd.path(),
+        &["run", image_path(&images.folder), "--", "true"],
+    )
+    .expect_success("a root folder without FUSE");
+}
+
 #[test]
 #[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
 fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
