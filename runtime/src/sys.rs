@@ -161,34 +161,64 @@ pub(crate) fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io:
     Ok(())
 }
 
-/// Clears the effective, permitted and inheritable capability sets (capset, version 3).
-pub(crate) fn drop_capabilities() -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
+/// The kernel's capability header and sets (linux/capability.h, version 3: two sets of
+/// 32 bits each).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capability sets.
+#[derive(Clone, Copy)]
+pub(crate) struct Capabilities([CapData; 2]);
+
+impl Capabilities {
+    /// The same sets with nothing effective: permission checks as if unprivileged,
+    /// until the effective set is raised again from the permitted one.
+    pub(crate) fn lowered(self) -> Capabilities {
+        Capabilities(self.0.map(|d| CapData { effective: 0, ..d }))
     }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let header = Header {
-        version: VERSION_3,
+}
+
+pub(crate) fn capabilities() -> io::Result<Capabilities> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes a version-3 header and two data structs, laid out as the
+    // kernel's (repr(C)), which live until the call returns.
+    check(
+        unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } as libc::c_int,
+    )?;
+    Ok(Capabilities(data))
+}
+
+pub(crate) fn set_capabilities(caps: &Capabilities) -> io::Result<()> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
     // SAFETY: capset reads a version-3 header and two data structs, laid out as the
     // kernel's (repr(C)), which live until the call returns.
-    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as libc::c_int)?;
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, caps.0.as_ptr()) } as libc::c_int)?;
     Ok(())
+}
+
+/// Clears the effective, permitted and inheritable capability sets.
+pub(crate) fn drop_capabilities() -> io::Result<()> {
+    set_capabilities(&Capabilities([CapData::default(); 2]))
 }
 
 /// A new user namespace for the calling (single-threaded) process, which gets every

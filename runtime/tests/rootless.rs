@@ -256,6 +256,26 @@ fn binds_read_only_binds_and_the_working_folder() {
     assert_eq!(out.stdout, "mine\ndata\ndone\n", "{out:#?}");
     assert_eq!(fs::read_to_string(data.join("made")).unwrap(), "new\n");
     assert!(!data.join("no").exists());
+    // Sources are opened with the user's rights only, not the namespace's capabilities:
+    // their own folder with mode 000 is refused, as it is outside.
+    let closed = data.join("closed");
+    fs::create_dir(&closed).unwrap();
+    std::os::unix::fs::chown(&closed, Some(test_user().uid), Some(test_user().gid)).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
+    let spec = format!("{}:/closed", closed.display());
+    let out = ferry_as_user(
+        cwd.path(),
+        &[
+            "run",
+            "-m",
+            &spec,
+            image_path(&images.squashfs),
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    out.one_ferry_line(&[closed.to_str().unwrap(), "Permission denied"]);
 }
 
 #[test]
