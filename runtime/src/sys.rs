@@ -199,9 +199,8 @@ pub(crate) fn capabilities() -> io::Result<Capabilities> {
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes a version-3 header and two data structs, laid out as the
     // kernel's (repr(C)), which live until the call returns.
-    check(
-        unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } as libc::c_int,
-    )?;
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    check(ret as libc::c_int)?;
     Ok(Capabilities(data))
 }
 
