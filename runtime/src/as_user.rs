@@ -15,6 +15,10 @@
 //! parent (the setup helper, which is killed at its deadline), keeps no descriptor of
 //! the helper's but its socket, and is not dumpable: the user can stop or kill it (that
 //! only fails their own step) but cannot reach into it.
+//!
+//! In ferry's own user namespace (`ferry run` without root) the helper is the user
+//! already; its only extra rights are capabilities inside that namespace, which it
+//! lowers from its effective set for each look and raises again after: no child.
 
 use crate::sys;
 use crate::users::User;
@@ -27,6 +31,13 @@ use std::path::Path;
 
 /// A process that is the user, taking requests until it is dropped.
 pub struct AsUser {
+    /// None in ferry's own user namespace (`ferry run` without root): the caller is
+    /// the user already, and only lowers its capabilities in that namespace for each
+    /// look (see `as_the_caller`), instead of asking a child.
+    child: Option<Child>,
+}
+
+struct Child {
     channel: OwnedFd,
     pid: Pid,
     /// Its first message (that it became the user) has been read.
@@ -49,6 +60,9 @@ impl AsUser {
     /// Forks the child, which becomes the user. Must be called from a single-threaded
     /// process (the helper). A failure to become the user is the first request's error.
     pub fn start(user: &User) -> io::Result<AsUser> {
+        if crate::userns::entered() {
+            return Ok(AsUser { child: None });
+        }
         let (ours, theirs) = sys::message_pair()?;
         let groups: Vec<nix::unistd::Gid> = user
             .gids()
@@ -74,9 +88,11 @@ impl AsUser {
                 // Whether it became the user is read with the first answer: the
                 // caller goes on with its own work meanwhile.
                 Ok(AsUser {
-                    channel: ours,
-                    pid,
-                    started: std::cell::Cell::new(false),
+                    child: Some(Child {
+                        channel: ours,
+                        pid,
+                        started: std::cell::Cell::new(false),
+                    }),
                 })
             }
         }
@@ -84,8 +100,11 @@ impl AsUser {
 
     /// Opens `path` with `open(2)` flags as the user. The outer error: the child is gone.
     pub fn open(&self, path: &Path, flags: libc::c_int) -> io::Result<io::Result<OwnedFd>> {
-        self.ask(Request::Open(flags), path)?;
-        Ok(match self.answer()? {
+        let Some(child) = &self.child else {
+            return as_the_caller(|| sys::open_path(path, flags));
+        };
+        child.ask(Request::Open(flags), path)?;
+        Ok(match child.answer()? {
             (OK, Some(fd)) => Ok(fd),
             (OK, None) => Err(io::Error::other("no descriptor came back")),
             (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
@@ -95,13 +114,32 @@ impl AsUser {
     /// Whether the user can enter the folder `path` (chdir, in the child's current
     /// mount namespace and root). The outer error: the child is gone.
     pub fn can_enter(&self, path: &Path) -> io::Result<io::Result<()>> {
-        self.ask(Request::Enter, path)?;
-        Ok(match self.answer()? {
+        let Some(child) = &self.child else {
+            // The caller's own folder afterwards is the root (it just pivoted there).
+            return as_the_caller(|| {
+                std::env::set_current_dir(path).and_then(|_| std::env::set_current_dir("/"))
+            });
+        };
+        child.ask(Request::Enter, path)?;
+        Ok(match child.answer()? {
             (OK, _) => Ok(()),
             (errno, _) => Err(io::Error::from_raw_os_error(errno as i32)),
         })
     }
+}
 
+/// Runs `look` with no effective capability (so the kernel checks the caller's own
+/// rights, as for a process outside any namespace), then raises them again. The outer
+/// error: the capabilities could not be changed.
+fn as_the_caller<T>(look: impl FnOnce() -> io::Result<T>) -> io::Result<io::Result<T>> {
+    let held = sys::capabilities()?;
+    sys::set_capabilities(&held.lowered())?;
+    let result = look();
+    sys::set_capabilities(&held)?;
+    Ok(result)
+}
+
+impl Child {
     fn ask(&self, request: Request, path: &Path) -> io::Result<()> {
         let (op, flags) = match request {
             Request::Open(flags) => (0u32, flags),
@@ -136,7 +174,7 @@ impl AsUser {
     }
 }
 
-impl Drop for AsUser {
+impl Drop for Child {
     /// Shutting the socket down ends the child; it is reaped here.
     fn drop(&mut self) {
         let _ = sys::shutdown(self.channel.as_fd());

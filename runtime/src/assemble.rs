@@ -167,13 +167,18 @@ pub(crate) fn perform<'p>(
                 work,
                 target,
                 attrs,
-            } => sys
-                .mount_overlay(lower, upper, work, target, *attrs)
-                .map_err(|source| MountError::ImageMount {
-                    path: req.image.clone(),
-                    what: "mounting the writable layer (overlay)",
-                    source,
-                })?,
+            } => {
+                if crate::userns::entered() {
+                    claim_parents_in_upper(plan, lower, upper)
+                        .map_err(|e| MountStep::StagingFolders.failed(e))?;
+                }
+                sys.mount_overlay(lower, upper, work, target, *attrs)
+            }
+            .map_err(|source| MountError::ImageMount {
+                path: req.image.clone(),
+                what: "mounting the writable layer (overlay)",
+                source,
+            })?,
             Op::MakeUnbindable { target } => sys
                 .make_unbindable(target)
                 .map_err(|e| MountStep::Unbindable.failed(e))?,
@@ -276,6 +281,48 @@ pub(crate) fn perform<'p>(
     })
 }
 
+/// Without root (in ferry's user namespace) the image's files belong to ids the
+/// namespace does not map (root's, unless `--fakeroot` and an image served by
+/// squashfuse), so nothing can be made in the image's folders, not even the account
+/// files or a missing mount point. Before the overlay is mounted, the folders that
+/// hold what the plan makes (account files, the home folder, the binds' destinations)
+/// are made in its upper layer, which is ours: there they merge with the image's
+/// folders of the same name and take ownership of them. A component the image has as
+/// a symlink or a file is left to the image (the plan then fails there, clearly, as it
+/// would for root).
+fn claim_parents_in_upper(plan: &Plan, lower: &Path, upper: &Path) -> std::io::Result<()> {
+    let mut made: Vec<PathBuf> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::WriteFile { dest, .. } | Op::Symlink { dest, .. } => Some(dest.clone()),
+            Op::HomeFolder { dest } => Some(dest.clone()),
+            Op::Bind(bind) => Some(bind.dest.clone()),
+            _ => None,
+        })
+        .collect();
+    made.push(Path::new(OWN_FILES).join("file"));
+    for dest in made {
+        let Some(parent) = dest.parent() else {
+            continue;
+        };
+        let mut at = PathBuf::new();
+        for part in parent.components().skip(1) {
+            at.push(part);
+            match std::fs::symlink_metadata(lower.join(&at)) {
+                Ok(meta) if meta.is_dir() => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => break, // a symlink or a file in the image: its own
+            }
+            match std::fs::create_dir(upper.join(&at)) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A bind whose source could not be opened, and why.
 type Skipped<'p> = Vec<(&'p Bind, std::io::Error)>;
 
@@ -376,7 +423,14 @@ fn write_file(
     let (parent, name) = split(dest);
     in_root
         .open(parent, Create::Dir)
-        .and_then(|dir| sys.write_file(dir.as_fd(), name, &text))
+        .and_then(|dir| match sys.write_file(dir.as_fd(), name, &text) {
+            // Without root, an image file squashfuse serves with ids the namespace
+            // does not map cannot be replaced (EOVERFLOW): ours is bound over it.
+            Err(e) if crate::userns::entered() && e.raw_os_error() == Some(libc::EOVERFLOW) => {
+                bind_over_image_file(sys, root, dir.as_fd(), dest, &text)
+            }
+            written => written,
+        })
         .map_err(|source| {
             MountError::WriteFile {
                 path: dest.to_path_buf(),
@@ -384,6 +438,35 @@ fn write_file(
             }
             .into()
         })
+}
+
+/// Where, without root, the account files that are bound over the image's own are
+/// written (a folder of the root's writable layer: see `claim_parents_in_upper`).
+const OWN_FILES: &str = "/.ferry/files";
+
+/// Writes `text` as a file of `OWN_FILES` and binds it over `dest` (in `dir`).
+fn bind_over_image_file(
+    sys: &mut impl Sys,
+    root: &Root,
+    dir: BorrowedFd<'_>,
+    dest: &Path,
+    text: &str,
+) -> std::io::Result<()> {
+    let (_, name) = split(dest);
+    let own = root.resolver().open(Path::new(OWN_FILES), Create::Dir)?;
+    sys.write_file(own.as_fd(), name, text)?;
+    let source = sys::openat(Some(own.as_fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    let target = sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    bind_restricted(
+        sys,
+        root,
+        source.as_fd(),
+        target.as_fd(),
+        dest,
+        false,
+        Attrs::SAFE,
+    )
+    .map_err(|(_, e)| e)
 }
 
 /// Which part of a restricted bind failed.
@@ -940,6 +1023,47 @@ mod tests {
                 .source,
             Source::Host(_)
         ));
+    }
+
+    /// Without root, the folders that will hold what the plan makes are made in the
+    /// upper layer, following the image's own folders but never over its symlinks or
+    /// files.
+    #[test]
+    fn the_folders_the_plan_makes_in_are_claimed_in_the_upper_layer() {
+        let scratch = crate::scratch::Scratch::new("claim");
+        let (lower, upper) = (scratch.join("lower"), scratch.join("upper"));
+        for dir in ["etc", "var", "home"] {
+            std::fs::create_dir_all(lower.join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("/elsewhere", lower.join("var/run")).unwrap();
+        std::fs::write(lower.join("data"), "a file").unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        let mut req = request();
+        req.mounts = vec![
+            MountSpec {
+                source: "/data".into(),
+                dest: "/var/run/socket/x".into(),
+                readonly: false,
+            },
+            MountSpec {
+                source: "/data".into(),
+                dest: "/data/inside/y".into(),
+                readonly: false,
+            },
+            MountSpec {
+                source: "/data".into(),
+                dest: "/opt/new/z".into(),
+                readonly: false,
+            },
+        ];
+        let plan = plan::plan(&req, Format::Squashfs, Method::Fuse).unwrap();
+        claim_parents_in_upper(&plan, &lower, &upper).unwrap();
+        for made in ["etc", "home", "var", "opt/new", ".ferry/files"] {
+            assert!(upper.join(made).is_dir(), "{made}");
+        }
+        for left in ["var/run", "data", "home/alice"] {
+            assert!(!upper.join(left).exists(), "{left}");
+        }
     }
 
     /// The executor reads the stored configuration through the validator `ferry

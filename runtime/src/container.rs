@@ -439,12 +439,27 @@ fn open_fuse(req: &Request) -> Result<Option<FuseParts>> {
     if req.image_policy.untrusted != Untrusted::Fuse {
         return Ok(None);
     }
-    let Ok(device) = sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR) else {
-        return Ok(None); // only an untrusted image needs it: that one fails, clearly
+    let device = match sys::open_path(Path::new("/dev/fuse"), libc::O_RDWR) {
+        Ok(device) => device,
+        // Without root, nothing but FUSE reads an image file: say why it cannot.
+        Err(source) if crate::userns::entered() && is_image_file(&req.image) => {
+            return Err(MountError::FuseDeviceClosed {
+                path: req.image.clone(),
+                source,
+            }
+            .into())
+        }
+        Err(_) => return Ok(None), // only an untrusted image needs it: that one fails, clearly
     };
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| Error::system("creating a socket pair", e))?;
     Ok(Some((device, ours, theirs)))
+}
+
+/// Whether `image` names a file (a root folder needs no FUSE; a missing image gets its
+/// own line), as the caller sees it.
+fn is_image_file(image: &Path) -> bool {
+    std::fs::metadata(image).is_ok_and(|m| m.is_file())
 }
 
 /// Waits (until `deadline`) for the image the helper sends once it has mounted FUSE

@@ -40,6 +40,7 @@ pub mod submit_check;
 pub mod superblock;
 #[allow(unsafe_code)] // the syscall seam: every block carries a `// SAFETY:` line
 mod sys;
+pub mod userns;
 pub mod users;
 mod verify;
 
@@ -72,7 +73,7 @@ pub mod interrupt {
 
 pub mod process {
     //! Forking the CLI's own process: `ferry run --save` waits for its command.
-    pub use crate::sys::{fork, Forked};
+    pub use crate::sys::{die_with_parent, fork, Forked};
 }
 
 pub mod exec {

@@ -34,6 +34,8 @@ pub enum MountError {
         helper: PathBuf,
         reason: String,
     },
+    #[error("image {path}: without root, SquashFS and SIF images are served through /dev/fuse, which you cannot open here ({source}); an admin can open it to users as distributions ship it (chmod 0666 /dev/fuse), or run a root folder instead (ferry doctor --user)")]
+    FuseDeviceClosed { path: PathBuf, source: io::Error },
     #[error("image {path}: no way to mount a {format} image by {method:?}")]
     NoImageMount {
         path: PathBuf,

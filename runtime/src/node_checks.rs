@@ -687,6 +687,61 @@ pub fn site_needs(root: &Path, site: &Site) -> Vec<Finding> {
     found
 }
 
+/// Whether this machine lets the calling user run images without root (`ferry run` as
+/// a user; `ferry doctor --user`): user namespaces (the same detection `ferry run`
+/// uses), the FUSE device and squashfuse for image files, overlay for `--writable`.
+pub fn check_user() -> Vec<Finding> {
+    let mut findings = Vec::new();
+    match crate::userns::check() {
+        Ok(()) => findings.push(ok(
+            "user namespaces: you can make one (ferry run works without root)",
+        )),
+        Err(line) => {
+            findings.push(fail(
+                line,
+                "root folders, SquashFS and SIF images then run only as root or through the Slurm plugin",
+            ));
+            return findings;
+        }
+    }
+    let device = Path::new("/dev/fuse");
+    match crate::sys::open_path(device, libc::O_RDWR) {
+        Ok(_) => findings.push(ok("/dev/fuse: you can open it (SquashFS and SIF images through squashfuse)")),
+        Err(e) => findings.push(fail(
+            format!("/dev/fuse: you cannot open it ({e}): SquashFS and SIF images cannot run without root here (root folders can)"),
+            "an admin can open it to users as distributions ship it: chmod 0666 /dev/fuse (udev: KERNEL==\"fuse\", MODE=\"0666\")",
+        )),
+    }
+    let helper = Path::new(crate::policy::DEFAULT_FUSE_HELPER);
+    if helper.exists() {
+        findings.push(ok(format!("{}: installed", helper.display())));
+    } else {
+        findings.push(fail(
+            format!("{}: missing: SquashFS and SIF images cannot run without root", helper.display()),
+            "install squashfuse (Debian/Ubuntu: apt install squashfuse; RHEL: dnf install squashfuse)",
+        ));
+    }
+    match kernel_version() {
+        Some(v) if v >= (5, 11) => findings.push(ok(format!(
+            "kernel {}.{}: overlay in a user namespace (--writable) is supported",
+            v.0, v.1
+        ))),
+        Some(v) => findings.push(warn(
+            format!("kernel {}.{}: --writable without root needs Linux 5.11 or later (overlay in a user namespace)", v.0, v.1),
+            "run --writable containers through the Slurm plugin or as root",
+        )),
+        None => {}
+    }
+    findings
+}
+
+/// The running kernel's major and minor version.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

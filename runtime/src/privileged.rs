@@ -302,8 +302,11 @@ impl Sys for Real<'_> {
     }
 
     fn write_file(&mut self, dir: BorrowedFd<'_>, name: &OsStr, content: &str) -> io::Result<()> {
+        // Without root the image's own file is not ours to write (see
+        // `assemble::claim_parents_in_upper`): ours replaces it.
+        let replace = crate::userns::entered();
         match sys::openat(Some(dir), name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-            Ok(existing) if !sys::is_regular(&sys::fstat(existing.as_fd())?) => {
+            Ok(existing) if replace || !sys::is_regular(&sys::fstat(existing.as_fd())?) => {
                 sys::unlinkat(dir, name, false)?
             }
             _ => {}

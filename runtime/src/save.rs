@@ -33,6 +33,8 @@ pub const PARENT_PATH: &str = "/.ferry/parent.json";
 /// work: left out of a saved image (and the parent record, written afresh).
 const FERRY_OWN: &[&str] = &[
     ".ferry/bin",
+    // The account files `ferry run` without root binds over the image's.
+    ".ferry/files",
     ".ferry/host",
     ".ferry/image",
     ".ferry/parent.json",
@@ -224,6 +226,11 @@ const PARENT_VAR: &str = "FERRY_PARENT_RECORD";
 /// namespace (which makes its root this process's `/`), clones that mount alone, and
 /// returns to the namespace it came from before anything else.
 fn root_mount_alone(namespace: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    if crate::userns::entered() {
+        // Without root the host's namespace is not ours to return to (its owner is
+        // the host's user namespace): a copy of it, ours, is.
+        sys::unshare_mount_namespace()?;
+    }
     let home = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)?;
     sys::setns_mount(namespace)?;
     let copy = sys::clone_mount(Path::new("/"));

@@ -142,10 +142,88 @@ pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 
 /// Groups, gid, uid, for good. Allocates nothing: usable in a child forked from a
 /// multi-threaded process.
+///
+/// Inside ferry's own user namespace (`ferry run` without root, see `userns`) the
+/// groups cannot be changed (setgroups is denied there, so that no one drops a group
+/// that denies them access) and stay the caller's; a process that is not root inside
+/// then drops every capability it has in the namespace, as a non-root process outside
+/// has none.
 pub(crate) fn become_ids(uid: u32, gid: u32, groups: &[nix::unistd::Gid]) -> io::Result<()> {
-    nix::unistd::setgroups(groups)?;
+    let in_own_namespace = crate::userns::entered();
+    if !in_own_namespace {
+        nix::unistd::setgroups(groups)?;
+    }
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
+    if in_own_namespace && uid != 0 {
+        drop_capabilities()?;
+    }
+    Ok(())
+}
+
+/// The kernel's capability header and sets (linux/capability.h, version 3: two sets of
+/// 32 bits each).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capability sets.
+#[derive(Clone, Copy)]
+pub(crate) struct Capabilities([CapData; 2]);
+
+impl Capabilities {
+    /// The same sets with nothing effective: permission checks as if unprivileged,
+    /// until the effective set is raised again from the permitted one.
+    pub(crate) fn lowered(self) -> Capabilities {
+        Capabilities(self.0.map(|d| CapData { effective: 0, ..d }))
+    }
+}
+
+pub(crate) fn capabilities() -> io::Result<Capabilities> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes a version-3 header and two data structs, laid out as the
+    // kernel's (repr(C)), which live until the call returns.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    check(ret as libc::c_int)?;
+    Ok(Capabilities(data))
+}
+
+pub(crate) fn set_capabilities(caps: &Capabilities) -> io::Result<()> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads a version-3 header and two data structs, laid out as the
+    // kernel's (repr(C)), which live until the call returns.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, caps.0.as_ptr()) } as libc::c_int)?;
+    Ok(())
+}
+
+/// Clears the effective, permitted and inheritable capability sets.
+pub(crate) fn drop_capabilities() -> io::Result<()> {
+    set_capabilities(&Capabilities([CapData::default(); 2]))
+}
+
+/// A new user namespace for the calling (single-threaded) process, which gets every
+/// capability inside it and none outside.
+pub fn unshare_user_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)?;
     Ok(())
 }
 

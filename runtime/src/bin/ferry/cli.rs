@@ -21,7 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run CMD inside IMAGE (needs root; --user runs it as that user, as a Slurm step would)
+    /// Run CMD inside IMAGE (as root, or without root where user namespaces are allowed;
+    /// --user runs it as that user, as a Slurm step would)
     Run {
         /// Bind SRC (a host path) at DST inside, read-only with :ro. Repeatable.
         #[arg(long = "mount", short = 'm', value_name = "SRC[:DST[:ro]]")]
@@ -48,6 +49,10 @@ pub enum Command {
         /// and what the command wrote) as a new SquashFS image FILE, written as the user
         #[arg(long, value_name = "FILE", requires = "writable")]
         save: Option<PathBuf>,
+        /// Without root: be root (uid and gid 0) inside the container's user namespace,
+        /// to install packages into a --writable root; outside you stay yourself
+        #[arg(long)]
+        fakeroot: bool,
         /// Image file or root folder
         image: PathBuf,
         /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)
@@ -200,6 +205,10 @@ pub enum Command {
         /// Slurm's plugstack.conf (under --root)
         #[arg(long, value_name = "FILE", default_value = "/etc/slurm/plugstack.conf")]
         plugstack: PathBuf,
+        /// Check instead whether this machine lets you run images without root (ferry
+        /// run as a user); the default when doctor is not run as root
+        #[arg(long)]
+        user: bool,
     },
     /// Keep a job's named container until the job ends on this node (started by the plugin)
     #[command(hide = true)]

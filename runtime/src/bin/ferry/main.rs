@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             writable,
             readonly: _,
             save,
+            fakeroot,
             image,
             command,
         } => match run::run(
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
                 user,
                 writable,
                 save,
+                fakeroot,
             },
             image,
             command,
@@ -113,7 +115,14 @@ fn main() -> ExitCode {
             version::print();
             ExitCode::SUCCESS
         }
-        Command::Doctor { root, plugstack } => doctor::doctor(&root, &plugstack),
+        Command::Doctor {
+            root,
+            plugstack,
+            user,
+        } => match user || !ferry_runtime::is_root() {
+            true => doctor::doctor_user(),
+            false => doctor::doctor(&root, &plugstack),
+        },
         Command::Images {
             action,
             store,

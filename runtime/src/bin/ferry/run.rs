@@ -1,6 +1,10 @@
 //! `ferry run`: prepare, join and exec, as root, optionally as another user. With
 //! `--save` it forks instead: the child joins and execs, this process waits and, when
 //! the command succeeded, saves the container as a new image.
+//!
+//! Without root, this process first enters a user namespace of its own (`userns`),
+//! and the same `prepare` builds the container there: only the image's mount
+//! differs (squashfuse as the user; no loop devices, no node image cache).
 
 use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::save::ParentImage;
@@ -22,6 +26,8 @@ pub struct Options {
     /// `--writable[=SIZE]`: "" without a size.
     pub writable: Option<String>,
     pub save: Option<PathBuf>,
+    /// `--fakeroot` (without root only): uid and gid 0 inside the user namespace.
+    pub fakeroot: bool,
 }
 
 pub fn run(
@@ -36,17 +42,27 @@ pub fn run(
         user,
         writable,
         save,
+        fakeroot,
     } = options;
-    if !ferry_runtime::is_root() {
-        return Err("ferry run needs root: it mounts the image in a private mount namespace; run it with sudo (use --user NAME to run as yourself), or use sbatch/srun --container=IMAGE on a cluster with ferry".into());
+    let rootless = !ferry_runtime::is_root();
+    if rootless && save.is_some() && !fakeroot {
+        // Saved by the user's mksquashfs in the namespace, where the image's files
+        // belong to root only with --fakeroot (else they would be stored as nobody's).
+        return Err("--save without root needs --fakeroot, so that the image's files keep root as their owner in the saved image: add --fakeroot".into());
     }
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
-    let user = match user {
-        Some(name) => User::by_name(&name),
-        None => User::by_uid(0, 0, nix_groups()),
-    }
-    .map_err(|e| e.to_string())?;
+    let user = if rootless {
+        caller_without_root(user.as_deref())?
+    } else if fakeroot {
+        return Err("--fakeroot is for ferry run without root (as root the command already runs as root); drop it".into());
+    } else {
+        match user {
+            Some(name) => User::by_name(&name),
+            None => User::by_uid(0, 0, nix_groups()),
+        }
+        .map_err(|e| e.to_string())?
+    };
     let spec = image.to_str().ok_or("the image path is not valid UTF-8")?;
     // A registry reference or a stored image's digest: the stored file, pinned.
     let resolved;
@@ -71,27 +87,39 @@ pub fn run(
         let size = Some(size.as_str()).filter(|s| !s.is_empty());
         step_request::make_writable(&mut request, site.as_ref(), size)?;
     }
-    // This very program expires the images a site file lets this node keep.
-    request.cache_janitor = std::env::current_exe().ok();
+    if rootless {
+        without_root(&mut request, fakeroot)?;
+    } else {
+        // This very program expires the images a site file lets this node keep.
+        request.cache_janitor = std::env::current_exe().ok();
+    }
     let container = prepare(&request).map_err(|e| e.to_string())?;
     let cache = container.facts.cache.as_ref();
     if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
         crate::say::warning(&line);
     }
     match save {
-        None => enter_and_exec(container, &request, command),
+        None => enter_and_exec(container, &request, command, None),
         Some(out) => run_then_save(container, &request, command, &cwd.join(out)),
     }
 }
 
 /// Joins the container as its user and execs the command (or the image's default).
+/// With `die_with`, the command is killed when that process (ferry, waiting to save)
+/// dies: it would otherwise keep the container, and its squashfuse, alive.
 fn enter_and_exec(
     container: Container,
     request: &Request,
     command: Vec<std::ffi::OsString>,
+    die_with: Option<nix::unistd::Pid>,
 ) -> Result<Never, String> {
     container.join().map_err(|e| e.to_string())?;
     container.become_user().map_err(|e| e.to_string())?;
+    if let Some(parent) = die_with {
+        // After becoming the user: a change of ids disarms it.
+        ferry_runtime::process::die_with_parent(parent)
+            .map_err(|e| format!("cannot start the command: {e}"))?;
+    }
     let config = container.facts.config.clone().unwrap_or_default();
     drop_to_env(&container.user, &config);
     container.enter_workdir().map_err(|e| e.to_string())?;
@@ -142,8 +170,9 @@ fn run_then_save(
 ) -> Result<Never, String> {
     use ferry_runtime::process::{fork, Forked};
     use nix::sys::wait::{waitpid, WaitStatus};
+    let parent = nix::unistd::getpid();
     let child = match fork().map_err(|e| format!("cannot start the command: {e}"))? {
-        Forked::Child => match enter_and_exec(container, request, command) {
+        Forked::Child => match enter_and_exec(container, request, command, Some(parent)) {
             Ok(never) => match never {},
             Err(message) => {
                 crate::say::error(&message);
@@ -183,6 +212,51 @@ fn run_then_save(
     }
     container.release();
     std::process::exit(status)
+}
+
+/// The caller, for a run without root: `--user` may only name themselves.
+fn caller_without_root(asked: Option<&str>) -> Result<User, String> {
+    let uid = nix::unistd::getuid().as_raw();
+    let me = User::by_uid(uid, nix::unistd::getgid().as_raw(), nix_groups())
+        .map_err(|e| e.to_string())?;
+    match asked {
+        Some(name) if name != me.name && name != uid.to_string() => Err(format!(
+            "ferry run --user {name}: without root the command runs as you ({}); drop --user, or run it as root (sudo ferry run --user {name} ...)",
+            me.name
+        )),
+        _ => Ok(me),
+    }
+}
+
+/// Enters the user namespace and fits the request to it: what the kernel lets a user
+/// mount (SquashFS and SIF through squashfuse as the user, root folders bound; no
+/// kernel file systems, so no trusted folders), no node image cache and no shared
+/// digest cache (neither is the user's to write), and with `--fakeroot` root inside.
+/// A site file still gives its mounts, limits and mount destinations.
+fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
+    use ferry_runtime::userns::{self, Inside};
+    let inside = if fakeroot {
+        Inside::Root
+    } else {
+        Inside::Themselves
+    };
+    userns::enter(inside).map_err(|reason| reason.line())?;
+    request.image_policy.trusted_dirs.clear();
+    request.image_policy.untrusted = ferry_runtime::policy::Untrusted::Fuse;
+    request.image_cache = ferry_runtime::policy::CachePolicy::OFF;
+    request.digest_cache = None;
+    request.cache_janitor = None;
+    if fakeroot {
+        request.user = User {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            home: "/root".into(),
+            gecos: "root".into(),
+        };
+    }
+    Ok(())
 }
 
 fn nix_groups() -> Vec<u32> {
