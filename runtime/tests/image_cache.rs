@@ -26,12 +26,17 @@ fn in_own_namespace_on_cpu(cpu: usize, script: &str) -> Outcome {
     in_namespace(cmd, script)
 }
 
-/// Ends the janitor a test's runs started in its namespace, whatever happened: a janitor
-/// left running would sweep the cache's cgroup, which is the host's too, against this
-/// namespace's (empty) records.
+/// Ends what a test's runs kept in its namespace, whatever happened: the janitor (left
+/// running, it would sweep the cache's cgroup, which is the host's too, against this
+/// namespace's records) and the kept mounts (a kept squashfuse lives in this namespace
+/// and would keep it, and so its own mount, alive). Not `ferry cache drop --all`: that
+/// sweeps the host's cgroup too.
 const END_JANITOR: &str = r#"end_janitor() {
     pid=$(cut -d' ' -f1 /run/ferry/image-cache/.janitor 2>/dev/null || true)
     [ -z "$pid" ] || kill -9 "$pid" 2>/dev/null || true
+    for ns in /run/ferry/image-cache/*/ns; do
+        [ -e "$ns" ] && umount -l "$ns" 2>/dev/null || true
+    done
 }
 "#;
 
