@@ -349,7 +349,7 @@ fn end_container(namespace: &OwnedFd, server: Option<&image_cache::Server>) {
         let link = format!("mnt:[{inode}]");
         for _ in 0..5 {
             let mut killed = 0;
-            for pid in pids() {
+            for pid in sys::process_ids() {
                 let inside = fs::read_link(format!("/proc/{pid}/ns/mnt"))
                     .is_ok_and(|l| l.as_os_str() == OsStr::new(&link));
                 if inside && sys::kill_if_in_namespace(pid, inode) {
@@ -367,14 +367,6 @@ fn end_container(namespace: &OwnedFd, server: Option<&image_cache::Server>) {
     }
 }
 
-fn pids() -> impl Iterator<Item = u32> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-}
-
 /// Whether a slurmstepd of `job` runs on this host: root's, titled
 /// `slurmstepd: [JOB.STEP]` (a user's process can take any title, not root's uid).
 fn job_has_a_step_here(job: u32) -> bool {
@@ -387,7 +379,7 @@ fn job_has_a_step_here(job: u32) -> bool {
             .find(|l| l.starts_with("Uid:"))
             .is_some_and(|l| l[4..].split_whitespace().all(|id| id == "0"))
     };
-    pids().any(|pid| {
+    sys::process_ids().any(|pid| {
         // Cheap first (the folder's owner), and only the title's length of the
         // command line: users choose how long theirs are.
         if fs::metadata(format!("/proc/{pid}")).map_or(true, |m| m.uid() != 0) {

@@ -52,7 +52,7 @@ pub fn batch_step_namespace(
             && fs::read(dir.join("cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).next() == Some(title.as_bytes()))
     };
-    let (server, stepd) = pids().find_map(|pid| {
+    let (server, stepd) = sys::process_ids().find_map(|pid| {
         let dir = proc_dir(pid);
         if fs::read(dir.join("comm")).ok()?.strip_suffix(b"\n")? != comm.as_slice() {
             return None;
@@ -102,14 +102,6 @@ pub fn borrow_image_mount(peer: OwnedFd, target: &Path) -> std::io::Result<bool>
         return Ok(false);
     }
     Ok(sys::attach_mount(cloned.as_fd(), target).is_ok())
-}
-
-fn pids() -> impl Iterator<Item = u32> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
 fn proc_dir(pid: u32) -> PathBuf {

@@ -1215,6 +1215,15 @@ pub fn unmount_detached(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The ids of the processes now running (what /proc lists).
+pub fn process_ids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// The kernel's start time of process `pid` (clock ticks after boot, field 22 of its
 /// stat file): with the pid, what names one process for good.
 pub fn process_start_time(pid: u32) -> Option<u64> {
