@@ -280,14 +280,7 @@ mod tests {
 
     #[test]
     fn a_relative_output_is_refused_before_anything_runs() {
-        let user = User {
-            name: "alice".into(),
-            uid: 1001,
-            gid: 1001,
-            groups: vec![],
-            home: "/home/alice".into(),
-            gecos: String::new(),
-        };
+        let user = crate::request::Request::example().user;
         let ns = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY).unwrap();
         let parent = ParentImage {
             image: "/img.sqfs".into(),

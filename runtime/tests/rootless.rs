@@ -35,17 +35,9 @@ fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
         open_fuse_to_users();
-        let fx = fixture();
         let dir = TempDir::new_in(Path::new("/var/tmp"), "rootless").keep_until_exit();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let rootfs = dir.join("rootfs");
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(&fx.rootfs)
-            .arg(&rootfs)
-            .status()
-            .unwrap();
-        assert!(copied.success(), "cp -a of the fixture failed");
+        let rootfs = copy_of_fixture_rootfs(&dir);
         for sub in ["srv", "usr", ".ferry"] {
             mkdir_mode(&rootfs.join(sub), 0o755);
         }
@@ -539,7 +531,7 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
     assert_nothing_serves(&images.sif, "the command killed");
 
     // ferry itself killed, once its command runs (ferry's process is the command's).
-    let mut child = user_command(
+    let child = started(user_command(
         cwd.path(),
         &[
             "run",
@@ -549,38 +541,14 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
             "-c",
             "echo started; exec sleep 60",
         ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert_eq!(first, "started\n");
+    ));
     assert!(!holding(&images.sif).is_empty(), "squashfuse serves it");
-    // runuser's child: the ferry process, now the command.
-    let runuser = child.id();
-    let ferry = fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse::<i32>()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ferry),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    kill_ferry(child);
     assert_nothing_serves(&images.sif, "ferry killed");
 
     // ferry killed while it waits to save (--save): the command dies with it.
     let saved = cwd.join("saved.sqfs");
-    let mut child = user_command(
+    let child = started(user_command(
         cwd.path(),
         &[
             "run",
@@ -594,10 +562,16 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
             "-c",
             "echo started; exec sleep 60",
         ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    ));
+    kill_ferry(child);
+    assert_nothing_serves(&images.squashfs, "ferry killed during --save");
+    assert!(!saved.exists());
+}
+
+/// Starts `cmd` (a user's `ferry run` whose command prints "started" first) and
+/// returns once the command runs.
+fn started(mut cmd: Command) -> std::process::Child {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
@@ -605,6 +579,12 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
     )
     .unwrap();
     assert_eq!(first, "started\n");
+    child
+}
+
+/// SIGKILL to the ferry process of `child` (runuser's child: ferry, or by now the
+/// command it became), then waits for runuser.
+fn kill_ferry(mut child: std::process::Child) {
     let runuser = child.id();
     let ferry = fs::read_to_string(format!("/proc/{runuser}/task/{runuser}/children"))
         .unwrap()
@@ -619,8 +599,6 @@ fn a_killed_command_or_ferry_leaves_no_squashfuse_and_no_mount() {
     )
     .unwrap();
     child.wait().unwrap();
-    assert_nothing_serves(&images.squashfs, "ferry killed during --save");
-    assert!(!saved.exists());
 }
 
 /// User namespaces switched off (`user.max_user_namespaces = 0`). A container host may

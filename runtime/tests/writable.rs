@@ -31,16 +31,8 @@ const HOST_CONTENT: &str = "the host's own file\n";
 fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let fx = fixture();
         let dir = TempDir::new("writable").keep_until_exit();
-        let rootfs = dir.join("rootfs");
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(&fx.rootfs)
-            .arg(&rootfs)
-            .status()
-            .unwrap();
-        assert!(copied.success(), "cp -a of the fixture failed");
+        let rootfs = copy_of_fixture_rootfs(&dir);
         mkdir_mode(&rootfs.join("work"), 0o1777);
         // The test user in the image's own accounts, for `su` as root inside.
         let user = test_user();

@@ -82,3 +82,17 @@ pub fn require_root_and_tools(more_tools: &[&str]) {
     }
     require(&missing);
 }
+
+/// A copy of the fixture's root folder (owners and modes kept) at `dir/rootfs`, for a
+/// test that changes it before packing its own images.
+pub fn copy_of_fixture_rootfs(dir: &Path) -> std::path::PathBuf {
+    let rootfs = dir.join("rootfs");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&fixture().rootfs)
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -a of the fixture failed");
+    rootfs
+}
