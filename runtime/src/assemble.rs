@@ -146,6 +146,8 @@ pub(crate) fn perform<'p>(
     let mut workdir = plan.workdir.clone();
     let no_root = || MountError::PlanOrder("the plan uses the root before opening it");
     let mut binds = 0;
+    // Files already written in the upper layer (`prewrite_in_upper`).
+    let mut prewritten: Vec<PathBuf> = Vec::new();
     for op in &plan.ops {
         match op {
             Op::Tmpfs {
@@ -170,6 +172,8 @@ pub(crate) fn perform<'p>(
             } => {
                 if crate::userns::entered() {
                     claim_parents_in_upper(plan, lower, upper)
+                        .and_then(|()| prewrite_in_upper(req, plan, lower, upper))
+                        .map(|done| prewritten = done)
                         .map_err(|e| MountStep::StagingFolders.failed(e))?;
                 }
                 sys.mount_overlay(lower, upper, work, target, *attrs)
@@ -208,6 +212,7 @@ pub(crate) fn perform<'p>(
                     share_image_mount(sys, root, source, dest, *attrs)?;
                 }
             }
+            Op::WriteFile { dest, .. } if prewritten.contains(dest) => {}
             Op::WriteFile { dest, content } => {
                 let root = root.as_ref().ok_or_else(no_root)?;
                 write_file(sys, root, req, dest, content)?
@@ -403,22 +408,8 @@ fn write_file(
     content: &FileContent,
 ) -> Result<()> {
     let in_root = root.resolver();
-    let user = &req.user;
-    let text = match content {
-        FileContent::Passwd => std::iter::once(user)
-            .chain(&req.accounts)
-            .fold(read_in_root(&in_root, dest), |text, u| {
-                users::merge_passwd(&text, u)
-            }),
-        FileContent::Group => std::iter::once(user)
-            .chain(&req.accounts)
-            .fold(read_in_root(&in_root, dest), |text, u| {
-                users::merge_group(&text, u)
-            }),
-        FileContent::HostCopy(host) => match std::fs::read_to_string(host) {
-            Ok(text) => text,
-            Err(_) => return Ok(()), // the host has none: leave the image's
-        },
+    let Some(text) = file_text(req, content, || read_in_root(&in_root, dest)) else {
+        return Ok(()); // the host has none: leave the image's
     };
     let (parent, name) = split(dest);
     in_root
@@ -438,6 +429,84 @@ fn write_file(
             }
             .into()
         })
+}
+
+/// What `content` becomes: the image's file (`image_file`) with the users' entries
+/// added, or a copy of the host's file (None when the host has none: the image's stays).
+fn file_text(
+    req: &Request,
+    content: &FileContent,
+    image_file: impl FnOnce() -> String,
+) -> Option<String> {
+    let users = || std::iter::once(&req.user).chain(&req.accounts);
+    Some(match content {
+        FileContent::Passwd => users().fold(image_file(), |text, u| users::merge_passwd(&text, u)),
+        FileContent::Group => users().fold(image_file(), |text, u| users::merge_group(&text, u)),
+        FileContent::HostCopy(host) => std::fs::read_to_string(host).ok()?,
+    })
+}
+
+/// Without root, the files the plan writes go straight into the upper layer before the
+/// overlay is mounted, where the image has them as plain files below plain folders (or
+/// not at all): no copy-up or whiteout through the overlay, and no file bound over an
+/// image file whose owner the namespace does not map. Returns the destinations done;
+/// the others are written through the root as for root. The lower layer is the
+/// user's own image read with the user's rights, so this needs no care beyond the
+/// image's own symlinks, which are left to the general path.
+fn prewrite_in_upper(
+    req: &Request,
+    plan: &Plan,
+    lower: &Path,
+    upper: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let lower_dir = sys::open_path(lower, libc::O_PATH | libc::O_DIRECTORY)?;
+    let in_lower = InRoot {
+        root: &lower_dir,
+        writable_dev: None,
+    };
+    let plain = |relative: &Path, last_may_be_file: bool| {
+        let mut at = lower.to_path_buf();
+        let parts: Vec<_> = relative.components().collect();
+        parts.iter().enumerate().all(|(i, part)| {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => i + 1 < parts.len() || !last_may_be_file,
+                Ok(meta) if meta.is_file() => last_may_be_file && i + 1 == parts.len(),
+                Ok(_) => false,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            }
+        })
+    };
+    let mut done = Vec::new();
+    for op in &plan.ops {
+        let Op::WriteFile { dest, content } = op else {
+            continue;
+        };
+        let Ok(relative) = dest.strip_prefix("/") else {
+            continue;
+        };
+        if !plain(relative, true) {
+            continue;
+        }
+        if let Some(text) = file_text(req, content, || read_in_root(&in_lower, dest)) {
+            let target = upper.join(relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)?
+                .write_all(text.as_bytes())?;
+        }
+        done.push(dest.clone());
+    }
+    Ok(done)
 }
 
 /// Where, without root, the account files that are bound over the image's own are

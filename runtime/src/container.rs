@@ -48,6 +48,8 @@ pub struct Container {
     cache_use: Option<InUse>,
     /// A named container (`--container-name`): whether this step made it or joined it.
     pub named: Option<Named>,
+    /// Built by `prepare_here`: this process is already inside.
+    inside: bool,
 }
 
 /// What a step did with its named container.
@@ -224,6 +226,7 @@ fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
                 name: named.name.clone(),
                 joined: true,
             }),
+            inside: false,
         });
     }
     let mut container = match prepare_new(req) {
@@ -258,6 +261,105 @@ fn prepare_named(req: &Request, named: &NamedContainer) -> Result<Container> {
         joined: false,
     });
     Ok(container)
+}
+
+/// Builds the container in this very process, which is inside it when this returns
+/// (its mount namespace, pivoted): `ferry run` without root, single-threaded, in its own
+/// user namespace (`userns::enter`). The same assembly as `prepare`, without the helper
+/// process: nothing here acts on the host with privileges, so there is no caller to
+/// shield from a stuck setup, and a process fewer to start. An image file's squashfuse
+/// is a child forked now, in the host's namespace (so it does not keep the container's
+/// alive), which waits for the image the assembly sends once FUSE is mounted.
+pub fn prepare_here(req: &Request) -> Result<Container> {
+    if !crate::userns::entered() || req.named.is_some() {
+        return Err(Error::system(
+            "preparing the container in this process",
+            std::io::Error::other("only for ferry run in its own user namespace"),
+        ));
+    }
+    let fuse = if is_image_file(&req.image) {
+        open_fuse(req)?
+    } else {
+        None // a root folder is bound: no server to start
+    };
+    let (handoff, server) = match fuse {
+        None => (None, None),
+        Some((device, ours, theirs)) => {
+            let parent = nix::unistd::getpid();
+            match sys::fork().map_err(SetupError::Fork)? {
+                sys::Forked::Child => {
+                    drop(theirs);
+                    serve_when_mounted(req, device, ours, parent)
+                }
+                sys::Forked::Parent(pid) => {
+                    drop(ours);
+                    let handoff = FuseHandoff {
+                        device,
+                        channel: theirs.into(),
+                    };
+                    (Some(handoff), Some(pid))
+                }
+            }
+        }
+    };
+    // The handoff is consumed (and its socket closed) by the assembly: a server that
+    // was sent no image exits.
+    let assembled = assemble::assemble(req, handoff);
+    let server = server.and_then(|pid| match &assembled {
+        Ok(made) if made.facts.mounted_by == "fuse" => Some(pid),
+        _ => {
+            reap(pid, SERVER_EXIT);
+            None
+        }
+    });
+    let made = assembled?;
+    let namespace = sys::open_path(Path::new("/proc/self/ns/mnt"), libc::O_RDONLY)
+        .map_err(SetupError::OpenNamespace)?;
+    drop(made.as_user);
+    Ok(Container {
+        namespace,
+        workdir: assemble::effective_workdir(req, made.facts.config.as_ref()),
+        user: req.user.clone(),
+        image: req.image.clone(),
+        facts: made.facts,
+        pinned: req.pinned.is_some(),
+        fuse_server: server,
+        setup_timeout: req.setup_timeout,
+        cache_use: None,
+        named: None,
+        inside: true,
+    })
+}
+
+/// The child `prepare_here` forks for the image's server: waits for the image the
+/// assembly sends once FUSE is mounted, then becomes squashfuse as the user. It dies
+/// with its parent until then; afterwards it serves for as long as the mount is used,
+/// by the command or anything it left running.
+fn serve_when_mounted(req: &Request, device: OwnedFd, channel: UnixStream, parent: Pid) -> ! {
+    if sys::die_with_parent(parent).is_err() {
+        sys::exit_now(1);
+    }
+    let Ok(Some((image, offset))) = sys::recv_fd(channel.as_fd()) else {
+        sys::exit_now(0); // nothing to serve: the setup failed or mounts otherwise
+    };
+    let Ok(helper) = sys::cstring(&req.image_policy.fuse_helper) else {
+        sys::exit_now(127);
+    };
+    if sys::clear_parent_death_signal().is_err() {
+        sys::exit_now(1);
+    }
+    let user = &req.user;
+    let _ = sys::exec_fuse_server(&sys::FuseServer {
+        fuse: device.as_fd(),
+        image: image.as_fd(),
+        offset,
+        helper: &helper,
+        uid: user.uid,
+        gid: user.gid,
+        groups: &user.gids(),
+    });
+    // The assembly's first look at the mount fails (ENOTCONN): the error the user reads.
+    sys::exit_now(127)
 }
 
 fn prepare_new(req: &Request) -> Result<Container> {
@@ -347,6 +449,7 @@ fn prepare_new(req: &Request) -> Result<Container> {
                 setup_timeout: req.setup_timeout,
                 cache_use,
                 named: None,
+                inside: false,
             })
         }
     }
@@ -603,8 +706,11 @@ impl Container {
     /// Moves the calling process into the container's mount namespace and forbids it
     /// ever gaining privileges (setuid files, file capabilities). Needs root and a
     /// single-threaded caller (a forked task).
+    /// A container `prepare_here` built is this process's own: only the second part.
     pub fn join(&self) -> Result<()> {
-        sys::setns_mount(self.namespace.as_fd()).map_err(TaskError::Join)?;
+        if !self.inside {
+            sys::setns_mount(self.namespace.as_fd()).map_err(TaskError::Join)?;
+        }
         sys::set_no_new_privs().map_err(|e| TaskError::NoNewPrivs(e).into())
     }
 

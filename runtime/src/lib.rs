@@ -44,7 +44,7 @@ pub mod userns;
 pub mod users;
 mod verify;
 
-pub use container::{prepare, Container, ImageFacts};
+pub use container::{prepare, prepare_here, Container, ImageFacts};
 pub use error::{Error, Result};
 pub use request::{MountSpec, Request, SlurmClients};
 pub use users::User;

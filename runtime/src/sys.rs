@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -256,6 +256,13 @@ pub fn die_with_parent(parent: nix::unistd::Pid) -> io::Result<()> {
     if nix::unistd::getppid() != parent {
         return Err(io::Error::other("the parent exited"));
     }
+    Ok(())
+}
+
+/// Undoes `die_with_parent`.
+pub fn clear_parent_death_signal() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) })?;
     Ok(())
 }
 
@@ -895,12 +902,7 @@ pub struct FuseServer<'a> {
 /// device then reads ENODEV), that is when the container's namespace is freed.
 pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
     // Everything the child needs is made before fork: it only makes system calls.
-    let mut argv = vec![server.helper.to_owned(), CString::from(c"-f")];
-    if server.offset != 0 {
-        argv.push(CString::from(c"-o"));
-        argv.push(CString::new(format!("offset={}", server.offset)).map_err(io::Error::other)?);
-    }
-    argv.extend([CString::from(c"/dev/fd/4"), CString::from(c"/dev/fd/3")]);
+    let argv = fuse_server_argv(server)?;
     let groups: Vec<nix::unistd::Gid> = server
         .groups
         .iter()
@@ -917,6 +919,44 @@ pub fn spawn_fuse_server(server: &FuseServer) -> io::Result<nix::unistd::Pid> {
             exit_now(127)
         }
     }
+}
+
+/// `spawn_fuse_server` without the fork: this process (a child forked for it) becomes
+/// the server. Returns only when that fails.
+pub fn exec_fuse_server(server: &FuseServer) -> io::Error {
+    let argv = match fuse_server_argv(server) {
+        Ok(argv) => argv,
+        Err(e) => return e,
+    };
+    let groups: Vec<nix::unistd::Gid> = server
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    // A plain number: `become_fuse_server` closes it (after making it 0, 1 and 2).
+    let null = match open_path(Path::new("/dev/null"), libc::O_RDWR) {
+        Ok(null) => null.into_raw_fd(),
+        Err(e) => return e,
+    };
+    if let Err(e) = become_fuse_server(server, null, &groups) {
+        return e;
+    }
+    execve(
+        server.helper,
+        &argv,
+        &[CString::from(c"PATH=/usr/sbin:/usr/bin:/sbin:/bin")],
+    )
+}
+
+/// `HELPER -f [-o offset=N] /dev/fd/4 /dev/fd/3` (see `spawn_fuse_server`).
+fn fuse_server_argv(server: &FuseServer) -> io::Result<Vec<CString>> {
+    let mut argv = vec![server.helper.to_owned(), CString::from(c"-f")];
+    if server.offset != 0 {
+        argv.push(CString::from(c"-o"));
+        argv.push(CString::new(format!("offset={}", server.offset)).map_err(io::Error::other)?);
+    }
+    argv.extend([CString::from(c"/dev/fd/4"), CString::from(c"/dev/fd/3")]);
+    Ok(argv)
 }
 
 fn become_fuse_server(

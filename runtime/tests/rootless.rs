@@ -199,6 +199,52 @@ fn each_format_runs_as_the_user_with_the_images_env_and_workdir() {
     }
 }
 
+/// The account files keep the image's own entries whether they are written straight
+/// into the writable layer (a plain /etc/group) or through the root (an /etc/passwd
+/// that is a symlink inside the image), for SquashFS and a root folder.
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn account_files_keep_the_images_entries_plain_or_through_a_symlink() {
+    require_root_and_tools(&["runuser"]);
+    let _host = shared();
+    let dir = TempDir::new_in(Path::new("/var/tmp"), "rootless-accounts").keep_until_exit();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let rootfs = copy_of_fixture_rootfs(&dir);
+    mkdir_mode(&rootfs.join("usr/lib"), 0o755);
+    write_mode(
+        &rootfs.join("usr/lib/passwd.image"),
+        "root:x:0:0:root:/root:/bin/sh\nimageuser:x:4242:4242::/:/bin/sh\n",
+        0o644,
+    );
+    let _ = fs::remove_file(rootfs.join("etc/passwd"));
+    std::os::unix::fs::symlink("/usr/lib/passwd.image", rootfs.join("etc/passwd")).unwrap();
+    write_mode(
+        &rootfs.join("etc/group"),
+        "root:x:0:\nimagegroup:x:4343:\n",
+        0o644,
+    );
+    let squashfs = dir.join("accounts.sqfs");
+    mksquashfs(&rootfs, &squashfs, &[]);
+    let user = test_user();
+    let cwd = user_folder("rootless-accounts");
+    for image in [&squashfs, &rootfs] {
+        let out = ferry_as_user(
+            cwd.path(),
+            &[
+                "run",
+                image_path(image),
+                "--",
+                "sh",
+                "-c",
+                "grep -c ^imageuser: /etc/passwd; grep -c ^ferrytest: /etc/passwd; grep -c ^imagegroup: /etc/group; grep -c ^root: /etc/group",
+            ],
+        );
+        out.expect_success("accounts");
+        assert_eq!(out.stdout, "1\n1\n1\n1\n", "{}: {out:#?}", image.display());
+        assert_nothing_serves(image, "accounts");
+    }
+}
+
 #[test]
 #[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
 fn an_ext_image_is_refused_with_the_fuse_policys_line() {

@@ -3,14 +3,15 @@
 //! the command succeeded, saves the container as a new image.
 //!
 //! Without root, this process first enters a user namespace of its own (`userns`),
-//! and the same `prepare` builds the container there: only the image's mount
+//! and the same assembly builds the container there, in this process itself
+//! (`prepare_here`; with `--save`, in `prepare`'s helper): only the image's mount
 //! differs (squashfuse as the user; no loop devices, no node image cache).
 
 use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::save::ParentImage;
 use ferry_runtime::site::Site;
 use ferry_runtime::step_request::{self, CommandFacts, Inputs, Launch};
-use ferry_runtime::{exec, prepare, Container, Request, User};
+use ferry_runtime::{exec, prepare, prepare_here, Container, Request, User};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -93,7 +94,14 @@ pub fn run(
         // This very program expires the images a site file lets this node keep.
         request.cache_janitor = std::env::current_exe().ok();
     }
-    let container = prepare(&request).map_err(|e| e.to_string())?;
+    // Without root and without --save, this process builds the container and stays in
+    // it (no helper to fork); --save must wait outside it for the command to end.
+    let container = if rootless && save.is_none() {
+        prepare_here(&request)
+    } else {
+        prepare(&request)
+    }
+    .map_err(|e| e.to_string())?;
     let cache = container.facts.cache.as_ref();
     if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
         crate::say::warning(&line);
