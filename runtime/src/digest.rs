@@ -244,6 +244,21 @@ impl Cache {
     }
 }
 
+/// The digest cache of the user running this process: `$XDG_CACHE_HOME/ferry/digests`,
+/// else `~/.cache/ferry/digests` (for the submit check and `ferry run` without root).
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| {
+        let p = PathBuf::from(v);
+        p.is_absolute().then_some(p)
+    };
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").and_then(absolute) {
+        return Some(cache.join("ferry/digests"));
+    }
+    std::env::var_os("HOME")
+        .and_then(absolute)
+        .map(|home| home.join(".cache/ferry/digests"))
+}
+
 /// The digest of an open image: from the cache when the file has not changed since it
 /// was hashed, else hashed now (and remembered).
 pub fn digest_of(file: &File, cache: Option<&Cache>) -> io::Result<(Digest, Source, FileVersion)> {

@@ -29,9 +29,12 @@ pub struct Request {
     pub accounts: Vec<User>,
     /// The pinned digest (`IMAGE@sha256:HEX`): the container is made only if it matches.
     pub pinned: Option<Digest>,
-    /// Root-owned folder of known digests (None: a pinned image is hashed every time,
+    /// Folder of known digests (None: a pinned image is hashed every time,
     /// an unpinned one's digest is unknown).
     pub digest_cache: Option<PathBuf>,
+    /// Who must own `digest_cache` for it to be believed: root, or for `ferry run`
+    /// without root the user (their own cache, answering only their own runs).
+    pub digest_cache_owner: u32,
     /// Which images the kernel mounts, which go through FUSE, which are refused.
     pub image_policy: ImagePolicy,
     /// The site's binds into every container (opened as root).
@@ -76,6 +79,7 @@ impl Request {
             accounts: Vec::new(),
             pinned: None,
             digest_cache: None,
+            digest_cache_owner: 0,
             image_policy: ImagePolicy::kernel(),
             site_mounts: Vec::new(),
             user_mount_destinations: None,

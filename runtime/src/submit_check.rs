@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The site's `submit_check`: how much the clients check of the image at submission.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl DigestCaches {
         let uid = nix::unistd::getuid().as_raw();
         DigestCaches {
             node: Some(Cache::new(node_dir)),
-            user: user_cache_dir().map(|dir| Cache::of_user(dir, uid)),
+            user: digest::user_cache_dir().map(|dir| Cache::of_user(dir, uid)),
         }
     }
 
@@ -102,19 +102,6 @@ impl DigestCaches {
             .flatten()
             .find_map(|c| c.lookup(version))
     }
-}
-
-fn user_cache_dir() -> Option<PathBuf> {
-    let absolute = |v: std::ffi::OsString| {
-        let p = PathBuf::from(v);
-        p.is_absolute().then_some(p)
-    };
-    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").and_then(absolute) {
-        return Some(cache.join("ferry/digests"));
-    }
-    std::env::var_os("HOME")
-        .and_then(absolute)
-        .map(|home| home.join(".cache/ferry/digests"))
 }
 
 /// The name of the user running this process, for messages (the uid if it has none).
@@ -373,6 +360,7 @@ mod tests {
     use crate::digest::hash_file;
     use crate::scratch::Scratch;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     const USER: &str = "alice";

@@ -26,7 +26,10 @@ pub(crate) fn verify_image(
     req: &Request,
     image: &OpenedImage,
 ) -> Result<(ImageFacts, Option<FileVersion>)> {
-    let cache = req.digest_cache.as_ref().map(Cache::new);
+    let cache = req
+        .digest_cache
+        .as_ref()
+        .map(|dir| Cache::of_user(dir, req.digest_cache_owner));
     verify(req, image, cache.as_ref())
 }
 

@@ -225,7 +225,6 @@ fn account_files_keep_the_images_entries_plain_or_through_a_symlink() {
     );
     let squashfs = dir.join("accounts.sqfs");
     mksquashfs(&rootfs, &squashfs, &[]);
-    let user = test_user();
     let cwd = user_folder("rootless-accounts");
     for image in [&squashfs, &rootfs] {
         let out = ferry_as_user(
@@ -243,6 +242,54 @@ fn account_files_keep_the_images_entries_plain_or_through_a_symlink() {
         assert_eq!(out.stdout, "1\n1\n1\n1\n", "{}: {out:#?}", image.display());
         assert_nothing_serves(image, "accounts");
     }
+}
+
+/// Without root a pinned image is hashed once per version of its file: the user's own
+/// digest cache (`$XDG_CACHE_HOME/ferry/digests`, the submit check's) answers after that,
+/// and a changed file is hashed again.
+#[test]
+#[ignore = "needs root and tests/prepare-host (run with --include-ignored)"]
+fn a_pinned_image_is_hashed_once_into_the_users_own_cache() {
+    require_root_and_tools(&["runuser", "sha256sum"]);
+    let _host = shared();
+    let work = user_folder("rootless-pinned");
+    let image = work.path().join("pinned.sqfs");
+    fs::copy(&images().squashfs, &image).unwrap();
+    fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+    let user = test_user();
+    std::os::unix::fs::chown(&image, Some(user.uid), Some(user.gid)).unwrap();
+    let digest = sha256sum(&image);
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let pinned = format!("{}@{digest}", image.display());
+    let cache = work.path().join("cache");
+    let run = || {
+        let mut cmd = user_command(work.path(), &["run", &pinned, "--", "true"]);
+        cmd.env("XDG_CACHE_HOME", &cache);
+        run_with_timeout(cmd, RUN_TIMEOUT)
+    };
+    let entries = || -> Vec<PathBuf> {
+        fs::read_dir(cache.join("ferry/digests"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    run().expect_success("first run");
+    let stored = entries();
+    assert_eq!(stored.len(), 1, "one entry after the first run: {stored:?}");
+    let entry = fs::read_to_string(&stored[0]).unwrap();
+    assert!(entry.contains(&hex), "{entry}");
+    // The next run believes the entry (the user's own, for the user's own runs only):
+    // one that says another digest makes it refuse the pin without hashing.
+    fs::write(&stored[0], entry.replace(&hex, &"0".repeat(64))).unwrap();
+    let out = run();
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    assert!(out.stderr.contains(&"0".repeat(64)), "{out:#?}");
+    // A new version of the file (same bytes, rewritten) is hashed again and succeeds.
+    let bytes = fs::read(&image).unwrap();
+    fs::remove_file(&image).unwrap();
+    fs::write(&image, bytes).unwrap();
+    fs::set_permissions(&image, fs::Permissions::from_mode(0o644)).unwrap();
+    run().expect_success("a rewritten file");
+    assert_nothing_serves(&image, "pinned");
 }
 
 #[test]

@@ -238,8 +238,8 @@ fn caller_without_root(asked: Option<&str>) -> Result<User, String> {
 
 /// Enters the user namespace and fits the request to it: what the kernel lets a user
 /// mount (SquashFS and SIF through squashfuse as the user, root folders bound; no
-/// kernel file systems, so no trusted folders), no node image cache and no shared
-/// digest cache (neither is the user's to write), and with `--fakeroot` root inside.
+/// kernel file systems, so no trusted folders), no node image cache, the user's own
+/// digest cache instead of the node's, and with `--fakeroot` root inside.
 /// A site file still gives its mounts, limits and mount destinations.
 fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
     use ferry_runtime::userns::{self, Inside};
@@ -252,7 +252,6 @@ fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
     request.image_policy.trusted_dirs.clear();
     request.image_policy.untrusted = ferry_runtime::policy::Untrusted::Fuse;
     request.image_cache = ferry_runtime::policy::CachePolicy::OFF;
-    request.digest_cache = None;
     request.cache_janitor = None;
     if fakeroot {
         request.user = User {
@@ -264,6 +263,10 @@ fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
             gecos: "root".into(),
         };
     }
+    // The user's own digest cache (the submit check's): a pinned image is hashed once
+    // per version of its file. Its owner as the namespace shows them (0 with --fakeroot).
+    request.digest_cache = ferry_runtime::digest::user_cache_dir();
+    request.digest_cache_owner = request.user.uid;
     Ok(())
 }
 
