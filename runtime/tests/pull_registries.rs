@@ -567,3 +567,50 @@ fn root_and_an_unprivileged_user_pull_the_same_bytes() {
     );
     assert_eq!(marker_of(&image), "repro\n");
 }
+
+/// Without root, a user pulls a reference into their own store and runs it by the same
+/// reference: `ferry run docker://…` finds the stored image (pinned to the bytes it
+/// stored) and runs it in the user's own namespace, with the image's PATH, WorkingDir
+/// and default command.
+#[test]
+#[ignore = "needs root, docker-registry and podman: sudo tests/prepare-host"]
+fn an_unprivileged_user_pulls_and_runs_a_reference_without_root() {
+    require_registry();
+    let registry = LocalRegistry::shared(RegistryKind::Tls);
+    let pushed = registry.push_two_layer("ferry/rootless:v1", "rootless", ManifestFormat::Oci);
+    let reference = docker(&pushed.reference);
+    let home = TempDir::new_in(Path::new("/var/tmp"), "pull-rootless-home");
+    home.give_to_test_user();
+    let as_user = |args: &[&str]| {
+        let mut cmd = Command::new(find_tool("runuser").expect("runuser (util-linux)"));
+        cmd.args(["-u", TEST_USER, "--"])
+            .arg(ferry_bin())
+            .args(args)
+            .current_dir(home.path())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", home.path())
+            .envs(registry.env_for_client());
+        run_with_timeout(cmd, PULL_LIMIT)
+    };
+    as_user(&["pull", &reference]).expect_success("pull as the test user");
+    let default = as_user(&["run", &reference]);
+    default.expect_success("run the stored image without root");
+    assert_eq!(default.stdout, "rootless\n", "{default:#?}");
+    let inside = as_user(&[
+        "run",
+        &reference,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $(id -u) $(pwd) $PATH",
+    ]);
+    inside.expect_success("a command of the user's");
+    // The image's PATH first (then the standard folders ferry adds).
+    assert!(
+        inside
+            .stdout
+            .starts_with(&format!("{} {IMAGE_WORKDIR} /bin:", test_user().uid)),
+        "{inside:#?}"
+    );
+}
