@@ -166,11 +166,17 @@ impl fmt::Display for Job {
 }
 
 /// The lines of ferry's own error messages (Slurm prefixes them with
-/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `). A warning at
-/// submission (`ferry: warning: `, an image missing on the submit host) is not one.
+/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `; Slurm 26.05 prefixes
+/// what a task's hook logs with a time stamp instead, `[2026-12-01T05:28:31.474] error: `).
+/// A warning at submission (`ferry: warning: `, an image missing on the submit host) is
+/// not one.
 fn ferry_lines(text: &str) -> Vec<&str> {
     text.lines()
-        .filter(|l| l.starts_with("ferry: ") || l.contains(": error: ferry: "))
+        .filter(|l| {
+            l.starts_with("ferry: ")
+                || l.contains(": error: ferry: ")
+                || (l.starts_with('[') && l.contains("] error: ferry: "))
+        })
         .filter(|l| !l.starts_with("ferry: warning: "))
         .collect()
 }
