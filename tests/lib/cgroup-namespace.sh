@@ -21,10 +21,11 @@ cgroup_name() { if [ "$1" = systemd ]; then echo name=systemd; else echo "$1"; f
 cgroup_own() { awk -F: -v c="$(cgroup_name "$1")" '{ n = split($2, a, ","); for (i = 1; i <= n; i++) if (a[i] == c) print $3 }' /proc/self/cgroup; }
 
 cgroup_subtrees() {
-    local c dir
+    local c dir own
     for c in "${CGROUP_HIERARCHIES[@]}"; do
         [ -d "/sys/fs/cgroup/$c" ] || { echo "no cgroup v1 hierarchy /sys/fs/cgroup/$c" >&2; return 1; }
-        dir=/sys/fs/cgroup/$c$(cgroup_own "$c")/$1
+        own=$(cgroup_own "$c")
+        dir=/sys/fs/cgroup/$c${own%/}/$1
         mkdir -p "$dir"
         if [ "$c" = cpuset ]; then
             cat "$(dirname "$dir")/cpuset.cpus" >"$dir/cpuset.cpus"
