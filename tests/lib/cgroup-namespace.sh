@@ -10,6 +10,7 @@
 #                           `unshare --cgroup` makes them the namespace's root
 #   cgroup_mount_fresh      inside the new mount and cgroup namespaces: /sys/fs/cgroup
 #                           afresh, each hierarchy showing the namespace's root only
+#   cgroup_leave FILE       moves this process back to the parents of those folders
 #   cgroup_remove FILE      removes the folders listed in FILE once they are empty
 # The hierarchies used (cpu and others stay the host's view, which Slurm does not use);
 # Slurm 24.11 also looks for systemd's named hierarchy to tell cgroup v1.
@@ -38,6 +39,11 @@ cgroup_subtrees() {
 cgroup_join() {
     local dir
     while read -r dir; do echo $$ >"$dir/cgroup.procs"; done <"$1"
+}
+
+cgroup_leave() {
+    local dir
+    while read -r dir; do echo $$ >"$(dirname "$dir")/cgroup.procs"; done <"$1"
 }
 
 cgroup_mount_fresh() {
