@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use test_support::{
-    find_tool, missing_for_jobs, missing_prerequisite, missing_tools, require, test_user,
-    TEST_HOME, TEST_USER,
+    cluster_command, find_tool, missing_for_jobs, missing_prerequisite, missing_tools,
+    other_cluster, require, test_user, CLUSTER_PID_VAR, TEST_HOME, TEST_USER,
 };
 
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
@@ -58,40 +58,57 @@ print(f\"rank {r} of {n}: sum={s} ring={'ok' if ok else 'bad'} lib=OpenMPI\", fl
 // ---------------------------------------------------------------------------------
 // Prerequisites.
 
-/// Fails the test, naming what is missing, unless the cluster and the host are ready.
+/// Fails the test, naming what is missing, unless the cluster (with Slurm's MPI plugins
+/// `mpi`) and the host are ready.
 #[track_caller]
-fn require_prerequisites() {
+fn require_prerequisites(mpi: &[&str]) {
     static MISSING: OnceLock<Vec<String>> = OnceLock::new();
-    require(MISSING.get_or_init(missing_prerequisites));
+    let mut missing = MISSING.get_or_init(missing_prerequisites).clone();
+    if missing.is_empty() {
+        let listed = mpi_plugins();
+        for plugin in mpi {
+            if !listed.lines().any(|l| l.trim() == *plugin) {
+                missing.push(format!(
+                    "Slurm's mpi/{plugin} plugin (srun --mpi=list: {:?}; mpi/pmix needs the node's libpmix-dev and a Slurm built with PMIx)",
+                    listed.trim()
+                ));
+            }
+        }
+    }
+    require(&missing);
 }
 
 fn missing_prerequisites() -> Vec<String> {
     let mut missing = missing_for_jobs();
+    if other_cluster().is_none() {
+        missing.extend(missing_tools(&["srun"]));
+    }
     missing.extend(missing_tools(&[
-        "srun",
         "mksquashfs",
         "runuser",
         "timeout",
         "losetup",
         "flock",
     ]));
-    if find_tool("srun").is_some() {
-        // `srun --mpi=list` prints the plugin names, one a line, to stderr.
-        let text = match run_root(&["timeout", "10", "srun", "--mpi=list"]) {
-            Ok((_, out, err)) => out + &err,
-            Err(e) => e,
-        };
-        let names: BTreeSet<&str> = text.lines().map(str::trim).collect();
-        for mpi in ["pmix", "pmi2"] {
-            if !names.contains(mpi) {
-                missing.push(format!(
-                    "Slurm's mpi/{mpi} plugin (srun --mpi=list: {:?}; mpi/pmix needs the host's libpmix-dev)",
-                    text.trim()
-                ));
-            }
-        }
-    }
     missing
+}
+
+/// What `srun --mpi=list` prints on the cluster under test (plugin names, one a line).
+fn mpi_plugins() -> &'static str {
+    static LISTED: OnceLock<String> = OnceLock::new();
+    LISTED.get_or_init(|| {
+        match cluster_command("timeout", Path::new("/"))
+            .args(["10", "srun", "--mpi=list"])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) => {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr)
+            }
+            Err(e) => format!("srun: {e}"),
+        }
+    })
 }
 
 /// Runs a host command as root: (success, stdout, stderr).
@@ -238,9 +255,24 @@ struct Lab {
 
 impl Lab {
     /// A fresh folder and the images; fails the test when a prerequisite is missing.
+    /// For a test that runs only on the host's cluster (it checks the host's loop
+    /// devices, processes or nodes), so it refuses another cluster.
     #[track_caller]
     fn new(name: &str) -> Lab {
-        require_prerequisites();
+        assert!(
+            other_cluster().is_none(),
+            "this test runs only against the host's cluster; unset {CLUSTER_PID_VAR} \
+             (the core cases, made with Lab::core, run against every release)"
+        );
+        Self::core(name, &["pmix", "pmi2"])
+    }
+
+    /// Like `new`, for a core case that needs Slurm's MPI plugins `mpi`: it checks only
+    /// what the user sees, so it also runs against the other Slurm releases of the
+    /// suite (tests/slurm26/suite).
+    #[track_caller]
+    fn core(name: &str, mpi: &[&str]) -> Lab {
+        require_prerequisites(mpi);
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let images = images();
         let dir = Path::new(TEST_HOME).join(format!("mpi-e2e-{name}-{}", std::process::id()));
@@ -264,11 +296,15 @@ impl Lab {
     /// `srun` as above, killed after `secs` seconds.
     fn srun_within(&self, secs: u64, env: &[(&str, &str)], args: &[&str]) -> Out {
         let secs = secs.to_string();
-        let mut cmd = Command::new(find_tool("runuser").unwrap());
+        let runuser = match other_cluster() {
+            // The other release's own, by absolute path (the clean PATH has no sbin).
+            Some(_) => PathBuf::from("/usr/sbin/runuser"),
+            None => find_tool("runuser").unwrap(),
+        };
+        let mut cmd = cluster_command(&runuser.display().to_string(), &self.dir);
         cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs, "srun"])
             .args(["-t", "5", "-J", &self.job_name()])
             .args(args)
-            .current_dir(&self.dir)
             .env_clear()
             .env("PATH", USER_PATH)
             .env("HOME", TEST_HOME)
@@ -427,7 +463,7 @@ fn openmpi_pmix_shared_memory() {
 #[test]
 #[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn mpich_pmi2_four_ranks_are_one_job() {
-    let lab = Lab::new("mpich");
+    let lab = Lab::core("mpich", &["pmi2"]);
     let image = format!("--container={}", lab.images.mpich);
     let out = lab.srun(
         &[],
@@ -618,7 +654,7 @@ fn mpich_pmi2_two_nodes_are_one_job() {
 #[test]
 #[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn host_has_no_mpi() {
-    require_prerequisites();
+    require_prerequisites(&["pmix", "pmi2"]);
     let found: Vec<String> = ["mpirun", "mpicc", "mpiexec"]
         .into_iter()
         .filter_map(find_tool)

@@ -44,9 +44,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use test_support::{
-    find_tool, missing_for_jobs, missing_tools, mksquashfs, sha256sum, sif_builder,
-    slurm_node_problem, static_busybox_problem, test_user, BUSYBOX, PLUGIN_CONF, TEST_HOME,
-    TEST_USER,
+    cluster_command, cluster_mount_ns, find_tool, missing_for_jobs, missing_tools, mksquashfs,
+    other_cluster, sha256sum, sif_builder, slurm_node_problem, static_busybox_problem, test_user,
+    BUSYBOX, CLUSTER_PID_VAR, PLUGIN_CONF, TEST_HOME, TEST_USER,
 };
 
 /// PATH of the test user's commands (the host's Slurm clients are in /usr/bin).
@@ -92,12 +92,10 @@ fn missing_prerequisites() -> Vec<String> {
     missing
 }
 
-/// The host's mount namespace, as `readlink /proc/self/ns/mnt` prints it.
+/// The node's own mount namespace (the host's, or that of the other cluster under test),
+/// as `readlink /proc/self/ns/mnt` prints it.
 fn host_mount_ns() -> String {
-    fs::read_link("/proc/self/ns/mnt")
-        .unwrap()
-        .display()
-        .to_string()
+    cluster_mount_ns()
 }
 
 // ---------------------------------------------------------------------------------
@@ -168,11 +166,17 @@ impl fmt::Display for Job {
 }
 
 /// The lines of ferry's own error messages (Slurm prefixes them with
-/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `). A warning at
-/// submission (`ferry: warning: `, an image missing on the submit host) is not one.
+/// `srun: error: `, `slurmstepd-NODE: error: `, `sbatch: error: `; Slurm 26.05 prefixes
+/// what a task's hook logs with a time stamp instead, `[2026-12-01T05:28:31.474] error: `).
+/// A warning at submission (`ferry: warning: `, an image missing on the submit host) is
+/// not one.
 fn ferry_lines(text: &str) -> Vec<&str> {
     text.lines()
-        .filter(|l| l.starts_with("ferry: ") || l.contains(": error: ferry: "))
+        .filter(|l| {
+            l.starts_with("ferry: ")
+                || l.contains(": error: ferry: ")
+                || (l.starts_with('[') && l.contains("] error: ferry: "))
+        })
         .filter(|l| !l.starts_with("ferry: warning: "))
         .collect()
 }
@@ -258,15 +262,34 @@ struct Lab {
 }
 
 impl Lab {
-    /// A fresh folder; fails the test when a prerequisite is missing.
+    /// A fresh folder; fails the test when a prerequisite is missing. For a test that
+    /// runs only on the host's cluster: it checks things there (syslog, the host's
+    /// processes and mounts, its site files), so it refuses another cluster.
     #[track_caller]
     fn new(name: &str) -> Lab {
+        assert!(
+            other_cluster().is_none(),
+            "this test runs only against the host's cluster; unset {CLUSTER_PID_VAR} \
+             (the core cases, made with Lab::core, run against every release)"
+        );
+        Self::create(name, false)
+    }
+
+    /// Like `new`, for a core case: it checks only what the test user sees (job output,
+    /// files in the lab), so it runs against the host's cluster and against the other
+    /// Slurm releases of the suite (tests/slurm26/suite, `FERRY_E2E_CLUSTER_PID`).
+    #[track_caller]
+    fn core(name: &str) -> Lab {
         Self::create(name, false)
     }
 
     /// Like `new`, and no other test of this file runs meanwhile.
     #[track_caller]
     fn exclusive(name: &str) -> Lab {
+        assert!(
+            other_cluster().is_none(),
+            "this test runs only against the host's cluster; unset {CLUSTER_PID_VAR}"
+        );
         Self::create(name, true)
     }
 
@@ -427,10 +450,9 @@ impl Lab {
     /// Runs `argv` as the test user in `cwd`, under `timeout`, with a clean environment.
     fn run_in(&self, cwd: &Path, argv: &[&str], stdin: Option<&str>, secs: u64) -> Out {
         let secs = secs.to_string();
-        let mut cmd = Command::new(find_tool("runuser").unwrap());
+        let mut cmd = cluster_command(&runuser(), cwd);
         cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs])
             .args(argv)
-            .current_dir(cwd)
             .env_clear()
             .env("PATH", USER_PATH)
             .env("HOME", TEST_HOME)
@@ -541,6 +563,15 @@ impl Drop for Lab {
     }
 }
 
+/// runuser of the cluster's node (on another release's root: its own, by absolute path,
+/// as the user's clean PATH has no sbin).
+fn runuser() -> String {
+    match other_cluster() {
+        Some(_) => "/usr/sbin/runuser".to_string(),
+        None => find_tool("runuser").unwrap().display().to_string(),
+    }
+}
+
 fn busybox_applets() -> &'static Vec<String> {
     static APPLETS: OnceLock<Vec<String>> = OnceLock::new();
     APPLETS.get_or_init(|| {
@@ -582,7 +613,7 @@ fn assert_has(text: &str, needle: &str, context: &dyn fmt::Display) {
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn batch_script_and_its_steps_run_in_the_image() {
-    let lab = Lab::new("batch");
+    let lab = Lab::core("batch");
     let image = lab.image("app.sqfs", "APP");
     let job = lab.sbatch(
         &["-n", "2", &format!("--container={image}")],
@@ -926,7 +957,7 @@ fn interactive_pty_shell_runs_in_the_image() {
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn job_image_a_steps_inherit_or_choose_b_or_none() {
-    let lab = Lab::new("inherit-a");
+    let lab = Lab::core("inherit-a");
     let a = lab.image("a.sqfs", "IMAGE-A");
     let b = lab.image("b.sqfs", "IMAGE-B");
     let b_abs = lab.path(&b).display().to_string();
@@ -974,7 +1005,7 @@ echo "again: $(srun cat {ONLY_FILE})""#
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn job_image_b_step_chooses_a() {
-    let lab = Lab::new("inherit-b");
+    let lab = Lab::core("inherit-b");
     let a = lab.image("a.sqfs", "IMAGE-A");
     let b = lab.image("b.sqfs", "IMAGE-B");
     let job = lab.sbatch(
@@ -1005,7 +1036,7 @@ echo "inherit: $(srun {ONLY_CMD})""#
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn relative_image_paths_resolve_against_the_submit_folder() {
-    let lab = Lab::new("relative");
+    let lab = Lab::core("relative");
     let image = lab.image("images/rel.sqfs", "REL");
     let work = lab.mkdir("work");
     let job = lab.sbatch_in(
@@ -1080,7 +1111,7 @@ cd {outside} && echo "cwd: $(srun --container={image_abs} pwd)""#,
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn container_mounts_and_workdir() {
-    let lab = Lab::new("mounts");
+    let lab = Lab::core("mounts");
     let image = lab.image("m.sqfs", "MOUNTS");
     let rw = lab.mkdir("rw");
     lab.mkdir("ro");
@@ -1164,7 +1195,7 @@ srun --container-workdir=/e2e sh -c 'echo "override-pwd=$(pwd)"'"#,
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn slurm_commands_work_inside_the_batch_script() {
-    let lab = Lab::new("clients");
+    let lab = Lab::core("clients");
     let image = lab.image("c.sqfs", "CLIENTS");
     let job = lab.sbatch(
         &[&format!("--container={image}")],
@@ -1227,7 +1258,7 @@ echo "inner-state: $(scontrol show job "$inner" | grep -o "JobState=[A-Z]*")""#
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn ids_inside_match_the_user() {
-    let lab = Lab::new("ids");
+    let lab = Lab::core("ids");
     let image = lab.image("ids.sqfs", "IDS");
     let report = "echo \"uid=$(id -u) gid=$(id -g) groups=$(id -G) name=$(id -un)\"";
     let container = format!("--container={image}");
@@ -1332,7 +1363,7 @@ fn bad_inputs(lab: &Lab) -> Vec<(&'static str, Vec<String>, &'static str)> {
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn bad_inputs_fail_srun_with_one_message() {
-    let lab = Lab::new("bad-srun");
+    let lab = Lab::core("bad-srun");
     let mut cases = bad_inputs(&lab);
     cases.push((
         "relative --container-workdir",
@@ -1376,7 +1407,7 @@ fn srun_each_is_refused(lab: &Lab, cases: &[(&str, Vec<String>, &str)]) {
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn bad_inputs_fail_batch_jobs_with_one_message() {
-    let lab = Lab::new("bad-sbatch");
+    let lab = Lab::core("bad-sbatch");
     let cases = bad_inputs(&lab);
     std::thread::scope(|s| {
         let lab = &lab;
@@ -1783,7 +1814,7 @@ fn provenance_lines(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn pinned_images_run_only_when_the_digest_matches() {
-    let lab = Lab::new("pin");
+    let lab = Lab::core("pin");
     let image = lab.image("pin.sqfs", "PIN");
     let abs = lab.path(&image).display().to_string();
     let digest = sha256sum(&lab.path(&image));

@@ -1,21 +1,41 @@
 //! Our own SPANK declarations (slurm-headers/spank.h) must agree with the installed
 //! Slurm's <slurm/spank.h>: every enum value, the option struct's layout, and every
 //! function prototype. Needs gcc and Slurm's headers (libslurm-dev).
+//! FERRY_TEST_SLURM_INCLUDE names another release's include folder (tests/slurm26/suite
+//! checks 26.05's this way; not FERRY_SLURM_INCLUDE, which would rebuild the plugin);
+//! only its `slurm/` folder is used, the C library's headers stay the host's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use test_support::{missing_tools, require};
 
-const SYSTEM_HEADER: &str = "/usr/include/slurm/spank.h";
+/// The include folder holding Slurm's `slurm/spank.h`.
+fn slurm_include() -> PathBuf {
+    std::env::var_os("FERRY_TEST_SLURM_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/include"))
+}
 
 /// Fails the test unless gcc and Slurm's headers are here.
 #[track_caller]
 fn require_gcc_and_slurm_headers() {
     let mut missing = missing_tools(&["gcc"]);
-    if !Path::new(SYSTEM_HEADER).exists() {
-        missing.push(format!("{SYSTEM_HEADER}: Slurm's headers (libslurm-dev)"));
+    let header = slurm_include().join("slurm/spank.h");
+    if !header.exists() {
+        missing.push(format!(
+            "{}: Slurm's headers (libslurm-dev)",
+            header.display()
+        ));
     }
     require(&missing);
+}
+
+/// An include folder in `dir` with only Slurm's `slurm/` folder in it (a link), for -I.
+fn slurm_only_include(dir: &Path) -> String {
+    let inc = dir.join("include");
+    std::fs::create_dir_all(&inc).unwrap();
+    std::os::unix::fs::symlink(slurm_include().join("slurm"), inc.join("slurm")).unwrap();
+    inc.display().to_string()
 }
 
 fn names_in_our_header(header: &str) -> Vec<String> {
@@ -83,11 +103,12 @@ fn enum_values_and_option_layout_match_the_system_header() {
         names.len()
     );
     let dir = scratch("values");
+    let inc = slurm_only_include(&dir);
     let system = compile_and_run(
         &dir,
         "system",
         &dump_program(&names, "#include <slurm/spank.h>"),
-        &[],
+        &["-I", &inc],
     );
     let mine = compile_and_run(
         &dir,
@@ -96,6 +117,8 @@ fn enum_values_and_option_layout_match_the_system_header() {
         &[
             "-I",
             ours.to_str().unwrap(),
+            "-I",
+            &inc,
             "-include",
             "slurm/slurm_version.h",
         ],
@@ -131,8 +154,9 @@ fn function_prototypes_match_the_system_header() {
     );
     let src = dir.join("protos.c");
     std::fs::write(&src, source).unwrap();
+    let inc = slurm_only_include(&dir);
     let out = Command::new("gcc")
-        .args(["-fsyntax-only", "-Werror"])
+        .args(["-fsyntax-only", "-Werror", "-I", &inc])
         .arg(&src)
         .output()
         .unwrap();

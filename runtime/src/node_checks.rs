@@ -34,6 +34,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
     resolver,
     oci_conf,
     proctrack,
+    job_tmp,
     munge,
     pmix,
     site_policy,
@@ -485,20 +486,26 @@ fn oci_conf(node: &Node) -> Vec<Finding> {
     }
 }
 
-/// The process tracker decides whether Slurm can kill every process of a step (see
-/// SECURITY.md, "What the process tracker decides").
-fn proctrack(node: &Node) -> Vec<Finding> {
-    let Ok(conf) = fs::read_to_string(node.path("/etc/slurm/slurm.conf")) else {
-        return Vec::new(); // a configless node: slurmd has it from slurmctld
-    };
-    let tracker = conf
+/// The last value of `key` in the node's slurm.conf (keys are case-insensitive);
+/// `Err` for a configless node (slurmd has its configuration from slurmctld).
+fn slurm_setting(node: &Node, key: &str) -> Result<Option<String>, ()> {
+    let conf = fs::read_to_string(node.path("/etc/slurm/slurm.conf")).map_err(|_| ())?;
+    Ok(conf
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("ProctrackType"))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(key))
         .map(|(_, v)| v.trim().to_string())
-        .next_back()
-        .unwrap_or_else(|| "proctrack/cgroup".into()); // Slurm's default
+        .next_back())
+}
+
+/// The process tracker decides whether Slurm can kill every process of a step (see
+/// SECURITY.md, "What the process tracker decides").
+fn proctrack(node: &Node) -> Vec<Finding> {
+    let Ok(tracker) = slurm_setting(node, "ProctrackType") else {
+        return Vec::new();
+    };
+    let tracker = tracker.unwrap_or_else(|| "proctrack/cgroup".into()); // Slurm's default
     if tracker == "proctrack/cgroup" {
         vec![ok(format!(
             "proctrack: {tracker}: every process of a step is killed with it"
@@ -509,6 +516,28 @@ fn proctrack(node: &Node) -> Vec<Finding> {
             "set ProctrackType=proctrack/cgroup (with a cgroup.conf) in slurm.conf",
         )]
     }
+}
+
+/// A private /tmp and /dev/shm per job: Slurm's namespace/tmpfs and namespace/linux
+/// (NamespaceType, Slurm 25.11 on) and job_container/tmpfs (JobContainerType, before).
+/// slurmstepd builds them for the job's tasks, but ferry assembles a step's container
+/// from the node's own mounts, so containerized steps get the node's /tmp and /dev/shm
+/// (measured on Slurm 26.05 with namespace/tmpfs, with and without contain_spank).
+fn job_tmp(node: &Node) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for key in ["NamespaceType", "JobContainerType"] {
+        let Ok(Some(plugin)) = slurm_setting(node, key) else {
+            continue;
+        };
+        if plugin.ends_with("/none") || plugin.is_empty() {
+            continue;
+        }
+        found.push(warn(
+            format!("job tmp: {key}={plugin} gives each job a private /tmp and /dev/shm, but ferry's containers bind the node's: files a step with --container writes there are seen by other jobs on the node and stay after the job, and its steps without a container do not see them"),
+            "tell users to keep job files out of /tmp and /dev/shm in containers (a folder of the job, or --container-mounts=DIR:/tmp), or clean /tmp and /dev/shm of the job's user in the Epilog",
+        ));
+    }
+    found
 }
 
 fn munge(node: &Node) -> Vec<Finding> {
@@ -523,6 +552,26 @@ fn munge(node: &Node) -> Vec<Finding> {
 }
 
 fn pmix(node: &Node) -> Vec<Finding> {
+    // Debian's Slurm 26.05 is built without PMIx: no mpi_pmix plugin, whatever the
+    // node's libpmix.
+    let plugin_dirs: Vec<&str> = PLUGIN_DIRS
+        .iter()
+        .copied()
+        .filter(|d| node.exists(d))
+        .collect();
+    let has_pmix_plugin = plugin_dirs.iter().any(|d| {
+        fs::read_dir(node.path(d)).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("mpi_pmix"))
+        })
+    });
+    if !plugin_dirs.is_empty() && !has_pmix_plugin {
+        return vec![warn(
+            format!("pmix: Slurm has no mpi/pmix plugin (no mpi_pmix*.so in {}): srun --mpi=pmix cannot run, so Open MPI images (PMIx only) cannot start one job of many ranks; MPICH images use --mpi=pmi2", plugin_dirs.join(", ")),
+            "install a Slurm built with PMIx (--with-pmix) and the node's libpmix, then restart slurmd",
+        )];
+    }
     match LIB_DIRS
         .iter()
         .map(|d| Path::new(d).join("libpmix.so"))

@@ -16,7 +16,8 @@ const PLUGIN_DIR: &str = "usr/lib/x86_64-linux-gnu/slurm-wlm";
 
 /// A node root with everything doctor wants: kernel support, the plugstack include
 /// and an enabled ferry line, a plugin stating `plugin_slurm`, the launcher, a listening
-/// munge socket, libpmix, and a Slurm that reports `node_slurm` (slurmd -V).
+/// munge socket, libpmix and Slurm's mpi/pmix plugin, and a Slurm that reports
+/// `node_slurm` (slurmd -V).
 struct FakeNode {
     dir: TempDir,
     _munge: UnixListener,
@@ -64,6 +65,7 @@ impl FakeNode {
         write_mode(&at("usr/libexec/ferry/ferry-host-exec"), "", 0o755);
         write_mode(&at("usr/bin/squashfuse_ll"), "", 0o755);
         write_mode(&at("usr/lib/x86_64-linux-gnu/libpmix.so"), "", 0o644);
+        write_mode(&at(&format!("{PLUGIN_DIR}/mpi_pmix.so")), "", 0o755);
         fs::copy(common::BUSYBOX, at("bin/busybox")).unwrap();
         symlink("busybox", at("bin/sh")).unwrap();
         write_mode(
@@ -135,6 +137,75 @@ fn the_process_tracker_is_reported() {
         report.contains("ok    proctrack: proctrack/cgroup"),
         "{report}"
     );
+}
+
+/// Slurm 26.05 (and job_container/tmpfs before it) can give each job a private /tmp and
+/// /dev/shm; ferry's containers bind the node's, which doctor says with what to do.
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_private_tmp_per_job_is_reported() {
+    require_root_and_tools(&[]);
+    let node = FakeNode::new("doctor-job-tmp", "26.05", "26.05.5");
+    let conf = node.path("etc/slurm/slurm.conf");
+    write_mode(
+        &conf,
+        "ClusterName=x\nProctrackType=proctrack/cgroup\n",
+        0o644,
+    );
+    let (_, report) = node.doctor();
+    assert!(!report.contains("job tmp:"), "{report}");
+    for (setting, shown) in [
+        (
+            "NamespaceType = namespace/tmpfs\nPrologFlags=Contain\n",
+            "warn  job tmp: NamespaceType=namespace/tmpfs gives each job a private /tmp",
+        ),
+        (
+            "namespacetype=namespace/linux # 25.11 on\n",
+            "warn  job tmp: NamespaceType=namespace/linux gives each job a private /tmp",
+        ),
+        (
+            "JobContainerType=job_container/tmpfs\n",
+            "warn  job tmp: JobContainerType=job_container/tmpfs gives each job a private /tmp",
+        ),
+    ] {
+        write_mode(&conf, &format!("ClusterName=x\n{setting}"), 0o644);
+        let (code, report) = node.doctor();
+        let line = report
+            .lines()
+            .find(|l| l.contains("job tmp:"))
+            .unwrap_or_else(|| panic!("no job tmp line for {setting:?}:\n{report}"));
+        assert!(line.starts_with(shown), "{setting:?}: {line}");
+        assert!(
+            line.contains("ferry's containers bind the node's")
+                && line.contains("fix: tell users to keep job files out of /tmp"),
+            "{line}"
+        );
+        assert_eq!(code, Some(0), "a warning does not fail the node: {report}");
+    }
+}
+
+/// A Slurm built without PMIx (Debian's 26.05) has no mpi/pmix plugin, whatever the
+/// node's libpmix: doctor says so instead of reporting PMIx as ready.
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_slurm_without_its_pmix_plugin_is_reported() {
+    require_root_and_tools(&[]);
+    let node = FakeNode::new("doctor-no-pmix", "26.05", "26.05.5");
+    let (_, report) = node.doctor();
+    assert!(
+        report.contains("ok    pmix: /usr/lib/x86_64-linux-gnu/libpmix.so"),
+        "{report}"
+    );
+    fs::remove_file(node.path(&format!("{PLUGIN_DIR}/mpi_pmix.so"))).unwrap();
+    let (code, report) = node.doctor();
+    assert!(
+        report.contains(&format!(
+            "warn  pmix: Slurm has no mpi/pmix plugin (no mpi_pmix*.so in /{PLUGIN_DIR}): srun --mpi=pmix cannot run"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("ok    pmix"), "{report}");
+    assert_eq!(code, Some(0), "a warning does not fail the node: {report}");
 }
 
 #[test]

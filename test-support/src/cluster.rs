@@ -2,9 +2,10 @@
 //! (deploy/slurm-cluster, deploy/build && deploy/install, tests/prepare-host).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::prerequisites::{find_tool, is_root};
+use crate::target::{cluster_command, on_cluster_node, other_cluster};
 use crate::user::{TEST_HOME, TEST_USER};
 
 /// The plugstack line that the package installs.
@@ -21,7 +22,7 @@ pub fn missing_for_jobs() -> Vec<String> {
         ));
     }
     missing.extend(slurm_node_problem());
-    if !Path::new(PLUGIN_CONF).is_file() {
+    if !on_cluster_node(PLUGIN_CONF).is_file() {
         missing.push(format!(
             "the ferry plugin ({PLUGIN_CONF} missing; run deploy/build && deploy/install)"
         ));
@@ -42,10 +43,10 @@ pub fn missing_for_jobs() -> Vec<String> {
 /// Why the cluster cannot take jobs, if it cannot. A node finishing the previous test's
 /// job is "completing" for a moment: usable.
 pub fn slurm_node_problem() -> Option<String> {
-    if find_tool("sinfo").is_none() {
+    if other_cluster().is_none() && find_tool("sinfo").is_none() {
         return Some("sinfo not found on PATH (run deploy/slurm-cluster)".to_string());
     }
-    let out = Command::new("timeout")
+    let out = cluster_command("timeout", Path::new("/"))
         .args(["10", "sinfo", "-h", "-N", "-o", "%T"])
         .stdin(Stdio::null())
         .output();

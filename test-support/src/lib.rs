@@ -18,6 +18,7 @@ pub mod prerequisites;
 pub mod process;
 pub mod registry;
 pub mod sif_builder;
+pub mod target;
 pub mod tempdir;
 pub mod user;
 
@@ -32,5 +33,8 @@ pub use prerequisites::{
     find_tool, is_root, missing_prerequisite, missing_tools, require, static_busybox_problem,
 };
 pub use process::{run_with_timeout, Outcome};
+pub use target::{
+    cluster_command, cluster_mount_ns, on_cluster_node, other_cluster, CLUSTER_PID_VAR,
+};
 pub use tempdir::{pid_tag, TempDir};
 pub use user::{test_user, test_user_groups, TestUser, TEST_GROUP, TEST_HOME, TEST_USER};
