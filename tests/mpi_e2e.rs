@@ -2,7 +2,8 @@
 //!
 //! The host has no MPI at all: each image brings its own (Debian 12's Open MPI 4.1 with
 //! mpi4py, and MPICH 4.0 with a small C program), and Slurm's `--mpi=pmix` /
-//! `--mpi=pmi2` wire the ranks of one step together. Every job runs as the unprivileged
+//! `--mpi=pmi2` wire the ranks of one step together, or the image's own `mpirun` starts
+//! them inside a batch job and serves them PMIx itself. Every job runs as the unprivileged
 //! user `ferrytest` (through `runuser`), from a fresh folder under /home/ferrytest.
 //!
 //! The images are built once by `tests/images/mpi-images` (debootstrap + apt in a
@@ -53,6 +54,15 @@ s = c.allreduce(r)
 t = c.sendrecv(r, dest=(r + 1) % n, source=(r - 1) % n)
 ok = c.allreduce(t == (r - 1) % n, op=MPI.LAND)
 print(f\"rank {r} of {n}: sum={s} ring={'ok' if ok else 'bad'} lib=OpenMPI\", flush=True)
+";
+
+/// Printed by each rank before the ring: `pmix MPI_RANK PMIX_RANK PMIX_NAMESPACE`, the
+/// identity the PMIx server that started it handed over ("-" when there was none).
+const PY_PMIX_ID: &str = "\
+import os
+from mpi4py import MPI
+pmix = [os.environ.get(k, '-') for k in ('PMIX_RANK', 'PMIX_NAMESPACE')]
+print('pmix', MPI.COMM_WORLD.Get_rank(), *pmix, flush=True)
 ";
 
 // ---------------------------------------------------------------------------------
@@ -295,6 +305,41 @@ impl Lab {
 
     /// `srun` as above, killed after `secs` seconds.
     fn srun_within(&self, secs: u64, env: &[(&str, &str)], args: &[&str]) -> Out {
+        let name = self.job_name();
+        let mut argv = vec!["srun", "-t", "5", "-J", &name];
+        argv.extend_from_slice(args);
+        self.run_as_user(secs, env, &argv)
+    }
+
+    /// Writes `script` as the lab's job script and submits it with
+    /// `sbatch --wait OPTS` as the test user. The result's stdout is the job's output
+    /// file (what the batch script and its ranks printed), its stderr what sbatch said.
+    fn sbatch(&self, opts: &[&str], script: &str) -> Out {
+        let (script_file, output) = ("job.sh", "job.out");
+        self.write(script_file, &format!("#!/bin/sh\n{script}\n"), 0o755);
+        let name = self.job_name();
+        let mut argv = vec!["sbatch", "--wait", "-t", "5", "-J", &name, "-o", output];
+        argv.extend_from_slice(opts);
+        argv.push(script_file);
+        let mut out = self.run_as_user(SRUN_SECS, &[], &argv);
+        out.stderr = format!("{}{}", out.stdout, out.stderr);
+        out.stdout = fs::read_to_string(self.dir.join(output)).unwrap_or_default();
+        out
+    }
+
+    /// Writes a file of the test user's into the lab folder.
+    fn write(&self, name: &str, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        let user = test_user();
+        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+
+    /// Runs `argv` (a Slurm client) as the test user from the lab folder on the cluster
+    /// under test, under `timeout -k 5 SECS`, with a clean environment plus `env`.
+    fn run_as_user(&self, secs: u64, env: &[(&str, &str)], argv: &[&str]) -> Out {
         let secs = secs.to_string();
         let runuser = match other_cluster() {
             // The other release's own, by absolute path (the clean PATH has no sbin).
@@ -302,9 +347,8 @@ impl Lab {
             None => find_tool("runuser").unwrap(),
         };
         let mut cmd = cluster_command(&runuser.display().to_string(), &self.dir);
-        cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs, "srun"])
-            .args(["-t", "5", "-J", &self.job_name()])
-            .args(args)
+        cmd.args(["-u", TEST_USER, "--", "timeout", "-k", "5", &secs])
+            .args(argv)
             .env_clear()
             .env("PATH", USER_PATH)
             .env("HOME", TEST_HOME)
@@ -321,7 +365,7 @@ impl Lab {
         let secs = start.elapsed().as_secs_f64();
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let out = Out {
-            what: format!("{}srun -t 5 {}", env.concat(), args.join(" ")),
+            what: format!("{}{}", env.concat(), argv.join(" ")),
             code: out.status.code(),
             secs,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -456,6 +500,51 @@ fn openmpi_pmix_shared_memory() {
     assert!(
         !control.stdout.contains("ring=ok"),
         "with OMPI_MCA_btl=self the ranks cannot talk, yet the ring went round:\n{control}"
+    );
+}
+
+/// Open MPI's own launcher in the image: `mpirun -n 4` in the batch script of an
+/// `sbatch --container` job starts the ranks and is their PMIx server (ORTE's, with the
+/// image's PMIx), so no Slurm mpi/pmix plugin takes part: the Open MPI PMIx job that
+/// also runs on a Slurm built without PMIx (Debian's 26.05). On one node mpirun takes
+/// its 4 slots from the allocation and starts no daemons (no srun). Besides the ring,
+/// each rank prints the PMIx rank and namespace its PMIx server gave it: every MPI rank
+/// has the same PMIx rank, all in one namespace.
+#[test]
+#[ignore = "needs root and the Slurm cluster with its MPI plugins: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn openmpi_mpirun_pmix_four_ranks_are_one_job() {
+    let lab = Lab::core("ompi-mpirun", &[]);
+    lab.write("ring.py", &format!("{PY_PMIX_ID}{PY_RING}"), 0o644);
+    let image = format!("--container={}", lab.images.ompi);
+    let out = lab.sbatch(
+        &["-N", "1", "-n", "4", "--overcommit", &image],
+        "mpirun -n 4 python3 ring.py",
+    );
+    assert_one_job(&out, 4);
+    let mut ranks = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for line in out.stdout.lines().filter(|l| l.starts_with("pmix ")) {
+        // pmix MPI_RANK PMIX_RANK PMIX_NAMESPACE
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "unexpected line {line:?}:\n{out}");
+        assert_eq!(
+            f[1], f[2],
+            "MPI rank and PMIx rank differ in {line:?}:\n{out}"
+        );
+        assert_ne!(f[3], "-", "rank {} has no PMIx namespace:\n{out}", f[1]);
+        ranks.insert(f[1].to_string());
+        namespaces.insert(f[3].to_string());
+    }
+    assert_eq!(
+        ranks,
+        (0..4).map(|r| r.to_string()).collect::<BTreeSet<_>>(),
+        "expected a PMIx identity from ranks 0..4:\n{out}"
+    );
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "the ranks are in {} PMIx namespaces:\n{out}",
+        namespaces.len()
     );
 }
 
