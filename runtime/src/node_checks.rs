@@ -568,7 +568,7 @@ fn pmix(node: &Node) -> Vec<Finding> {
     });
     if !plugin_dirs.is_empty() && !has_pmix_plugin {
         return vec![warn(
-            format!("pmix: Slurm has no mpi/pmix plugin (no mpi_pmix*.so in {}): srun --mpi=pmix cannot run, so Open MPI images (PMIx only) cannot start one job of many ranks; MPICH images use --mpi=pmi2", plugin_dirs.join(", ")),
+            format!("pmix: Slurm has no mpi/pmix plugin (no mpi_pmix*.so in {}): srun --mpi=pmix cannot run, so Open MPI images (PMIx only) need their own mpirun inside a batch job; MPICH images use --mpi=pmi2", plugin_dirs.join(", ")),
             "install a Slurm built with PMIx (--with-pmix) and the node's libpmix, then restart slurmd",
         )];
     }
