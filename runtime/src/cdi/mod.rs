@@ -1,0 +1,249 @@
+//! Devices through the Container Device Interface (CDI): the vendor's tool writes a
+//! spec per node (`nvidia-ctk cdi generate`, AMD's and Intel's equivalents) and ferry
+//! applies the devices a step asks for (`--container-devices`, `ferry run --device`,
+//! or the step's GRES through the site's `cdi_gres`) without knowing the vendor.
+//!
+//! `spec` parses one file, `registry` reads the node's folders (root's files only),
+//! `gres` maps Slurm's allocation to device names, `hooks` runs a spec's hooks (as the
+//! user, inside the container). This module turns device references into `Applied`:
+//! what the mount plan binds and what the task's environment gets. Every refusal is
+//! one line naming the device or the spec file.
+//!
+//! What a device can do to a container, and why it is safe (see SECURITY.md):
+//! - device nodes: only the host's existing character or block devices under /dev
+//!   (never made from the spec's numbers); the host's /dev is in every container
+//!   already, so a node at its own path needs nothing, and one shown elsewhere under
+//!   /dev is bound there. Slurm's device cgroup and the node's mode decide who opens it;
+//! - mounts: read-only, nosuid, nodev, the host file opened as the user, like the
+//!   user's own `--container-mounts`: a spec cannot show a user what they cannot read;
+//! - environment: set over the image's and the job's values, but `--container-env`
+//!   names keep the job's;
+//! - additional groups: only groups the user is already in (others are dropped with a
+//!   warning): a group would open host files inside the container too;
+//! - hooks: root's own programs, run as the user (see `hooks`).
+
+pub mod gres;
+pub mod hooks;
+pub mod registry;
+pub mod spec;
+
+pub use registry::{Found, Registry, DEFAULT_SPEC_DIRS};
+pub use spec::{DeviceRef, Edits, Hook, HookStage};
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+/// What a request's devices add to its container, decided before it is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// `kind=name` of each device, in the order given (for logs and records).
+    pub devices: Vec<String>,
+    /// Host device nodes shown at another path under /dev (bound, device nodes allowed).
+    pub node_binds: Vec<NodeBind>,
+    /// Host files and folders bound read-only, opened as the user.
+    pub mounts: Vec<spec::Mount>,
+    pub env: Vec<(String, String)>,
+    pub hooks: Vec<SpecHook>,
+    /// The spec's groups the user is in (the others were dropped with a warning).
+    pub gids: Vec<u32>,
+    /// Lines to show the user (a dropped group).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeBind {
+    pub host: PathBuf,
+    pub container: PathBuf,
+}
+
+/// A hook and the spec file that asked for it (the error names both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecHook {
+    pub spec: PathBuf,
+    pub hook: Hook,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The libraries' folders the mounts bring (for the loader cache).
+    pub fn library_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for m in &self.mounts {
+            let name = m.container_path.file_name().and_then(|n| n.to_str());
+            if name.is_some_and(|n| n.contains(".so")) {
+                if let Some(dir) = m.container_path.parent() {
+                    if !dirs.iter().any(|d| d == dir) {
+                        dirs.push(dir.to_path_buf());
+                    }
+                }
+            }
+        }
+        dirs
+    }
+}
+
+/// Resolves `refs` against `registry` for a user whose groups are `user_gids`: each
+/// used spec's own edits once (first use), then each device's, in the order given.
+/// The error is the one line the user reads.
+pub fn resolve(
+    registry: &Registry,
+    refs: &[DeviceRef],
+    user_gids: &[u32],
+) -> Result<Applied, String> {
+    let mut applied = Applied::default();
+    let mut used_specs: Vec<&Path> = Vec::new();
+    let mut edits = Edits::default();
+    for device in refs {
+        let name = device.to_string();
+        if applied.devices.contains(&name) {
+            continue;
+        }
+        let (loaded, found) = match registry.find(&device.kind, &device.name) {
+            Found::Device(loaded, found) => (loaded, found),
+            Found::Conflict(a, b) => {
+                return Err(format!(
+                    "device {name}: both {} and {} define it; ask your admin to remove one (ferry doctor)",
+                    a.display(),
+                    b.display()
+                ))
+            }
+            Found::NoSuchDevice(specs) => {
+                let offered: Vec<String> = specs
+                    .iter()
+                    .flat_map(|l| l.spec.devices.iter().map(|d| d.name.clone()))
+                    .collect();
+                return Err(format!(
+                    "device {name}: CDI spec {} has no device {:?} (it offers {}); ask for one of those",
+                    specs[0].file.display(),
+                    device.name,
+                    offered.join(", ")
+                ));
+            }
+            Found::NoSuchKind => {
+                let problems = registry.problems.len();
+                let hint = if problems > 0 {
+                    format!("{problems} spec file(s) were ignored: see ferry doctor")
+                } else {
+                    "ferry doctor lists the devices this node offers".into()
+                };
+                return Err(format!(
+                    "device {name}: no CDI spec on this node offers kind {}; {hint}",
+                    device.kind
+                ));
+            }
+        };
+        let mut take = |more: &Edits| -> Result<(), String> {
+            check_edits(&loaded.file, more)?;
+            edits.extend(more);
+            for hook in &more.hooks {
+                if !applied.hooks.iter().any(|h| h.hook == *hook) {
+                    applied.hooks.push(SpecHook {
+                        spec: loaded.file.clone(),
+                        hook: hook.clone(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        if !used_specs.contains(&loaded.file.as_path()) {
+            used_specs.push(&loaded.file);
+            take(&loaded.spec.edits)?;
+        }
+        take(&found.edits)?;
+        applied.devices.push(name);
+    }
+    for node in &edits.device_nodes {
+        let host = check_device_node(&node.host_path)
+            .map_err(|why| format!("device node {}: {why}", node.host_path.display()))?;
+        if node.path != node.host_path
+            && !applied.node_binds.iter().any(|b| b.container == node.path)
+        {
+            applied.node_binds.push(NodeBind {
+                host,
+                container: node.path.clone(),
+            });
+        }
+    }
+    for mount in edits.mounts {
+        if !applied.mounts.contains(&mount) {
+            applied.mounts.push(mount);
+        }
+    }
+    for (name, value) in edits.env {
+        applied.env.retain(|(n, _)| *n != name);
+        applied.env.push((name, value));
+    }
+    for gid in edits.additional_gids {
+        if user_gids.contains(&gid) {
+            if !applied.gids.contains(&gid) {
+                applied.gids.push(gid);
+            }
+        } else {
+            let line = format!("CDI device {}: additional group {gid} is not one of yours; it is not added (ferry adds only groups you are in)", applied.devices.join(","));
+            if !applied.warnings.contains(&line) {
+                applied.warnings.push(line);
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// What the edits ask that only the live node can answer: hooks are root's programs.
+fn check_edits(spec: &Path, edits: &Edits) -> Result<(), String> {
+    for hook in &edits.hooks {
+        hooks::check_program(&hook.path).map_err(|why| {
+            format!(
+                "CDI spec {}: hook {}: {why}; ask your admin to fix the spec",
+                spec.display(),
+                hook.path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The host's device node at `path`: a character or block device under /dev (after
+/// symlinks, which under /dev only root makes). Returns where it really is.
+pub fn check_device_node(path: &Path) -> Result<PathBuf, String> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| format!("cannot be found on this node ({e}); is the driver loaded?"))?;
+    if !real.starts_with("/dev") {
+        return Err(format!("leads to {}, outside /dev", real.display()));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
+    let kind = meta.file_type();
+    if !(kind.is_char_device() || kind.is_block_device()) {
+        return Err("is not a device node on this node (ferry never makes one from a spec)".into());
+    }
+    Ok(real)
+}
+
+/// The spec folders: the site's, else the standard ones.
+pub fn spec_dirs(site: Option<&[PathBuf]>) -> Vec<PathBuf> {
+    match site {
+        Some(dirs) => dirs.to_vec(),
+        None => DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect(),
+    }
+}
+
+/// The environment for a task: the image's and the job's (`base`), then the devices'
+/// over them, but names the user listed in `--container-env` keep the job's value.
+pub fn layer_env(
+    base: Vec<(String, String)>,
+    devices: &[(String, String)],
+    job_wins: &[String],
+    job: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut out = base;
+    for (name, value) in devices {
+        if job_wins.contains(name) && job(name).is_some() {
+            continue;
+        }
+        out.retain(|(n, _)| n != name);
+        out.push((name.clone(), value.clone()));
+    }
+    out
+}
