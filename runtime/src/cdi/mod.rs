@@ -247,3 +247,133 @@ pub fn layer_env(
     }
     out
 }
+
+/// Reads the node's specs (the site's folders, else the standard ones) and resolves
+/// `refs` for `user`: what `Request::devices` holds. Nothing asked: nothing read.
+pub fn devices_for(
+    site_dirs: Option<&[PathBuf]>,
+    refs: &[DeviceRef],
+    user: &crate::User,
+) -> Result<Applied, String> {
+    if refs.is_empty() {
+        return Ok(Applied::default());
+    }
+    let registry = Registry::load(&spec_dirs(site_dirs));
+    resolve(&registry, refs, &user.gids())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spec::{Format, Spec};
+    use super::*;
+
+    /// A vendor whose "devices" are /dev/null and /dev/zero (real character devices).
+    const SPEC: &str = r#"{
+      "cdiVersion": "0.6.0", "kind": "example.com/gpu",
+      "containerEdits": {
+        "env": ["FAKE_DRIVER=1", "SHARED=spec"],
+        "mounts": [{"hostPath": "/usr/lib/libfake.so.1", "containerPath": "/usr/lib/fake/libfake.so.1"},
+                   {"hostPath": "/usr/bin/fake-smi", "containerPath": "/usr/bin/fake-smi"}],
+        "additionalGIDs": [5, 77]
+      },
+      "devices": [
+        {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}], "env": ["SHARED=0"]}},
+        {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/fake1", "hostPath": "/dev/zero"}]}},
+        {"name": "bad", "containerEdits": {"deviceNodes": [{"path": "/dev/fake-missing"}]}},
+        {"name": "shm", "containerEdits": {"deviceNodes": [{"path": "/dev/shm"}]}}
+      ]}"#;
+
+    fn registry() -> Registry {
+        Registry::of(vec![(
+            "/etc/cdi/example.json".into(),
+            Spec::parse(SPEC.as_bytes(), Format::Json).unwrap(),
+        )])
+    }
+
+    fn refs(list: &str) -> Vec<DeviceRef> {
+        DeviceRef::parse_list(list).unwrap()
+    }
+
+    #[test]
+    fn the_specs_edits_once_then_each_devices() {
+        let applied = resolve(
+            &registry(),
+            &refs("example.com/gpu=0,example.com/gpu=1,example.com/gpu=0"),
+            &[5, 1000],
+        )
+        .unwrap();
+        assert_eq!(applied.devices, ["example.com/gpu=0", "example.com/gpu=1"]);
+        assert_eq!(applied.mounts.len(), 2);
+        // /dev/null is in the host's /dev already; /dev/zero is shown as /dev/fake1.
+        assert_eq!(
+            applied.node_binds,
+            [NodeBind {
+                host: "/dev/zero".into(),
+                container: "/dev/fake1".into()
+            }]
+        );
+        assert_eq!(
+            applied.env,
+            [
+                ("FAKE_DRIVER".to_string(), "1".to_string()),
+                ("SHARED".to_string(), "0".to_string())
+            ]
+        );
+        // Group 77 is not the user's: dropped, with a warning.
+        assert_eq!(applied.gids, [5]);
+        assert_eq!(applied.warnings.len(), 1);
+        assert!(
+            applied.warnings[0].contains("group 77"),
+            "{:?}",
+            applied.warnings
+        );
+        assert_eq!(applied.library_dirs(), [PathBuf::from("/usr/lib/fake")]);
+    }
+
+    #[test]
+    fn unknown_devices_and_nodes_that_are_not_devices_are_one_line() {
+        let err = |list: &str| resolve(&registry(), &refs(list), &[]).unwrap_err();
+        let e = err("example.com/gpu=7");
+        assert!(
+            e.contains("/etc/cdi/example.json has no device \"7\""),
+            "{e}"
+        );
+        assert!(e.contains("0, 1, bad, shm"), "{e}");
+        let e = err("other.com/gpu=0");
+        assert!(
+            e.contains("no CDI spec on this node offers kind other.com/gpu"),
+            "{e}"
+        );
+        let e = err("example.com/gpu=bad");
+        assert!(
+            e.contains("/dev/fake-missing") && e.contains("cannot be found"),
+            "{e}"
+        );
+        let e = err("example.com/gpu=shm");
+        assert!(e.contains("not a device node"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn device_env_goes_over_the_image_and_job_but_not_over_container_env_names() {
+        let base = vec![
+            ("A".to_string(), "image".to_string()),
+            ("B".to_string(), "job".to_string()),
+        ];
+        let devices = [
+            ("A".to_string(), "dev".to_string()),
+            ("B".to_string(), "dev".to_string()),
+            ("C".to_string(), "dev".to_string()),
+        ];
+        let job = |n: &str| (n == "B").then(|| "job".to_string());
+        let env = layer_env(base, &devices, &["B".into()], job);
+        assert_eq!(
+            env,
+            [
+                ("B".to_string(), "job".to_string()),
+                ("A".to_string(), "dev".to_string()),
+                ("C".to_string(), "dev".to_string()),
+            ]
+        );
+    }
+}

@@ -87,6 +87,19 @@ impl Registry {
         registry
     }
 
+    /// A registry of specs already parsed, all of one folder (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn of(specs: Vec<(PathBuf, Spec)>) -> Registry {
+        Registry {
+            folder_of: specs.iter().map(|_| 0).collect(),
+            specs: specs
+                .into_iter()
+                .map(|(file, spec)| Loaded { file, spec })
+                .collect(),
+            problems: Vec::new(),
+        }
+    }
+
     /// Reads the spec files of `dir` (its own trust already judged).
     pub(crate) fn load_dir(&mut self, dir: &Path, folder: usize) {
         let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
