@@ -14,6 +14,7 @@ use crate::options;
 use crate::provenance;
 use crate::resolve;
 use crate::syslog;
+use ferry_runtime::cdi::{self, gres, hooks, DeviceRef};
 use ferry_runtime::named::NamedContainer;
 use ferry_runtime::plugin_config::Config;
 use ferry_runtime::request::BIN_DIR;
@@ -42,6 +43,8 @@ struct Step {
     a_task_failed: bool,
     /// How many of this node's tasks have ended.
     tasks_ended: u32,
+    /// The CDI devices' variables, set in each task over the image's and the job's.
+    device_env: Vec<(String, String)>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -82,6 +85,12 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
     let config = with_step(|s| s.config.clone())?;
     let outcome = build_request(spank, step, image, &config).and_then(|req| {
         let container = ferry_runtime::prepare(&req).map_err(|e| e.to_string())?;
+        // Once per step per node, before any task; a failed hook ends the container.
+        let id = format!("ferry-{}.{}", step.job.unwrap_or(0), step.name());
+        if let Err(line) = hooks::run_all(&container, &req.devices.hooks, &id) {
+            container.release();
+            return Err(line);
+        }
         Ok((container, req))
     });
     let ids = step.describe();
@@ -120,9 +129,20 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 syslog::log(syslog::WARNING, &format!("{ids}: {line}"));
                 ffi::info(&line);
             }
+            if !req.devices.is_empty() {
+                ffi::debug(&format!(
+                    "ferry: {ids}: CDI devices {}",
+                    req.devices.devices.join(",")
+                ));
+            }
+            for line in &req.devices.warnings {
+                syslog::log(syslog::WARNING, &format!("{ids}: {line}"));
+                ffi::info(line);
+            }
             with_step(|s| {
                 s.container = Some(container);
                 s.record = Some(record);
+                s.device_env = req.devices.env.clone();
             })
         }
         Err(message) => {
@@ -198,6 +218,20 @@ fn build_request(
     if options::no_mount_home() {
         req.mount_home = false;
     }
+    let mut devices = match options::devices() {
+        Some(list) => {
+            DeviceRef::parse_list(&list).map_err(|e| format!("--container-devices: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    // The GPUs Slurm gave the step, as the site maps them (slurmstepd's view of the
+    // step's environment: the user cannot name others than Slurm allocated).
+    devices.extend(gres::allocated(
+        &site.cdi_gres,
+        step.name() == "batch",
+        |name| spank.getenv(name),
+    )?);
+    req.devices = cdi::devices_for(site.cdi_spec_dirs.as_deref(), &devices, &req.user)?;
     if let (Some(name), Some(job)) = (options::name(), step.job) {
         ferry_runtime::named::check_name(&name)?;
         req.named = Some(NamedContainer {
@@ -259,10 +293,11 @@ fn enter(spank: &Spank) -> Result<(), String> {
                 c.image.clone(),
                 s.task_cwd.clone(),
                 c.facts.config.clone().unwrap_or_default(),
+                s.device_env.clone(),
             )
         })
     })?;
-    let Some((image, task_cwd, config)) = plan else {
+    let Some((image, task_cwd, config, device_env)) = plan else {
         return Ok(());
     };
     let image_workdir = config.workdir();
@@ -289,7 +324,9 @@ fn enter(spank: &Spank) -> Result<(), String> {
     spank.setenv("PWD", &workdir.display().to_string())?;
     write_provenance_file(spank)?;
     let host_wins = options::env_names();
-    for (name, value) in config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins) {
+    let base = config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins);
+    let env = cdi::layer_env(base, &device_env, &host_wins, |n| spank.getenv(n));
+    for (name, value) in env {
         spank.setenv(&name, &value)?;
     }
     Ok(())

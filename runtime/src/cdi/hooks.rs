@@ -16,7 +16,7 @@ use crate::Container;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,11 @@ pub fn state_json(id: &str, pid: u32, annotations: &[(String, String)]) -> Strin
 }
 
 /// Runs `hooks` for `container` (`id` names it in the OCI state), stages in order.
+/// A named container an earlier step made ran them then: never twice.
 pub fn run_all(container: &Container, hooks: &[SpecHook], id: &str) -> Result<(), String> {
+    if container.named.as_ref().is_some_and(|n| n.joined) {
+        return Ok(());
+    }
     for stage in [HookStage::CreateContainer, HookStage::StartContainer] {
         for hook in hooks.iter().filter(|h| h.hook.stage == stage) {
             run_one(container, hook, id).map_err(|why| {
@@ -103,7 +107,7 @@ fn run_one(container: &Container, spec_hook: &SpecHook, id: &str) -> Result<(), 
     // Opened here, on the host, as root; judged through the descriptor that runs.
     let program = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nofollow()
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&hook.path)
         .map_err(|e| format!("cannot be opened ({e})"))?;
     judge(&program.metadata().map_err(|e| e.to_string())?)?;
@@ -195,6 +199,11 @@ fn child(
     if std::env::set_current_dir("/").is_err() {
         return say("entering the container's /");
     }
+    // A script's interpreter reads it as /dev/fd/N: it must stay open across exec.
+    let keep = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty());
+    if nix::fcntl::fcntl(program.as_raw_fd(), keep).is_err() {
+        return say("keeping the program open");
+    }
     let e = nix::unistd::fexecve(program.as_raw_fd(), argv, envp).unwrap_err();
     say(&format!("running it: {e}"))
 }
@@ -234,19 +243,6 @@ fn read_some(pipe: OwnedFd) -> String {
         .take(MAX_OUTPUT as u64)
         .read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// `open` flags for a hook program: never through a symlink, and kept open across exec
-/// (a script's interpreter reads it through /proc/self/fd).
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! and the same `prepare` builds the container there: only the image's mount
 //! differs (squashfuse as the user; no loop devices, no node image cache).
 
+use ferry_runtime::cdi::{self, hooks, DeviceRef};
 use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::save::ParentImage;
 use ferry_runtime::site::Site;
@@ -28,6 +29,8 @@ pub struct Options {
     pub save: Option<PathBuf>,
     /// `--fakeroot` (without root only): uid and gid 0 inside the user namespace.
     pub fakeroot: bool,
+    /// `--device`: CDI devices, `VENDOR/CLASS=NAME` (each may be a comma list).
+    pub devices: Vec<String>,
 }
 
 pub fn run(
@@ -43,6 +46,7 @@ pub fn run(
         writable,
         save,
         fakeroot,
+        devices,
     } = options;
     let rootless = !ferry_runtime::is_root();
     if rootless && save.is_some() && !fakeroot {
@@ -87,6 +91,19 @@ pub fn run(
         let size = Some(size.as_str()).filter(|s| !s.is_empty());
         step_request::make_writable(&mut request, site.as_ref(), size)?;
     }
+    let devices = DeviceRef::parse_list(&devices.join(","))?;
+    if rootless && !devices.is_empty() {
+        // A spec is root's word on what to bind and run: only root acts on it.
+        return Err("--device: applying CDI devices needs root (run ferry as root, or use srun --container-devices)".into());
+    }
+    request.devices = cdi::devices_for(
+        site.as_ref().and_then(|s| s.cdi_spec_dirs.as_deref()),
+        &devices,
+        &request.user,
+    )?;
+    for line in &request.devices.warnings {
+        crate::say::warning(line);
+    }
     if rootless {
         without_root(&mut request, fakeroot)?;
     } else {
@@ -94,6 +111,14 @@ pub fn run(
         request.cache_janitor = std::env::current_exe().ok();
     }
     let container = prepare(&request).map_err(|e| e.to_string())?;
+    if let Err(line) = hooks::run_all(
+        &container,
+        &request.devices.hooks,
+        &format!("ferry-run-{}", std::process::id()),
+    ) {
+        container.release();
+        return Err(line);
+    }
     let cache = container.facts.cache.as_ref();
     if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
         crate::say::warning(&line);
@@ -121,7 +146,7 @@ fn enter_and_exec(
             .map_err(|e| format!("cannot start the command: {e}"))?;
     }
     let config = container.facts.config.clone().unwrap_or_default();
-    drop_to_env(&container.user, &config);
+    drop_to_env(&container.user, &config, &request.devices.env);
     container.enter_workdir().map_err(|e| e.to_string())?;
     drop(container); // the namespace lives on in this process
     let command: Vec<std::ffi::OsString> = if command.is_empty() {
@@ -267,11 +292,13 @@ fn nix_groups() -> Vec<u32> {
 
 /// The environment the caller's command sees: theirs, with who they are now, and the
 /// image's own variables where the caller sets none (see `image_config`).
-fn drop_to_env(user: &User, config: &ImageConfig) {
+/// Then the CDI devices' variables over both.
+fn drop_to_env(user: &User, config: &ImageConfig, devices: &[(String, String)]) {
     std::env::set_var("HOME", &user.home);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
-    for (name, value) in config.environment(|n| std::env::var(n).ok(), None, &[]) {
+    let base = config.environment(|n| std::env::var(n).ok(), None, &[]);
+    for (name, value) in cdi::layer_env(base, devices, &[], |n| std::env::var(n).ok()) {
         std::env::set_var(name, value);
     }
 }
