@@ -43,8 +43,13 @@ struct Step {
     a_task_failed: bool,
     /// How many of this node's tasks have ended.
     tasks_ended: u32,
-    /// The CDI devices' variables, set in each task over the image's and the job's.
-    device_env: Vec<(String, String)>,
+    /// The CDI devices (their variables are set in each task over the image's and the
+    /// job's) and the step's devices the user named (`--container-devices`).
+    devices: ferry_runtime::cdi::Applied,
+    named_devices: Vec<String>,
+    /// The site's `cdi_gres`: a task's own GPUs (Slurm's per-task binding) choose
+    /// which devices' variables it gets.
+    gres_map: Vec<(String, String)>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -142,7 +147,7 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
             with_step(|s| {
                 s.container = Some(container);
                 s.record = Some(record);
-                s.device_env = req.devices.env.clone();
+                s.devices = req.devices.clone();
             })
         }
         Err(message) => {
@@ -224,6 +229,11 @@ fn build_request(
         }
         None => Vec::new(),
     };
+    let named: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+    with_step(|s| {
+        s.named_devices = named;
+        s.gres_map = site.cdi_gres.clone();
+    })?;
     // The GPUs Slurm gave the step, as the site maps them (slurmstepd's view of the
     // step's environment: the user cannot name others than Slurm allocated).
     devices.extend(gres::allocated(
@@ -293,7 +303,7 @@ fn enter(spank: &Spank) -> Result<(), String> {
                 c.image.clone(),
                 s.task_cwd.clone(),
                 c.facts.config.clone().unwrap_or_default(),
-                s.device_env.clone(),
+                task_devices(spank, s),
             )
         })
     })?;
@@ -330,6 +340,23 @@ fn enter(spank: &Spank) -> Result<(), String> {
         spank.setenv(&name, &value)?;
     }
     Ok(())
+}
+
+/// The devices' variables for this task: with several tasks on the node and Slurm
+/// binding GPUs per task (`--gpus-per-task`, `--gpu-bind`), the task's own
+/// `SLURM_STEP_GPUS` names its GPUs: only those devices' variables (and every spec's
+/// and named device's); else all of the step's.
+fn task_devices(spank: &Spank, step: &Step) -> Vec<(String, String)> {
+    let own = gres::allocated(&step.gres_map, false, |n| spank.getenv(n)).unwrap_or_default();
+    if own.is_empty() {
+        return step.devices.env_for(None);
+    }
+    let only: Vec<String> = own
+        .iter()
+        .map(|d| d.to_string())
+        .chain(step.named_devices.iter().cloned())
+        .collect();
+    step.devices.env_for(Some(&only))
 }
 
 /// Where the task starts without an explicit choice: where slurmstepd put it. But srun

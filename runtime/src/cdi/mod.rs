@@ -42,12 +42,21 @@ pub struct Applied {
     pub node_binds: Vec<NodeBind>,
     /// Host files and folders bound read-only, opened as the user.
     pub mounts: Vec<spec::Mount>,
-    pub env: Vec<(String, String)>,
+    /// The variables, in the order they apply: each spec's own, then each device's
+    /// (`env_for` folds them; a task of several on a node may take only its own).
+    pub env_layers: Vec<EnvLayer>,
     pub hooks: Vec<SpecHook>,
     /// The spec's groups the user is in (the others were dropped with a warning).
     pub gids: Vec<u32>,
     /// Lines to show the user (a dropped group).
     pub warnings: Vec<String>,
+}
+
+/// Variables a spec (`device: None`) or one device (`kind=name`) sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvLayer {
+    pub device: Option<String>,
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +75,24 @@ pub struct SpecHook {
 impl Applied {
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    /// The variables of every spec used and of the devices `only` names (None: all),
+    /// later ones winning.
+    pub fn env_for(&self, only: Option<&[String]>) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        for layer in &self.env_layers {
+            if let (Some(device), Some(only)) = (&layer.device, only) {
+                if !only.contains(device) {
+                    continue;
+                }
+            }
+            for (name, value) in &layer.env {
+                env.retain(|(n, _)| n != name);
+                env.push((name.clone(), value.clone()));
+            }
+        }
+        env
     }
 
     /// The libraries' folders the mounts bring (for the loader cache).
@@ -135,9 +162,15 @@ pub fn resolve(
                 ));
             }
         };
-        let mut take = |more: &Edits| -> Result<(), String> {
+        let mut take = |more: &Edits, device: Option<&str>| -> Result<(), String> {
             check_edits(&loaded.file, more)?;
             edits.extend(more);
+            if !more.env.is_empty() {
+                applied.env_layers.push(EnvLayer {
+                    device: device.map(str::to_string),
+                    env: more.env.clone(),
+                });
+            }
             for hook in &more.hooks {
                 if !applied.hooks.iter().any(|h| h.hook == *hook) {
                     applied.hooks.push(SpecHook {
@@ -150,9 +183,9 @@ pub fn resolve(
         };
         if !used_specs.contains(&loaded.file.as_path()) {
             used_specs.push(&loaded.file);
-            take(&loaded.spec.edits)?;
+            take(&loaded.spec.edits, None)?;
         }
-        take(&found.edits)?;
+        take(&found.edits, Some(&name))?;
         applied.devices.push(name);
     }
     for node in &edits.device_nodes {
@@ -171,10 +204,6 @@ pub fn resolve(
         if !applied.mounts.contains(&mount) {
             applied.mounts.push(mount);
         }
-    }
-    for (name, value) in edits.env {
-        applied.env.retain(|(n, _)| *n != name);
-        applied.env.push((name, value));
     }
     for gid in edits.additional_gids {
         if user_gids.contains(&gid) {
@@ -313,7 +342,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            applied.env,
+            applied.env_for(None),
             [
                 ("FAKE_DRIVER".to_string(), "1".to_string()),
                 ("SHARED".to_string(), "0".to_string())
@@ -328,6 +357,15 @@ mod tests {
             applied.warnings
         );
         assert_eq!(applied.library_dirs(), [PathBuf::from("/usr/lib/fake")]);
+        // A task that has only device 1 (Slurm's per-task binding) gets its variables.
+        let only = ["example.com/gpu=1".to_string()];
+        assert_eq!(
+            applied.env_for(Some(&only)),
+            [
+                ("FAKE_DRIVER".to_string(), "1".to_string()),
+                ("SHARED".to_string(), "spec".to_string())
+            ]
+        );
     }
 
     #[test]

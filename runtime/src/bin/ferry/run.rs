@@ -146,7 +146,7 @@ fn enter_and_exec(
             .map_err(|e| format!("cannot start the command: {e}"))?;
     }
     let config = container.facts.config.clone().unwrap_or_default();
-    drop_to_env(&container.user, &config, &request.devices.env);
+    drop_to_env(&container.user, &config, &request.devices.env_for(None));
     container.enter_workdir().map_err(|e| e.to_string())?;
     drop(container); // the namespace lives on in this process
     let command: Vec<std::ffi::OsString> = if command.is_empty() {
