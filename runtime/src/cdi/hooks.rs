@@ -136,8 +136,9 @@ fn run_one(container: &Container, spec_hook: &SpecHook, id: &str) -> Result<(), 
             let mut stdin = std::fs::File::from(stdin_write);
             let _ = stdin.write_all(state.as_bytes()); // a hook may not read it
             drop(stdin);
-            let status = wait(pid, timeout);
-            let output = read_some(out_read);
+            let deadline = Instant::now() + timeout;
+            let output = read_until_closed(out_read, deadline);
+            let status = wait(pid, deadline);
             let last = output
                 .lines()
                 .rev()
@@ -208,11 +209,10 @@ fn child(
     say(&format!("running it: {e}"))
 }
 
-/// Its exit code (128+N for signal N), or None when `timeout` ran out (then killed).
-fn wait(pid: nix::unistd::Pid, timeout: Duration) -> Option<i32> {
+/// Its exit code (128+N for signal N), or None when `deadline` passed (then killed).
+fn wait(pid: nix::unistd::Pid, deadline: Instant) -> Option<i32> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
+    let mut pause = Duration::from_micros(100);
     loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Some(code),
@@ -231,18 +231,29 @@ fn wait(pid: nix::unistd::Pid, timeout: Duration) -> Option<i32> {
     }
 }
 
-/// What the hook wrote, up to `MAX_OUTPUT` bytes, without waiting on what it left
-/// running (the pipe is read only as far as it is filled).
-fn read_some(pipe: OwnedFd) -> String {
-    let _ = nix::fcntl::fcntl(
-        pipe.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
-    let mut buf = Vec::new();
-    let _ = std::fs::File::from(pipe)
-        .take(MAX_OUTPUT as u64)
-        .read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+/// What the hook wrote (its last `MAX_OUTPUT` bytes), read until it closes its end of
+/// the pipe, which it does by exiting (so this wakes as soon as it ends), or until
+/// `deadline` (a hook that outlives it, or leaves a process holding the pipe).
+fn read_until_closed(pipe: OwnedFd, deadline: Instant) -> String {
+    let mut file = std::fs::File::from(pipe);
+    let mut kept: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match crate::sys::wait_readable(file.as_fd(), left) {
+            Ok(true) => {}
+            _ => break,
+        }
+        match file.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                let excess = kept.len().saturating_sub(MAX_OUTPUT);
+                kept.drain(..excess);
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[cfg(test)]
