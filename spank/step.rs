@@ -303,7 +303,7 @@ fn enter(spank: &Spank) -> Result<(), String> {
                 c.image.clone(),
                 s.task_cwd.clone(),
                 c.facts.config.clone().unwrap_or_default(),
-                task_devices(spank, s),
+                (task_devices(spank, s), s.devices.library_dirs()),
             )
         })
     })?;
@@ -335,7 +335,10 @@ fn enter(spank: &Spank) -> Result<(), String> {
     write_provenance_file(spank)?;
     let host_wins = options::env_names();
     let base = config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins);
-    let env = cdi::layer_env(base, &device_env, &host_wins, |n| spank.getenv(n));
+    let (device_env, libraries) = device_env;
+    let env = cdi::layer_env(base, &device_env, &libraries, &host_wins, |n| {
+        spank.getenv(n)
+    });
     for (name, value) in env {
         spank.setenv(&name, &value)?;
     }

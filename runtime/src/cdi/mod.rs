@@ -259,10 +259,14 @@ pub fn spec_dirs(site: Option<&[PathBuf]>) -> Vec<PathBuf> {
 }
 
 /// The environment for a task: the image's and the job's (`base`), then the devices'
-/// over them, but names the user listed in `--container-env` keep the job's value.
+/// over them, but names the user listed in `--container-env` keep the job's value;
+/// then the folders of the libraries the devices bind (`libraries`) added at the end of
+/// `LD_LIBRARY_PATH` (after the job's own folders), so that the loader finds them
+/// without a rewritten loader cache (the root is read-only).
 pub fn layer_env(
     base: Vec<(String, String)>,
     devices: &[(String, String)],
+    libraries: &[PathBuf],
     job_wins: &[String],
     job: impl Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
@@ -273,6 +277,26 @@ pub fn layer_env(
         }
         out.retain(|(n, _)| n != name);
         out.push((name.clone(), value.clone()));
+    }
+    if !libraries.is_empty() {
+        const NAME: &str = "LD_LIBRARY_PATH";
+        let now = match out.iter().position(|(n, _)| n == NAME) {
+            Some(i) => Some(out.remove(i).1),
+            None => job(NAME),
+        };
+        let mut parts: Vec<String> = now
+            .iter()
+            .flat_map(|v| v.split(':'))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        for dir in libraries {
+            let dir = dir.display().to_string();
+            if !parts.contains(&dir) {
+                parts.push(dir);
+            }
+        }
+        out.push((NAME.to_string(), parts.join(":")));
     }
     out
 }
@@ -393,6 +417,23 @@ mod tests {
     }
 
     #[test]
+    fn the_device_libraries_folders_follow_the_jobs_library_path() {
+        let libs = [PathBuf::from("/usr/lib/fake"), PathBuf::from("/opt/x/lib")];
+        let job = |n: &str| (n == "LD_LIBRARY_PATH").then(|| "/home/a/lib:/opt/x/lib".to_string());
+        let env = layer_env(Vec::new(), &[], &libs, &[], job);
+        assert_eq!(
+            env,
+            [(
+                "LD_LIBRARY_PATH".to_string(),
+                "/home/a/lib:/opt/x/lib:/usr/lib/fake".to_string()
+            )]
+        );
+        let env = layer_env(Vec::new(), &[], &libs, &[], |_| None);
+        assert_eq!(env[0].1, "/usr/lib/fake:/opt/x/lib");
+        assert!(layer_env(Vec::new(), &[], &[], &[], job).is_empty());
+    }
+
+    #[test]
     fn device_env_goes_over_the_image_and_job_but_not_over_container_env_names() {
         let base = vec![
             ("A".to_string(), "image".to_string()),
@@ -404,7 +445,7 @@ mod tests {
             ("C".to_string(), "dev".to_string()),
         ];
         let job = |n: &str| (n == "B").then(|| "job".to_string());
-        let env = layer_env(base, &devices, &["B".into()], job);
+        let env = layer_env(base.clone(), &devices, &[], &["B".into()], job);
         assert_eq!(
             env,
             [

@@ -146,7 +146,7 @@ fn enter_and_exec(
             .map_err(|e| format!("cannot start the command: {e}"))?;
     }
     let config = container.facts.config.clone().unwrap_or_default();
-    drop_to_env(&container.user, &config, &request.devices.env_for(None));
+    drop_to_env(&container.user, &config, &request.devices);
     container.enter_workdir().map_err(|e| e.to_string())?;
     drop(container); // the namespace lives on in this process
     let command: Vec<std::ffi::OsString> = if command.is_empty() {
@@ -293,12 +293,19 @@ fn nix_groups() -> Vec<u32> {
 /// The environment the caller's command sees: theirs, with who they are now, and the
 /// image's own variables where the caller sets none (see `image_config`).
 /// Then the CDI devices' variables over both.
-fn drop_to_env(user: &User, config: &ImageConfig, devices: &[(String, String)]) {
+fn drop_to_env(user: &User, config: &ImageConfig, devices: &cdi::Applied) {
     std::env::set_var("HOME", &user.home);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
     let base = config.environment(|n| std::env::var(n).ok(), None, &[]);
-    for (name, value) in cdi::layer_env(base, devices, &[], |n| std::env::var(n).ok()) {
+    let env = cdi::layer_env(
+        base,
+        &devices.env_for(None),
+        &devices.library_dirs(),
+        &[],
+        |n| std::env::var(n).ok(),
+    );
+    for (name, value) in env {
         std::env::set_var(name, value);
     }
 }
