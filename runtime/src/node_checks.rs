@@ -582,12 +582,9 @@ fn cdi_devices(node: &Node) -> Vec<Finding> {
     };
     let dirs = crate::cdi::spec_dirs(site.cdi_spec_dirs.as_deref());
     let where_ = crate::policy::join_paths(&dirs);
-    if node.root != Path::new("/") {
-        return vec![ok(format!(
-            "cdi: specs in {where_} (checked on the node itself only)"
-        ))];
-    }
-    let registry = crate::cdi::Registry::load(&dirs);
+    let registry = crate::cdi::Registry::load_in(&node.root, &dirs);
+    // Device nodes and hook programs are the live node's: checked only on it.
+    let live = node.root == Path::new("/");
     let mut found: Vec<Finding> = registry
         .problems
         .iter()
@@ -612,11 +609,13 @@ fn cdi_devices(node: &Node) -> Vec<Finding> {
             .collect();
         found.push(ok(format!(
             "cdi: {}: {} devices {}",
-            loaded.file.display(),
+            Path::new("/")
+                .join(loaded.file.strip_prefix(&node.root).unwrap_or(&loaded.file))
+                .display(),
             loaded.spec.kind,
             names.join(", ")
         )));
-        for device in &loaded.spec.devices {
+        for device in loaded.spec.devices.iter().filter(|_| live) {
             let refs = [crate::cdi::DeviceRef {
                 kind: loaded.spec.kind.clone(),
                 name: device.name.clone(),

@@ -66,13 +66,20 @@ impl Registry {
     /// Reads `dirs` (lowest priority first). A missing folder is no problem (most nodes
     /// have no devices); one that is not root's alone is.
     pub fn load(dirs: &[PathBuf]) -> Registry {
+        Registry::load_in(Path::new("/"), dirs)
+    }
+
+    /// `load` for the node whose `/` is `root` (`ferry doctor --root`): the folders
+    /// are read under it, and judged there.
+    pub fn load_in(root: &Path, dirs: &[PathBuf]) -> Registry {
         let mut registry = Registry::default();
         for (i, dir) in dirs.iter().enumerate() {
-            match std::fs::symlink_metadata(dir) {
+            let at = crate::resolve::under(root, dir);
+            match std::fs::symlink_metadata(&at) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 _ => {}
             }
-            if let Some(open) = crate::image::not_root_only(Path::new("/"), dir) {
+            if let Some(open) = crate::image::not_root_only(root, dir) {
                 registry.problems.push(Problem {
                     path: dir.clone(),
                     reason: format!(
@@ -82,7 +89,7 @@ impl Registry {
                 });
                 continue;
             }
-            registry.load_dir(dir, i);
+            registry.load_dir(&at, i);
         }
         registry
     }
