@@ -331,8 +331,11 @@ fn hostile_specs_are_refused_with_one_line() {
         let file = d.join("cdi").join(name);
         fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
         std::os::unix::fs::chown(&file, Some(owner), None).unwrap();
-        run_with_site(&site, "hostile.example/x=0")
-            .one_ferry_line(&["hostile.example/x", "ignored: see ferry doctor"]);
+        run_with_site(&site, "hostile.example/x=0").one_ferry_line(&[
+            "hostile.example/x",
+            "ignored: CDI spec",
+            name,
+        ]);
     }
     state.assert_nothing_left("hostile specs");
 }

@@ -150,11 +150,13 @@ pub fn resolve(
                 ));
             }
             Found::NoSuchKind => {
-                let problems = registry.problems.len();
-                let hint = if problems > 0 {
-                    format!("{problems} spec file(s) were ignored: see ferry doctor")
-                } else {
-                    "ferry doctor lists the devices this node offers".into()
+                let hint = match registry.problems.as_slice() {
+                    [] => "ferry doctor lists the devices this node offers".to_string(),
+                    [one] => format!("ignored: {one}"),
+                    [first, rest @ ..] => format!(
+                        "ignored: {first}, and {} more (see ferry doctor)",
+                        rest.len()
+                    ),
                 };
                 return Err(format!(
                     "device {name}: no CDI spec on this node offers kind {}; {hint}",
