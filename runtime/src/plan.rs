@@ -262,6 +262,12 @@ pub fn plan(req: &Request, format: Format, method: Method) -> Result<Plan> {
             target: LAUNCHER_NAME.into(),
         }));
     }
+    // The CDI libraries' SONAME links (libcuda.so.1 -> libcuda.so.550.54.15), in the
+    // writable layer before any bind: never written through a bind into a host folder.
+    ops.extend(req.devices.links.iter().map(|l| Op::Symlink {
+        dest: l.dest.clone(),
+        target: l.target.clone(),
+    }));
     if req.root == RootAccess::Writable && !req.mount_home {
         // The user's home in the writable layer (made when the image has none), so
         // `pip install --user` and the like land in the container.
@@ -565,7 +571,7 @@ mod tests {
 
     #[test]
     fn cdi_mounts_are_the_users_read_only_and_only_device_node_binds_keep_devices() {
-        use crate::cdi::{spec, Applied, NodeBind};
+        use crate::cdi::{Applied, DeviceMount, Link, NodeBind};
         let mut req = everything();
         req.devices = Applied {
             devices: vec!["example.com/gpu=0".into()],
@@ -573,9 +579,14 @@ mod tests {
                 host: "/dev/fake1".into(),
                 container: "/dev/gpu0".into(),
             }],
-            mounts: vec![spec::Mount {
+            mounts: vec![DeviceMount {
                 host_path: "/usr/lib/libfake.so.1".into(),
                 container_path: "/usr/lib64/libfake.so.1".into(),
+                from: "CDI device example.com/gpu=0 (spec /etc/cdi/x.json)".into(),
+            }],
+            links: vec![Link {
+                dest: "/usr/lib64/libfake.so.0".into(),
+                target: "libfake.so.1".into(),
             }],
             ..Applied::default()
         };
@@ -598,6 +609,24 @@ mod tests {
         let d = dests(&plan);
         let at = |x: &str| d.iter().position(|p| p == x).unwrap();
         assert!(at("/dev") < at("/dev/gpu0"));
+        // The SONAME link is made in the writable layer before any bind (a bind could
+        // put a host folder there) and before the root goes read-only.
+        let link = plan
+            .ops
+            .iter()
+            .position(|op| {
+                *op == Op::Symlink {
+                    dest: "/usr/lib64/libfake.so.0".into(),
+                    target: "libfake.so.1".into(),
+                }
+            })
+            .expect("the SONAME link");
+        let first_bind = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Bind(_)))
+            .unwrap();
+        assert!(link < first_bind);
     }
 
     #[test]

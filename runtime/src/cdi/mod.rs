@@ -25,6 +25,7 @@
 pub mod gres;
 pub mod hooks;
 pub mod registry;
+pub mod soname;
 pub mod spec;
 
 pub use registry::{Found, Registry, DEFAULT_SPEC_DIRS};
@@ -41,7 +42,9 @@ pub struct Applied {
     /// Host device nodes shown at another path under /dev (bound, device nodes allowed).
     pub node_binds: Vec<NodeBind>,
     /// Host files and folders bound read-only, opened as the user.
-    pub mounts: Vec<spec::Mount>,
+    pub mounts: Vec<DeviceMount>,
+    /// The libraries' SONAME links to make in the writable layer (as ldconfig would).
+    pub links: Vec<Link>,
     /// The variables, in the order they apply: each spec's own, then each device's
     /// (`env_for` folds them; a task of several on a node may take only its own).
     pub env_layers: Vec<EnvLayer>,
@@ -63,6 +66,23 @@ pub struct EnvLayer {
 pub struct NodeBind {
     pub host: PathBuf,
     pub container: PathBuf,
+}
+
+/// A spec's mount, and the device and spec it came from (its error names them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMount {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    /// `CDI device KIND=NAME (spec FILE)`.
+    pub from: String,
+}
+
+/// `dest -> target`: a library's SONAME in its folder, naming the mounted file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub dest: PathBuf,
+    /// The mounted file's name (relative: it stays in its folder).
+    pub target: PathBuf,
 }
 
 /// A hook and the spec file that asked for it (the error names both).
@@ -164,9 +184,22 @@ pub fn resolve(
                 ));
             }
         };
+        let from = format!("CDI device {name} (spec {})", loaded.file.display());
         let mut take = |more: &Edits, device: Option<&str>| -> Result<(), String> {
             check_edits(&loaded.file, more)?;
             edits.extend(more);
+            for mount in &more.mounts {
+                let known = applied.mounts.iter().any(|m| {
+                    m.host_path == mount.host_path && m.container_path == mount.container_path
+                });
+                if !known {
+                    applied.mounts.push(DeviceMount {
+                        host_path: mount.host_path.clone(),
+                        container_path: mount.container_path.clone(),
+                        from: from.clone(),
+                    });
+                }
+            }
             if !more.env.is_empty() {
                 applied.env_layers.push(EnvLayer {
                     device: device.map(str::to_string),
@@ -202,11 +235,7 @@ pub fn resolve(
             });
         }
     }
-    for mount in edits.mounts {
-        if !applied.mounts.contains(&mount) {
-            applied.mounts.push(mount);
-        }
-    }
+    applied.links = library_links(&applied.mounts, host_soname);
     for gid in edits.additional_gids {
         if user_gids.contains(&gid) {
             if !applied.gids.contains(&gid) {
@@ -220,6 +249,57 @@ pub fn resolve(
         }
     }
     Ok(applied)
+}
+
+/// The links the loader needs to find the mounted libraries by their SONAME, as
+/// ldconfig makes them: for each mount whose file (`soname_of` its host path) names
+/// another SONAME, `FOLDER/SONAME -> FILE` beside it in the container. A SONAME that
+/// another mount already puts there needs none.
+fn library_links(mounts: &[DeviceMount], soname_of: impl Fn(&Path) -> Option<String>) -> Vec<Link> {
+    let mut links: Vec<Link> = Vec::new();
+    for mount in mounts {
+        let (Some(dir), Some(file)) = (
+            mount.container_path.parent(),
+            mount.container_path.file_name(),
+        ) else {
+            continue;
+        };
+        let Some(soname) = soname_of(&mount.host_path) else {
+            continue;
+        };
+        if file == soname.as_str() {
+            continue;
+        }
+        let dest = dir.join(&soname);
+        if mounts.iter().any(|m| m.container_path == dest) || links.iter().any(|l| l.dest == dest) {
+            continue;
+        }
+        links.push(Link {
+            dest,
+            target: file.into(),
+        });
+    }
+    links
+}
+
+/// The SONAME of the host file an admin's spec mounts, read as root: only a regular
+/// file that root alone can change, on a path (after symlinks) whose folders root
+/// alone can change, so no user can swap what is read. Anything else: no link.
+fn host_soname(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = std::fs::canonicalize(path).ok()?;
+    if crate::image::not_root_only(Path::new("/"), &real).is_some() {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&real)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    soname::soname(&file)
 }
 
 /// What the edits ask that only the live node can answer: hooks are root's programs.
@@ -416,6 +496,50 @@ mod tests {
         let e = err("example.com/gpu=shm");
         assert!(e.contains("not a device node"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn each_library_gets_its_soname_link_beside_it() {
+        let mount = |host: &str, container: &str| DeviceMount {
+            host_path: host.into(),
+            container_path: container.into(),
+            from: "CDI device x/y=0 (spec s.json)".into(),
+        };
+        let mounts = [
+            mount("/h/libcuda.so.550.54.15", "/usr/lib/libcuda.so.550.54.15"),
+            // Shown under another name: the link names the container's file.
+            mount("/h/libnvidia-ml.so.550.54.15", "/usr/lib/ml/libml.so.550"),
+            // The SONAME is the file's own name: no link.
+            mount("/h/libsame.so.1", "/usr/lib/libsame.so.1"),
+            // The SONAME is another mount's file: that one is it, no link.
+            mount("/h/libdup.so.1.0", "/usr/lib/libdup.so.1.0"),
+            mount("/h/libdup.so.1", "/usr/lib/libdup.so.1"),
+            // The same SONAME twice: the first file wins.
+            mount("/h/libcuda.so.old", "/usr/lib/libcuda.so.old"),
+            // No SONAME (a tool, a folder): nothing.
+            mount("/h/nvidia-smi", "/usr/bin/nvidia-smi"),
+        ];
+        let soname_of = |p: &Path| {
+            let name = p.file_name()?.to_str()?;
+            Some(match name {
+                "nvidia-smi" => return None,
+                n if n.starts_with("libcuda") => "libcuda.so.1".to_string(),
+                n if n.starts_with("libnvidia-ml") => "libnvidia-ml.so.1".to_string(),
+                n if n.starts_with("libdup") => "libdup.so.1".to_string(),
+                n => n.to_string(),
+            })
+        };
+        let link = |dest: &str, target: &str| Link {
+            dest: dest.into(),
+            target: target.into(),
+        };
+        assert_eq!(
+            library_links(&mounts, soname_of),
+            [
+                link("/usr/lib/libcuda.so.1", "libcuda.so.550.54.15"),
+                link("/usr/lib/ml/libnvidia-ml.so.1", "libml.so.550"),
+            ]
+        );
     }
 
     #[test]
