@@ -67,6 +67,17 @@ fn vendor() -> &'static Vendor {
             mkdir_mode(&dir.join(sub), 0o755);
         }
         write_mode(&dir.join("lib/libfake.so.1"), "fake driver 1.0\n", 0o644);
+        // A real shared object named by its version, whose SONAME is another name (as
+        // nvidia-ctk mounts libnvidia-ml.so.550.54.15, SONAME libnvidia-ml.so.1).
+        let source = dir.join("lib/fakeml.c");
+        write_mode(&source, "int fake_ml_version(void) { return 550; }\n", 0o644);
+        let built = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libfakeml.so.1", "-o"])
+            .arg(dir.join("lib/libfakeml.so.550.1"))
+            .arg(&source)
+            .status()
+            .unwrap();
+        assert!(built.success(), "gcc -shared libfakeml");
         write_mode(
             &dir.join("bin/fake-smi"),
             "#!/bin/sh\necho \"fake-smi: $(ls /dev/$FAKE_DEV_DIR | tr '\\n' ' ')\"\n",
@@ -126,11 +137,13 @@ fn json_spec(v: &Vendor) -> String {
     )
 }
 
-/// A second vendor in YAML, with no hook.
+/// A second vendor in YAML, with no hook: a real library whose SONAME is not its file
+/// name, and the text file that is no library.
 fn yaml_spec(v: &Vendor) -> String {
     format!(
-        "cdiVersion: 0.8.0\nkind: ferry-test.example/accel\ndevices:\n  - name: a\n    containerEdits:\n      deviceNodes:\n        - path: {}/gpu1\n      env:\n        - ACCEL=a\n",
-        v.dev.display()
+        "cdiVersion: 0.8.0\nkind: ferry-test.example/accel\ndevices:\n  - name: a\n    containerEdits:\n      deviceNodes:\n        - path: {dev}/gpu1\n      env:\n        - ACCEL=a\ncontainerEdits:\n  mounts:\n    - hostPath: {dir}/lib/libfakeml.so.550.1\n      containerPath: /usr/lib/fake/libfakeml.so.550.1\n    - hostPath: {dir}/lib/libfake.so.1\n      containerPath: /usr/lib/fake/libfake.so.1\n",
+        dev = v.dev.display(),
+        dir = v.dir.display(),
     )
 }
 
@@ -187,6 +200,35 @@ fn a_device_brings_its_node_driver_files_variables_and_hook_as_root_and_as_a_use
         assert_eq!(state["status"], "created");
         assert!(state["id"].as_str().unwrap().starts_with("ferry-run-"));
     }
+}
+
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_mounted_library_is_found_by_its_soname() {
+    require_root_and_tools(&["mknod", "gcc"]);
+    let _g = shared();
+    // The link is relative, beside the file, and resolves to it; the root stays
+    // read-only (the link was made in the writable layer before it was remounted).
+    let script = "cd /usr/lib/fake && readlink libfakeml.so.1 && cmp libfakeml.so.1 libfakeml.so.550.1 && echo same; ln -sf x libfakeml.so.1 2>/dev/null || echo read-only";
+    for as_user in [false, true] {
+        let out = run(as_user, &["--device", "ferry-test.example/accel=a"], script);
+        out.expect_success("a library by its SONAME");
+        assert_eq!(
+            out.stdout, "libfakeml.so.550.1\nsame\nread-only\n",
+            "as_user {as_user}"
+        );
+    }
+    // The text file that is no ELF library gets no link.
+    let out = run(
+        true,
+        &["--device", "ferry-test.example/accel=a"],
+        "ls /usr/lib/fake",
+    );
+    out.expect_success("the library folder");
+    assert_eq!(
+        out.stdout,
+        "libfake.so.1\nlibfakeml.so.1\nlibfakeml.so.550.1\n"
+    );
 }
 
 #[test]
@@ -282,7 +324,11 @@ fn hostile_specs_are_refused_with_one_line() {
         "shadow.json",
         &hostile(r#""mounts": [{"hostPath": "/etc/shadow", "containerPath": "/etc/x"}]"#),
     );
-    run_with_site(&site, "hostile.example/x=0").one_ferry_line(&["/etc/shadow", TEST_USER]);
+    run_with_site(&site, "hostile.example/x=0").one_ferry_line(&[
+        "CDI device hostile.example/x=0 (spec ",
+        "shadow.json): mount source /etc/shadow",
+        TEST_USER,
+    ]);
     // A hook through a symlink, a failing hook, a hook past its time.
     for (hook, timeout, says) in [
         ("link", "", "symlink"),
