@@ -23,6 +23,20 @@ impl FakeVendor {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         fs::write(dir.join("lib/libfake.so.1"), "fake driver 1.0\n").unwrap();
+        // A real library named by its version, with another SONAME (as the vendors'
+        // libraries are): ferry links the SONAME to it in the container.
+        fs::write(
+            dir.join("lib/fakeml.c"),
+            "int fake_ml(void) { return 1; }\n",
+        )
+        .unwrap();
+        let built = std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libfakeml.so.1", "-o"])
+            .arg(dir.join("lib/libfakeml.so.550.1"))
+            .arg(dir.join("lib/fakeml.c"))
+            .status()
+            .unwrap();
+        assert!(built.success(), "gcc -shared libfakeml");
         let hook = dir.join("hooks/leave-evidence");
         fs::write(
             &hook,
@@ -43,11 +57,13 @@ impl FakeVendor {
             r#"{{"cdiVersion": "0.5.0", "kind": "{KIND}", "devices": [{}],
                 "containerEdits": {{
                   "env": ["FAKE_DRIVER=1.0"],
-                  "mounts": [{{"hostPath": "{lib}", "containerPath": "/usr/lib/fake/libfake.so.1"}}],
+                  "mounts": [{{"hostPath": "{lib}", "containerPath": "/usr/lib/fake/libfake.so.1"}},
+                             {{"hostPath": "{ml}", "containerPath": "/usr/lib/fake/libfakeml.so.550.1"}}],
                   "hooks": [{{"hookName": "createContainer", "path": "{hook}",
                               "env": ["EVIDENCE={evidence}"]}}]}}}}"#,
             devices.join(","),
             lib = dir.join("lib/libfake.so.1").display(),
+            ml = dir.join("lib/libfakeml.so.550.1").display(),
             hook = hook.display(),
             evidence = lab.path("hook-evidence").display(),
         );
@@ -103,7 +119,7 @@ fn gres_steps_get_their_devices_and_each_rank_its_own() {
         &container,
         "sh",
         "-c",
-        "g=$SLURM_STEP_GPUS; test -c /dev/ferry-fake/gpu$g && echo \"node $g $FAKE_VISIBLE_DEVICES $FAKE_DRIVER\"; cat /usr/lib/fake/libfake.so.1",
+        "g=$SLURM_STEP_GPUS; test -c /dev/ferry-fake/gpu$g && echo \"node $g $FAKE_VISIBLE_DEVICES $FAKE_DRIVER\"; cat /usr/lib/fake/libfake.so.1; readlink /usr/lib/fake/libfakeml.so.1",
     ]);
     out.expect_ok();
     let first = out.stdout.lines().next().unwrap_or_default().to_string();
@@ -114,7 +130,12 @@ fn gres_steps_get_their_devices_and_each_rank_its_own() {
         "the variable names the allocated GPU: {out}"
     );
     assert_eq!(parts[3], "1.0", "{out}");
-    assert!(out.stdout.ends_with("fake driver 1.0\n"), "{out}");
+    // The library's SONAME link, made beside it.
+    assert!(
+        out.stdout
+            .ends_with("fake driver 1.0\nlibfakeml.so.550.1\n"),
+        "{out}"
+    );
     // The hook ran once, as the user, with the OCI state.
     assert_eq!(hook_runs(), 1);
     let line = fs::read_to_string(&evidence).unwrap();
