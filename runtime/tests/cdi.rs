@@ -386,30 +386,54 @@ fn hostile_specs_are_refused_with_one_line() {
     state.assert_nothing_left("hostile specs");
 }
 
+/// `ferry run --device` as TEST_USER without root (setpriv, ferry's own user namespace).
+fn run_without_root(site: &Path, device: &str, script: &str) -> Outcome {
+    let cwd = TempDir::new_in(Path::new("/var/tmp"), "cdi-cwd");
+    cwd.give_to_test_user();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", TEST_USER, "--regid", TEST_GROUP, "--init-groups"])
+        .arg(ferry_bin())
+        .arg("run")
+        .arg("--site-config")
+        .arg(site)
+        .args(["--device", device])
+        .arg(&fixture().image)
+        .args(["--", "sh", "-c", script])
+        .current_dir(cwd.path());
+    run_with_timeout(cmd, std::time::Duration::from_secs(60))
+}
+
 #[test]
 #[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
-fn without_root_devices_are_refused() {
-    require_root_and_tools(&["mknod"]);
+fn without_root_devices_apply_unless_they_need_root() {
+    require_root_and_tools(&["mknod", "gcc", "setpriv"]);
+    let _g = shared();
     let v = vendor();
-    let image = fixture().image.display().to_string();
-    let site = v.site().display().to_string();
-    let out = Command::new("setpriv")
-        .args(["--reuid", TEST_USER, "--regid", TEST_GROUP, "--init-groups"])
-        .arg(ferry_bin())
-        .args([
-            "run",
-            "--site-config",
-            &site,
-            "--device",
-            "ferry-test.example/gpu=0",
-            &image,
-            "--",
-            "true",
-        ])
-        .current_dir("/")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("needs root"), "{stderr}");
+    // A node at its own path, the library (a bind the user could make) and its
+    // SONAME link in ferry's own writable layer: no root needed.
+    let out = run_without_root(
+        &v.site(),
+        "ferry-test.example/accel=a",
+        &format!(
+            "test -c {}/gpu1 && echo node; readlink /usr/lib/fake/libfakeml.so.1; echo $ACCEL",
+            v.dev.display()
+        ),
+    );
+    out.expect_success("a device without root");
+    assert_eq!(out.stdout, "node\nlibfakeml.so.550.1\na\n");
+    // A hook is run only by root: refused, naming the spec and the hook.
+    let out = run_without_root(&v.site(), "ferry-test.example/gpu=0", "true");
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    out.one_ferry_line(&["fake.json", "leave-evidence", "only as root"]);
+    // A node shown at another path is a bind into /dev: refused, naming both paths.
+    let (_d, site) = with_spec(
+        "elsewhere.json",
+        &hostile(&format!(
+            r#""deviceNodes": [{{"path": "/dev/ferry-elsewhere", "hostPath": "{}/gpu0"}}]"#,
+            v.dev.display()
+        )),
+    );
+    let out = run_without_root(&site, "hostile.example/x=0", "true");
+    assert_eq!(out.code, Some(125), "{out:#?}");
+    out.one_ferry_line(&["/dev/ferry-elsewhere", "gpu0", "needs root"]);
 }

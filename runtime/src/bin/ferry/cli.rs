@@ -55,7 +55,8 @@ pub enum Command {
         fakeroot: bool,
         /// Apply these CDI devices (VENDOR/CLASS=NAME, such as nvidia.com/gpu=0; a
         /// comma-separated list or repeated): their device nodes, driver files,
-        /// variables and hooks from the node's CDI specs (as root only)
+        /// variables and hooks from the node's CDI specs (without root: only devices
+        /// whose nodes are at their own paths and whose specs run no hooks)
         #[arg(long = "device", value_name = "VENDOR/CLASS=NAME")]
         devices: Vec<String>,
         /// Image file or root folder

@@ -92,15 +92,14 @@ pub fn run(
         step_request::make_writable(&mut request, site.as_ref(), size)?;
     }
     let devices = DeviceRef::parse_list(&devices.join(","))?;
-    if rootless && !devices.is_empty() {
-        // A spec is root's word on what to bind and run: only root acts on it.
-        return Err("--device: applying CDI devices needs root (run ferry as root, or use srun --container-devices)".into());
-    }
     request.devices = cdi::devices_for(
         site.as_ref().and_then(|s| s.cdi_spec_dirs.as_deref()),
         &devices,
         &request.user,
     )?;
+    if rootless {
+        devices_without_root(&request.devices)?;
+    }
     for line in &request.devices.warnings {
         crate::say::warning(line);
     }
@@ -280,6 +279,29 @@ fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
             home: "/root".into(),
             gecos: "root".into(),
         };
+    }
+    Ok(())
+}
+
+/// Without root, a device applies when nothing of it needs root: its nodes are at
+/// their own paths under the host's /dev (in every container already) and its mounts
+/// are binds the user could make anyway. A node shown at another path (a bind into
+/// /dev) and a hook (run by root as the user, joined to the container) need root.
+fn devices_without_root(applied: &cdi::Applied) -> Result<(), String> {
+    let devices = applied.devices.join(",");
+    if let Some(node) = applied.node_binds.first() {
+        return Err(format!(
+            "--device {devices}: its device node {} is shown at {} in the container, which needs root; run ferry as root, or use srun --container-devices",
+            node.host.display(),
+            node.container.display()
+        ));
+    }
+    if let Some(hook) = applied.hooks.first() {
+        return Err(format!(
+            "--device {devices}: CDI spec {} runs hook {}, and ferry runs hooks only as root; run ferry as root, or use srun --container-devices",
+            hook.spec.display(),
+            hook.hook.path.display()
+        ));
     }
     Ok(())
 }
