@@ -346,6 +346,14 @@ fn hostile_specs_are_refused_with_one_line() {
         assert_eq!(out.code, Some(125), "{out:#?}");
         out.one_ferry_line(&["hook.json", hook, says]);
     }
+    // A node shown at a path the host's /dev lacks (ferry makes none there).
+    let (_d, site) = with_spec(
+        "nowhere.json",
+        &hostile(r#""deviceNodes": [{"path": "/dev/ferry-nowhere", "hostPath": "/dev/zero"}]"#),
+    );
+    run_with_site(&site, "hostile.example/x=0")
+        .one_ferry_line(&["/dev/ferry-nowhere", "containers share the host's /dev"]);
+    assert!(!Path::new("/dev/ferry-nowhere").exists());
     // A device node that is no device, and a node number the spec makes up.
     let (_d, site) = with_spec(
         "node.json",
@@ -384,6 +392,46 @@ fn hostile_specs_are_refused_with_one_line() {
         ]);
     }
     state.assert_nothing_left("hostile specs");
+}
+
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn a_node_is_shown_over_an_entry_of_the_hosts_dev() {
+    require_root_and_tools(&["mknod"]);
+    let _g = shared();
+    let v = vendor();
+    let (_d, site) = with_spec(
+        "over.json",
+        &hostile(&format!(
+            r#""deviceNodes": [{{"path": "/dev/full", "hostPath": "{}/gpu0"}}]"#,
+            v.dev.display()
+        )),
+    );
+    let cwd = TempDir::new_in(Path::new("/var/tmp"), "cdi-cwd");
+    cwd.give_to_test_user();
+    let image = fixture().image.display().to_string();
+    let site = site.display().to_string();
+    let out = ferry(
+        cwd.path(),
+        &[
+            "run",
+            "--user",
+            TEST_USER,
+            "--site-config",
+            &site,
+            "--device",
+            "hostile.example/x=0",
+            &image,
+            "--",
+            "stat",
+            "-c",
+            "%t:%T",
+            "/dev/full",
+        ],
+    );
+    out.expect_success("a node shown at another path");
+    // Major 240 (0xf0), minor 0: the fake GPU, not the host's /dev/full (1:7).
+    assert_eq!(out.stdout, "f0:0\n");
 }
 
 /// `ferry run --device` as TEST_USER without root (setpriv, ferry's own user namespace).
@@ -429,11 +477,11 @@ fn without_root_devices_apply_unless_they_need_root() {
     let (_d, site) = with_spec(
         "elsewhere.json",
         &hostile(&format!(
-            r#""deviceNodes": [{{"path": "/dev/ferry-elsewhere", "hostPath": "{}/gpu0"}}]"#,
+            r#""deviceNodes": [{{"path": "/dev/full", "hostPath": "{}/gpu0"}}]"#,
             v.dev.display()
         )),
     );
     let out = run_without_root(&site, "hostile.example/x=0", "true");
     assert_eq!(out.code, Some(125), "{out:#?}");
-    out.one_ferry_line(&["/dev/ferry-elsewhere", "gpu0", "needs root"]);
+    out.one_ferry_line(&["/dev/full", "gpu0", "needs root"]);
 }

@@ -229,6 +229,16 @@ pub fn resolve(
         if node.path != node.host_path
             && !applied.node_binds.iter().any(|b| b.container == node.path)
         {
+            // The container's /dev is the host's: a node is shown at another path by a
+            // bind over an entry the host has there (none is ever made in the host's).
+            if std::fs::symlink_metadata(&node.path).is_err() {
+                return Err(format!(
+                    "device node {}: the spec shows {} there, but containers share the host's /dev, which has no {}; ask your admin to use the node's own path in the spec",
+                    node.path.display(),
+                    host.display(),
+                    node.path.display()
+                ));
+            }
             applied.node_binds.push(NodeBind {
                 host,
                 container: node.path.clone(),
@@ -413,7 +423,8 @@ mod tests {
       },
       "devices": [
         {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/null"}], "env": ["SHARED=0"]}},
-        {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/fake1", "hostPath": "/dev/zero"}]}},
+        {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/full", "hostPath": "/dev/zero"}]}},
+        {"name": "nowhere", "containerEdits": {"deviceNodes": [{"path": "/dev/fake1", "hostPath": "/dev/zero"}]}},
         {"name": "bad", "containerEdits": {"deviceNodes": [{"path": "/dev/fake-missing"}]}},
         {"name": "shm", "containerEdits": {"deviceNodes": [{"path": "/dev/shm"}]}}
       ]}"#;
@@ -439,12 +450,12 @@ mod tests {
         .unwrap();
         assert_eq!(applied.devices, ["example.com/gpu=0", "example.com/gpu=1"]);
         assert_eq!(applied.mounts.len(), 2);
-        // /dev/null is in the host's /dev already; /dev/zero is shown as /dev/fake1.
+        // /dev/null is in the host's /dev already; /dev/zero is shown as /dev/full.
         assert_eq!(
             applied.node_binds,
             [NodeBind {
                 host: "/dev/zero".into(),
-                container: "/dev/fake1".into()
+                container: "/dev/full".into()
             }]
         );
         assert_eq!(
@@ -482,7 +493,13 @@ mod tests {
             e.contains("/etc/cdi/example.json has no device \"7\""),
             "{e}"
         );
-        assert!(e.contains("0, 1, bad, shm"), "{e}");
+        assert!(e.contains("0, 1, nowhere, bad, shm"), "{e}");
+        // A path the host's /dev does not have: nothing to bind over (none is made).
+        let e = err("example.com/gpu=nowhere");
+        assert!(
+            e.contains("/dev/fake1") && e.contains("containers share the host's /dev"),
+            "{e}"
+        );
         let e = err("other.com/gpu=0");
         assert!(
             e.contains("no CDI spec on this node offers kind other.com/gpu"),
