@@ -120,6 +120,11 @@ pub fn init_post_opt(config: &Config) -> Result<(), String> {
     if let Some(name) = options::name() {
         ferry_runtime::named::check_name(&name)?;
     }
+    if let Some(list) = options::devices() {
+        // The syntax here; whether a node offers them, on the node.
+        ferry_runtime::cdi::DeviceRef::parse_list(&list)
+            .map_err(|e| format!("--container-devices: {e}"))?;
+    }
     if let Some(dir) = options::workdir() {
         if !Path::new(&dir).is_absolute() {
             return Err(format!(

@@ -20,9 +20,10 @@ enum Slot {
     Save,
     Env,
     NoMountHome,
+    Devices,
 }
 
-const SLOTS: [Slot; 8] = [
+const SLOTS: [Slot; 9] = [
     Slot::Mounts,
     Slot::Workdir,
     Slot::Provenance,
@@ -31,6 +32,7 @@ const SLOTS: [Slot; 8] = [
     Slot::Save,
     Slot::Env,
     Slot::NoMountHome,
+    Slot::Devices,
 ];
 
 /// What the writable slot holds after `--container-readonly`.
@@ -40,7 +42,7 @@ const READONLY_VAL: i32 = 100;
 static VALUES: Mutex<[Option<String>; SLOTS.len()]> = Mutex::new([const { None }; SLOTS.len()]);
 
 pub fn register(spank: &Spank) -> Result<(), String> {
-    let options: [(&str, &str, &str, ArgKind, i32); 9] = [
+    let options: [(&str, &str, &str, ArgKind, i32); 10] = [
         (
             "container-mounts",
             "SRC[:DST[:ro]],...",
@@ -103,6 +105,13 @@ pub fn register(spank: &Spank) -> Result<(), String> {
             "[ferry] do not bind your home folder into the container",
             ArgKind::None,
             Slot::NoMountHome as i32,
+        ),
+        (
+            "container-devices",
+            "VENDOR/CLASS=NAME,...",
+            "[ferry] apply these CDI devices (such as nvidia.com/gpu=0) from the node's CDI specs",
+            ArgKind::Required,
+            Slot::Devices as i32,
         ),
     ];
     for (name, arginfo, usage, kind, val) in options {
@@ -180,6 +189,11 @@ pub fn env_names() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `--container-devices`: the CDI devices, as given (a comma-separated list).
+pub fn devices() -> Option<String> {
+    get(Slot::Devices)
 }
 
 pub fn no_mount_home() -> bool {

@@ -14,6 +14,7 @@ use crate::options;
 use crate::provenance;
 use crate::resolve;
 use crate::syslog;
+use ferry_runtime::cdi::{self, gres, hooks, DeviceRef};
 use ferry_runtime::named::NamedContainer;
 use ferry_runtime::plugin_config::Config;
 use ferry_runtime::request::BIN_DIR;
@@ -42,6 +43,13 @@ struct Step {
     a_task_failed: bool,
     /// How many of this node's tasks have ended.
     tasks_ended: u32,
+    /// The CDI devices (their variables are set in each task over the image's and the
+    /// job's) and the step's devices the user named (`--container-devices`).
+    devices: ferry_runtime::cdi::Applied,
+    named_devices: Vec<String>,
+    /// The site's `cdi_gres`: a task's own GPUs (Slurm's per-task binding) choose
+    /// which devices' variables it gets.
+    gres_map: Vec<(String, String)>,
 }
 
 static STEP: Mutex<Option<Step>> = Mutex::new(None);
@@ -82,6 +90,12 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
     let config = with_step(|s| s.config.clone())?;
     let outcome = build_request(spank, step, image, &config).and_then(|req| {
         let container = ferry_runtime::prepare(&req).map_err(|e| e.to_string())?;
+        // Once per step per node, before any task; a failed hook ends the container.
+        let id = format!("ferry-{}.{}", step.job.unwrap_or(0), step.name());
+        if let Err(line) = hooks::run_all(&container, &req.devices.hooks, &id) {
+            container.release();
+            return Err(line);
+        }
         Ok((container, req))
     });
     let ids = step.describe();
@@ -120,9 +134,20 @@ pub fn prepare(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 syslog::log(syslog::WARNING, &format!("{ids}: {line}"));
                 ffi::info(&line);
             }
+            if !req.devices.is_empty() {
+                ffi::debug(&format!(
+                    "ferry: {ids}: CDI devices {}",
+                    req.devices.devices.join(",")
+                ));
+            }
+            for line in &req.devices.warnings {
+                syslog::log(syslog::WARNING, &format!("{ids}: {line}"));
+                ffi::info(line);
+            }
             with_step(|s| {
                 s.container = Some(container);
                 s.record = Some(record);
+                s.devices = req.devices.clone();
             })
         }
         Err(message) => {
@@ -198,6 +223,25 @@ fn build_request(
     if options::no_mount_home() {
         req.mount_home = false;
     }
+    let mut devices = match options::devices() {
+        Some(list) => {
+            DeviceRef::parse_list(&list).map_err(|e| format!("--container-devices: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let named: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+    with_step(|s| {
+        s.named_devices = named;
+        s.gres_map = site.cdi_gres.clone();
+    })?;
+    // The GPUs Slurm gave the step, as the site maps them (slurmstepd's view of the
+    // step's environment: the user cannot name others than Slurm allocated).
+    devices.extend(gres::allocated(
+        &site.cdi_gres,
+        step.name() == "batch",
+        |name| spank.getenv(name),
+    )?);
+    req.devices = cdi::devices_for(site.cdi_spec_dirs.as_deref(), &devices, &req.user)?;
     if let (Some(name), Some(job)) = (options::name(), step.job) {
         ferry_runtime::named::check_name(&name)?;
         req.named = Some(NamedContainer {
@@ -259,10 +303,11 @@ fn enter(spank: &Spank) -> Result<(), String> {
                 c.image.clone(),
                 s.task_cwd.clone(),
                 c.facts.config.clone().unwrap_or_default(),
+                (task_devices(spank, s), s.devices.library_dirs()),
             )
         })
     })?;
-    let Some((image, task_cwd, config)) = plan else {
+    let Some((image, task_cwd, config, device_env)) = plan else {
         return Ok(());
     };
     let image_workdir = config.workdir();
@@ -289,10 +334,32 @@ fn enter(spank: &Spank) -> Result<(), String> {
     spank.setenv("PWD", &workdir.display().to_string())?;
     write_provenance_file(spank)?;
     let host_wins = options::env_names();
-    for (name, value) in config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins) {
+    let base = config.environment(|n| spank.getenv(n), Some(BIN_DIR), &host_wins);
+    let (device_env, libraries) = device_env;
+    let env = cdi::layer_env(base, &device_env, &libraries, &host_wins, |n| {
+        spank.getenv(n)
+    });
+    for (name, value) in env {
         spank.setenv(&name, &value)?;
     }
     Ok(())
+}
+
+/// The devices' variables for this task: with several tasks on the node and Slurm
+/// binding GPUs per task (`--gpus-per-task`, `--gpu-bind`), the task's own
+/// `SLURM_STEP_GPUS` names its GPUs: only those devices' variables (and every spec's
+/// and named device's); else all of the step's.
+fn task_devices(spank: &Spank, step: &Step) -> Vec<(String, String)> {
+    let own = gres::allocated(&step.gres_map, false, |n| spank.getenv(n)).unwrap_or_default();
+    if own.is_empty() {
+        return step.devices.env_for(None);
+    }
+    let only: Vec<String> = own
+        .iter()
+        .map(|d| d.to_string())
+        .chain(step.named_devices.iter().cloned())
+        .collect();
+    step.devices.env_for(Some(&only))
 }
 
 /// Where the task starts without an explicit choice: where slurmstepd put it. But srun

@@ -24,6 +24,8 @@ mod adversarial;
 mod audit;
 #[path = "slurm_e2e/cache.rs"]
 mod cache;
+#[path = "slurm_e2e/cdi.rs"]
+mod cdi;
 #[path = "slurm_e2e/named.rs"]
 mod named;
 #[path = "slurm_e2e/registry.rs"]

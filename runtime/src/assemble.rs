@@ -371,12 +371,26 @@ pub(crate) fn open_sources<'p>(
                 }
                 Err(e) if bind.optional => skipped.push((*bind, e)),
                 Err(e) => {
+                    let device = req.devices.mounts.iter().find(|m| {
+                        as_user
+                            && m.host_path == bind.source.path()
+                            && m.container_path == bind.dest
+                    });
+                    if let Some(device) = device {
+                        return Err(MountError::DeviceSource {
+                            from: device.from.clone(),
+                            path: bind.source.path().to_path_buf(),
+                            user: who.to_string(),
+                            source: e,
+                        }
+                        .into());
+                    }
                     return Err(MountError::Source {
                         path: bind.source.path().to_path_buf(),
                         user: who.to_string(),
                         source: e,
                     }
-                    .into())
+                    .into());
                 }
             }
         }

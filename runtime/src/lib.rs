@@ -9,6 +9,7 @@
 // Root code that only the runtime itself calls: the setup helper's pieces.
 mod as_user;
 mod assemble;
+pub mod cdi;
 mod container;
 pub mod digest;
 pub mod error;

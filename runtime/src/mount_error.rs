@@ -16,6 +16,13 @@ pub enum MountError {
         user: String,
         source: io::Error,
     },
+    #[error("{from}: mount source {path}: {user} cannot use it ({source}); ask your admin to fix the spec or your access to the file")]
+    DeviceSource {
+        from: String,
+        path: PathBuf,
+        user: String,
+        source: io::Error,
+    },
     #[error("stat of {path}: {source}")]
     SourceStat { path: PathBuf, source: io::Error },
     #[error("mount destination {path}: {reason}")]

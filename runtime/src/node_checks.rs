@@ -39,6 +39,7 @@ const CHECKS: &[fn(&Node) -> Vec<Finding>] = &[
     pmix,
     site_policy,
     image_cache,
+    cdi_devices,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -617,6 +618,74 @@ fn site_policy(node: &Node) -> Vec<Finding> {
     std::iter::once(found)
         .chain(site_needs(&node.root, &site))
         .collect()
+}
+
+/// The CDI devices this node offers (`--container-devices`, the site's `cdi_gres`) and
+/// the spec files that are left out, or whose devices could not be applied here.
+fn cdi_devices(node: &Node) -> Vec<Finding> {
+    let site = match node.config() {
+        Some(Ok(config)) if node.exists(&config.site_config) => {
+            Site::load(&node.path(&config.site_config)).unwrap_or_default()
+        }
+        _ => Site::default(),
+    };
+    let dirs = crate::cdi::spec_dirs(site.cdi_spec_dirs.as_deref());
+    let where_ = crate::policy::join_paths(&dirs);
+    let registry = crate::cdi::Registry::load_in(&node.root, &dirs);
+    // Device nodes and hook programs are the live node's: checked only on it.
+    let live = node.root == Path::new("/");
+    let mut found: Vec<Finding> = registry
+        .problems
+        .iter()
+        .map(|p| {
+            warn(
+                format!("cdi: {p}"),
+                "fix or remove the file (its devices are unknown to steps until then)",
+            )
+        })
+        .collect();
+    if registry.specs.is_empty() {
+        found.push(ok(format!(
+            "cdi: no CDI specs in {where_} (no devices for --container-devices)"
+        )));
+    }
+    for loaded in &registry.specs {
+        let names: Vec<&str> = loaded
+            .spec
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        found.push(ok(format!(
+            "cdi: {}: {} devices {}",
+            Path::new("/")
+                .join(loaded.file.strip_prefix(&node.root).unwrap_or(&loaded.file))
+                .display(),
+            loaded.spec.kind,
+            names.join(", ")
+        )));
+        for device in loaded.spec.devices.iter().filter(|_| live) {
+            let refs = [crate::cdi::DeviceRef {
+                kind: loaded.spec.kind.clone(),
+                name: device.name.clone(),
+            }];
+            if let Err(line) = crate::cdi::resolve(&registry, &refs, &[]) {
+                found.push(warn(
+                    format!("cdi: {line}"),
+                    "regenerate the spec with the vendor's tool (nvidia-ctk cdi generate, ...)",
+                ));
+            }
+        }
+    }
+    for (gres, kind) in &site.cdi_gres {
+        if !registry.specs.iter().any(|l| &l.spec.kind == kind) {
+            found.push(warn(
+                format!("cdi: cdi_gres maps GRES {gres} to {kind}, but no spec here offers that kind: steps given a {gres} fail"),
+                "generate the node's spec (nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml), or fix cdi_gres",
+            ));
+        }
+    }
+    found
 }
 
 /// The node image cache: its settings, and on this very node (not a root checked from

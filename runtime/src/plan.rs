@@ -262,6 +262,12 @@ pub fn plan(req: &Request, format: Format, method: Method) -> Result<Plan> {
             target: LAUNCHER_NAME.into(),
         }));
     }
+    // The CDI libraries' SONAME links (libcuda.so.1 -> libcuda.so.550.54.15), in the
+    // writable layer before any bind: never written through a bind into a host folder.
+    ops.extend(req.devices.links.iter().map(|l| Op::Symlink {
+        dest: l.dest.clone(),
+        target: l.target.clone(),
+    }));
     if req.root == RootAccess::Writable && !req.mount_home {
         // The user's home in the writable layer (made when the image has none), so
         // `pip install --user` and the like land in the container.
@@ -386,6 +392,14 @@ fn binds(req: &Request) -> Vec<Bind> {
         optional: m.optional,
         ..host(&m.source, &m.dest, m.readonly)
     }));
+    // A CDI device node shown at another path under /dev: the host's node (checked
+    // to be one when the device was resolved), the only binds besides /dev itself
+    // that keep device nodes working.
+    binds.extend(req.devices.node_binds.iter().map(|n| Bind {
+        recursive: false,
+        attrs: Attrs::DEVICES,
+        ..host(&n.host, &n.container, false)
+    }));
     let users = |source: &Path, readonly: bool| Bind {
         source: Source::AsUser(source.into()),
         dest: source.into(),
@@ -406,6 +420,13 @@ fn binds(req: &Request) -> Vec<Bind> {
             binds.push(users(cwd, false));
         }
     }
+    // A CDI spec's mounts (driver libraries, tools): root's spec, but the files are
+    // opened as the user, like the user's own binds, and always read-only.
+    binds.extend(req.devices.mounts.iter().map(|m| Bind {
+        dest: m.container_path.clone(),
+        optional: false,
+        ..users(&m.host_path, true)
+    }));
     binds.extend(req.mounts.iter().map(|m| Bind {
         dest: m.dest.clone(),
         optional: false,
@@ -546,6 +567,66 @@ mod tests {
         assert_eq!(with_devices[0].dest, Path::new("/dev"));
         let nodev = all_attrs(&plan).iter().filter(|(_, a)| a.nodev).count();
         assert_eq!(nodev, all_attrs(&plan).len() - 1);
+    }
+
+    #[test]
+    fn cdi_mounts_are_the_users_read_only_and_only_device_node_binds_keep_devices() {
+        use crate::cdi::{Applied, DeviceMount, Link, NodeBind};
+        let mut req = everything();
+        req.devices = Applied {
+            devices: vec!["example.com/gpu=0".into()],
+            node_binds: vec![NodeBind {
+                host: "/dev/fake1".into(),
+                container: "/dev/gpu0".into(),
+            }],
+            mounts: vec![DeviceMount {
+                host_path: "/usr/lib/libfake.so.1".into(),
+                container_path: "/usr/lib64/libfake.so.1".into(),
+                from: "CDI device example.com/gpu=0 (spec /etc/cdi/x.json)".into(),
+            }],
+            links: vec![Link {
+                dest: "/usr/lib64/libfake.so.0".into(),
+                target: "libfake.so.1".into(),
+            }],
+            ..Applied::default()
+        };
+        let plan = squashfs(&req);
+        let lib = bind(&plan, "/usr/lib64/libfake.so.1");
+        assert_eq!(lib.source, Source::AsUser("/usr/lib/libfake.so.1".into()));
+        assert_eq!(lib.attrs, Attrs::READ_ONLY);
+        assert!(!lib.optional && !lib.user_destination);
+        let node = bind(&plan, "/dev/gpu0");
+        assert_eq!(node.source, Source::Host("/dev/fake1".into()));
+        assert_eq!(node.attrs, Attrs::DEVICES);
+        assert!(!node.recursive && !node.optional);
+        let with_devices: Vec<String> = plan
+            .binds()
+            .filter(|b| !b.attrs.nodev)
+            .map(|b| b.dest.display().to_string())
+            .collect();
+        assert_eq!(with_devices, ["/dev", "/dev/gpu0"]);
+        // The device node goes on top of the host's /dev, after it.
+        let d = dests(&plan);
+        let at = |x: &str| d.iter().position(|p| p == x).unwrap();
+        assert!(at("/dev") < at("/dev/gpu0"));
+        // The SONAME link is made in the writable layer before any bind (a bind could
+        // put a host folder there) and before the root goes read-only.
+        let link = plan
+            .ops
+            .iter()
+            .position(|op| {
+                *op == Op::Symlink {
+                    dest: "/usr/lib64/libfake.so.0".into(),
+                    target: "libfake.so.1".into(),
+                }
+            })
+            .expect("the SONAME link");
+        let first_bind = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Bind(_)))
+            .unwrap();
+        assert!(link < first_bind);
     }
 
     #[test]

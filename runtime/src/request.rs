@@ -62,6 +62,9 @@ pub struct Request {
     /// Bind the user's home folder (the site's `mount_home`, and not
     /// `--no-container-mount-home`).
     pub mount_home: bool,
+    /// CDI devices (`--container-devices`, the step's GRES): their nodes, mounts,
+    /// environment and hooks, resolved against the node's specs.
+    pub devices: crate::cdi::Applied,
 }
 
 impl Request {
@@ -91,6 +94,7 @@ impl Request {
             cache_janitor: None,
             named: None,
             mount_home: true,
+            devices: crate::cdi::Applied::default(),
         }
     }
 }

@@ -74,6 +74,10 @@ pub struct Site {
     /// What srun, sbatch and salloc check of the image before a job exists
     /// (`submit_check`).
     pub submit_check: SubmitCheck,
+    /// The CDI spec folders, lowest priority first (None: /etc/cdi, /var/run/cdi).
+    pub cdi_spec_dirs: Option<Vec<PathBuf>>,
+    /// GRES name and the CDI kind its devices are (`cdi_gres`: only `gpu`).
+    pub cdi_gres: Vec<(String, String)>,
 }
 
 impl Default for Site {
@@ -97,6 +101,8 @@ impl Default for Site {
             image_cache_max_memory: MemoryLimit::Percent(DEFAULT_IMAGE_CACHE_MAX_MEMORY_PERCENT),
             mount_home: true,
             submit_check: SubmitCheck::default(),
+            cdi_spec_dirs: None,
+            cdi_gres: Vec::new(),
         }
     }
 }
@@ -120,6 +126,8 @@ struct RawSite {
     image_cache_max_memory: Option<String>,
     mount_home: Option<bool>,
     submit_check: Option<String>,
+    cdi_spec_dirs: Option<Vec<String>>,
+    cdi_gres: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +269,17 @@ impl Site {
             site.submit_check = SubmitCheck::parse(&mode).ok_or_else(|| {
                 format!("submit_check: {mode:?}: use \"warn\", \"strict\" or \"off\"")
             })?;
+        }
+        if let Some(dirs) = raw.cdi_spec_dirs {
+            site.cdi_spec_dirs = Some(path_list("cdi_spec_dirs", &dirs)?);
+        }
+        for (gres, kind) in raw.cdi_gres.unwrap_or_default() {
+            if gres != crate::cdi::gres::GPU {
+                return Err(format!("cdi_gres: {gres:?}: only \"gpu\" can be mapped (Slurm names the devices of no other GRES in a step's environment)"));
+            }
+            crate::cdi::DeviceRef::parse(&format!("{kind}=0"))
+                .map_err(|_| format!("cdi_gres.{gres}: {kind:?}: give a CDI kind, VENDOR/CLASS, such as \"nvidia.com/gpu\""))?;
+            site.cdi_gres.push((gres, kind));
         }
         if let Some(level) = raw.log_level {
             site.log_level = match level.as_str() {
@@ -438,6 +457,24 @@ impl Site {
                 self.submit_check.name(),
                 self.submit_check.meaning()
             ),
+        );
+        line(
+            &mut out,
+            "cdi_spec_dirs",
+            join_paths(&crate::cdi::spec_dirs(self.cdi_spec_dirs.as_deref())),
+        );
+        line(
+            &mut out,
+            "cdi_gres",
+            if self.cdi_gres.is_empty() {
+                "(none: steps get devices by --container-devices only)".into()
+            } else {
+                self.cdi_gres
+                    .iter()
+                    .map(|(g, k)| format!("{g} -> {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         );
         out
     }
@@ -633,6 +670,31 @@ mod tests {
         assert_eq!(site.setup_timeout, Duration::from_secs(300));
         assert!(site.describe().contains("deny"));
         assert!(site.images.where_trusted().contains("/apps/images"));
+    }
+
+    #[test]
+    fn cdi_folders_and_the_gpu_mapping() {
+        let site = parse(
+            r#"{"cdi_spec_dirs": ["/etc/cdi", "/run/cdi"], "cdi_gres": {"gpu": "nvidia.com/gpu"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            site.cdi_spec_dirs,
+            Some(vec![PathBuf::from("/etc/cdi"), PathBuf::from("/run/cdi")])
+        );
+        assert_eq!(
+            site.cdi_gres,
+            [("gpu".to_string(), "nvidia.com/gpu".to_string())]
+        );
+        assert!(site.describe().contains("gpu -> nvidia.com/gpu"));
+        let default = Site::default().describe();
+        assert!(default.contains("/etc/cdi, /var/run/cdi"), "{default}");
+        let err = parse(r#"{"cdi_gres": {"mps": "a.com/b"}}"#).unwrap_err();
+        assert!(err.contains("only \"gpu\""), "{err}");
+        let err = parse(r#"{"cdi_gres": {"gpu": "nvidia"}}"#).unwrap_err();
+        assert!(err.contains("cdi_gres.gpu"), "{err}");
+        let err = parse(r#"{"cdi_spec_dirs": ["cdi"]}"#).unwrap_err();
+        assert!(err.contains("cdi_spec_dirs"), "{err}");
     }
 
     #[test]

@@ -414,3 +414,67 @@ fn the_site_file_and_what_its_policy_needs_are_checked() {
         "{report}"
     );
 }
+
+#[test]
+#[ignore = "needs root and a host prepared by tests/prepare-host: run tests/run, or as root cargo test -- --include-ignored"]
+fn cdi_devices_and_spec_problems_are_listed() {
+    require_root_and_tools(&[]);
+    let node = FakeNode::new("doctor-cdi", "24.11", "24.11.5");
+    let (_, report) = node.doctor();
+    assert!(
+        report.contains("ok    cdi: no CDI specs in /etc/cdi, /var/run/cdi"),
+        "{report}"
+    );
+    fs::create_dir_all(node.path("etc/cdi")).unwrap();
+    write_mode(
+        &node.path("etc/cdi/vendor.yaml"),
+        "cdiVersion: 0.6.0\nkind: example.com/gpu\ndevices:\n  - name: '0'\n  - name: '1'\n",
+        0o644,
+    );
+    write_mode(
+        &node.path("etc/cdi/open.json"),
+        r#"{"cdiVersion": "0.6.0", "kind": "example.com/x", "devices": [{"name": "a"}]}"#,
+        0o666,
+    );
+    write_mode(&node.path("etc/cdi/broken.yaml"), "cdiVersion: [", 0o644);
+    // The site maps GRES gpu to a kind no spec offers.
+    fs::create_dir_all(node.path("etc/ferry")).unwrap();
+    write_mode(
+        &node.path("etc/ferry/site.json"),
+        r#"{"cdi_gres": {"gpu": "nvidia.com/gpu"}}"#,
+        0o644,
+    );
+    let (_, report) = node.doctor();
+    assert!(
+        report.contains("ok    cdi: /etc/cdi/vendor.yaml: example.com/gpu devices 0, 1"),
+        "{report}"
+    );
+    let warns: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("warn  cdi:"))
+        .collect();
+    assert_eq!(warns.len(), 3, "{report}");
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains("open.json: must be owned by root and writable by root only")),
+        "{report}"
+    );
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains("broken.yaml: cannot be parsed as YAML")),
+        "{report}"
+    );
+    assert!(
+        warns.iter().any(|l| l.contains(
+            "cdi_gres maps GRES gpu to nvidia.com/gpu, but no spec here offers that kind"
+        )),
+        "{report}"
+    );
+    // Warnings only: the node still runs ferry jobs.
+    assert!(
+        fail_lines(&report).iter().all(|l| !l.contains("cdi")),
+        "{report}"
+    );
+}

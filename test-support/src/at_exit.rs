@@ -12,7 +12,8 @@ use nix::unistd::Pid;
 static FOLDERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PROCESSES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-/// Removes `folder`, with everything in it, when the test process exits.
+/// Removes `folder`, with everything in it (or the file `folder`), when the test
+/// process exits.
 pub fn remove_at_exit(folder: PathBuf) {
     register_hook();
     FOLDERS
@@ -62,6 +63,7 @@ extern "C" fn clean_up() {
     }
     let folders = FOLDERS.lock().unwrap_or_else(|e| e.into_inner());
     for folder in folders.iter() {
-        let _ = std::fs::remove_dir_all(folder);
+        // A file registered here (a hook's evidence) is removed too.
+        let _ = std::fs::remove_dir_all(folder).or_else(|_| std::fs::remove_file(folder));
     }
 }

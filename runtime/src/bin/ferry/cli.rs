@@ -53,6 +53,12 @@ pub enum Command {
         /// to install packages into a --writable root; outside you stay yourself
         #[arg(long)]
         fakeroot: bool,
+        /// Apply these CDI devices (VENDOR/CLASS=NAME, such as nvidia.com/gpu=0; a
+        /// comma-separated list or repeated): their device nodes, driver files,
+        /// variables and hooks from the node's CDI specs (without root: only devices
+        /// whose nodes are at their own paths and whose specs run no hooks)
+        #[arg(long = "device", value_name = "VENDOR/CLASS=NAME")]
+        devices: Vec<String>,
         /// Image file or root folder
         image: PathBuf,
         /// The command and its arguments (default: the image's Entrypoint and Cmd, from ferry import)

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             readonly: _,
             save,
             fakeroot,
+            devices,
             image,
             command,
         } => match run::run(
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
                 writable,
                 save,
                 fakeroot,
+                devices,
             },
             image,
             command,

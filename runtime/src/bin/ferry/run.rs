@@ -7,6 +7,7 @@
 //! (`prepare_here`; with `--save`, in `prepare`'s helper): only the image's mount
 //! differs (squashfuse as the user; no loop devices, no node image cache).
 
+use ferry_runtime::cdi::{self, hooks, DeviceRef};
 use ferry_runtime::image_config::ImageConfig;
 use ferry_runtime::save::ParentImage;
 use ferry_runtime::site::Site;
@@ -29,6 +30,8 @@ pub struct Options {
     pub save: Option<PathBuf>,
     /// `--fakeroot` (without root only): uid and gid 0 inside the user namespace.
     pub fakeroot: bool,
+    /// `--device`: CDI devices, `VENDOR/CLASS=NAME` (each may be a comma list).
+    pub devices: Vec<String>,
 }
 
 pub fn run(
@@ -44,6 +47,7 @@ pub fn run(
         writable,
         save,
         fakeroot,
+        devices,
     } = options;
     let rootless = !ferry_runtime::is_root();
     if rootless && save.is_some() && !fakeroot {
@@ -88,6 +92,18 @@ pub fn run(
         let size = Some(size.as_str()).filter(|s| !s.is_empty());
         step_request::make_writable(&mut request, site.as_ref(), size)?;
     }
+    let devices = DeviceRef::parse_list(&devices.join(","))?;
+    request.devices = cdi::devices_for(
+        site.as_ref().and_then(|s| s.cdi_spec_dirs.as_deref()),
+        &devices,
+        &request.user,
+    )?;
+    if rootless {
+        devices_without_root(&request.devices)?;
+    }
+    for line in &request.devices.warnings {
+        crate::say::warning(line);
+    }
     if rootless {
         without_root(&mut request, fakeroot)?;
     } else {
@@ -102,6 +118,15 @@ pub fn run(
         prepare(&request)
     }
     .map_err(|e| e.to_string())?;
+    // Never any without root (`devices_without_root` refuses specs with hooks).
+    if let Err(line) = hooks::run_all(
+        &container,
+        &request.devices.hooks,
+        &format!("ferry-run-{}", std::process::id()),
+    ) {
+        container.release();
+        return Err(line);
+    }
     let cache = container.facts.cache.as_ref();
     if let Some(line) = cache.and_then(|c| c.problem_line(&request.image)) {
         crate::say::warning(&line);
@@ -129,7 +154,7 @@ fn enter_and_exec(
             .map_err(|e| format!("cannot start the command: {e}"))?;
     }
     let config = container.facts.config.clone().unwrap_or_default();
-    drop_to_env(&container.user, &config);
+    drop_to_env(&container.user, &config, &request.devices);
     container.enter_workdir().map_err(|e| e.to_string())?;
     drop(container); // the namespace lives on in this process
     let command: Vec<std::ffi::OsString> = if command.is_empty() {
@@ -270,6 +295,29 @@ fn without_root(request: &mut Request, fakeroot: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Without root, a device applies when nothing of it needs root: its nodes are at
+/// their own paths under the host's /dev (in every container already) and its mounts
+/// are binds the user could make anyway. A node shown at another path (a bind into
+/// /dev) and a hook (run by root as the user, joined to the container) need root.
+fn devices_without_root(applied: &cdi::Applied) -> Result<(), String> {
+    let devices = applied.devices.join(",");
+    if let Some(node) = applied.node_binds.first() {
+        return Err(format!(
+            "--device {devices}: its device node {} is shown at {} in the container, which needs root; run ferry as root, or use srun --container-devices",
+            node.host.display(),
+            node.container.display()
+        ));
+    }
+    if let Some(hook) = applied.hooks.first() {
+        return Err(format!(
+            "--device {devices}: CDI spec {} runs hook {}, and ferry runs hooks only as root; run ferry as root, or use srun --container-devices",
+            hook.spec.display(),
+            hook.hook.path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn nix_groups() -> Vec<u32> {
     nix::unistd::getgroups()
         .map(|g| g.iter().map(|g| g.as_raw()).collect())
@@ -278,11 +326,20 @@ fn nix_groups() -> Vec<u32> {
 
 /// The environment the caller's command sees: theirs, with who they are now, and the
 /// image's own variables where the caller sets none (see `image_config`).
-fn drop_to_env(user: &User, config: &ImageConfig) {
+/// Then the CDI devices' variables over both.
+fn drop_to_env(user: &User, config: &ImageConfig, devices: &cdi::Applied) {
     std::env::set_var("HOME", &user.home);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
-    for (name, value) in config.environment(|n| std::env::var(n).ok(), None, &[]) {
+    let base = config.environment(|n| std::env::var(n).ok(), None, &[]);
+    let env = cdi::layer_env(
+        base,
+        &devices.env_for(None),
+        &devices.library_dirs(),
+        &[],
+        |n| std::env::var(n).ok(),
+    );
+    for (name, value) in env {
         std::env::set_var(name, value);
     }
 }
