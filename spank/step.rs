@@ -185,6 +185,12 @@ fn build_request(
             .filter_map(|name| User::by_name(name).ok())
             .collect(),
     };
+    // Slurm's root-owned configuration and job number decide, never the job's input.
+    let job_namespace = match step.job {
+        Some(job) => ferry_runtime::job_namespace::locate(job)
+            .map_err(|e| format!("Slurm's private /tmp of the job: {e}"))?,
+        None => None,
+    };
     let mut req = step_request::build(Inputs {
         image,
         user,
@@ -192,6 +198,7 @@ fn build_request(
         site: Some(&site),
         launch: Launch::SlurmStep(facts),
     })?;
+    req.job_namespace = job_namespace;
     if let Some(size) = options::writable() {
         step_request::make_writable(&mut req, Some(&site), size.as_deref())?;
     }

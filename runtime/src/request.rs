@@ -62,6 +62,9 @@ pub struct Request {
     /// Bind the user's home folder (the site's `mount_home`, and not
     /// `--no-container-mount-home`).
     pub mount_home: bool,
+    /// Slurm's namespace file of the job's private /tmp on this node
+    /// (`job_namespace::locate`): the container is made from the job's view, not the node's.
+    pub job_namespace: Option<PathBuf>,
 }
 
 impl Request {
@@ -91,6 +94,7 @@ impl Request {
             cache_janitor: None,
             named: None,
             mount_home: true,
+            job_namespace: None,
         }
     }
 }
