@@ -305,9 +305,12 @@ fn enter(spank: &Spank) -> Result<(), String> {
 /// Where the task starts without an explicit choice: where slurmstepd put it. But srun
 /// run from a folder that exists only in the image (a shell inside the container did
 /// `cd /opt/app`) made slurmstepd fall back to /tmp on the host: then the folder srun
-/// ran in, when the user can enter it in the container (we are the user here).
+/// ran in, when the user can enter it in the container (we are the user here). So too
+/// at `/`: Slurm's namespace/tmpfs (a private /tmp per job) leaves the task at the root
+/// when it joins the job's namespace and changes to the step's folder only after our
+/// hook (slurmstepd's mgr.c, 26.05).
 fn folder_srun_ran_in(spank: &Spank, here: PathBuf) -> PathBuf {
-    if here != std::path::Path::new("/tmp") {
+    if here != std::path::Path::new("/tmp") && here != std::path::Path::new("/") {
         return here;
     }
     match spank.getenv(CWD_VAR).map(PathBuf::from) {
