@@ -2490,11 +2490,10 @@ fn private_tmp_per_job() -> bool {
     conf.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| {
+        .rfind(|(k, _)| {
             k.trim().eq_ignore_ascii_case("NamespaceType")
                 || k.trim().eq_ignore_ascii_case("JobContainerType")
         })
-        .last()
         .is_some_and(|(_, v)| v.trim().ends_with("/tmpfs"))
 }
 
