@@ -51,13 +51,29 @@ pub fn locate(job: u32) -> Result<Option<PathBuf>, String> {
     let Some(base) = base_path(&jc_text, &node, &host) else {
         return Ok(None);
     };
-    let candidates = holder_candidates(Path::new(&base), job, &node);
-    // The one that exists; else the first, which the helper then reports missing.
-    Ok(candidates
-        .iter()
-        .find(|p| p.symlink_metadata().is_ok())
-        .or(candidates.first())
-        .cloned())
+    Ok(Some(find_holder(Path::new(&base), job, &node)))
+}
+
+/// The holder that exists: `BASE/JOB/.ns`, `BASE/NODE/JOB/.ns`, else the one
+/// `BASE/*/JOB/.ns` (a Slurm node name that is not the host's short name); else the
+/// first, which the helper then reports missing. `enter` checks whatever is chosen.
+fn find_holder(base: &Path, job: u32, node: &str) -> PathBuf {
+    let candidates = holder_candidates(base, job, node);
+    if let Some(found) = candidates.iter().find(|p| p.symlink_metadata().is_ok()) {
+        return found.clone();
+    }
+    let job = job.to_string();
+    let others: Vec<PathBuf> = std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join(&job).join(NS_FILE))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    match <[PathBuf; 1]>::try_from(others) {
+        Ok([only]) => only,
+        Err(_) => candidates[0].clone(),
+    }
 }
 
 /// Enters the job's namespace named at `holder` (a path `locate` gave). Runs in the
@@ -336,6 +352,25 @@ mod tests {
                 PathBuf::from("/var/lib/job-tmp/vm/42/.ns")
             ]
         );
+    }
+
+    #[test]
+    fn the_holder_is_found_with_or_without_a_node_folder() {
+        let base = crate::scratch::Scratch::new("jobns-find");
+        let missing = base.join("7/.ns");
+        assert_eq!(find_holder(&base, 7, "vm"), missing);
+        std::fs::create_dir_all(base.join("slurm-node-1/7")).unwrap();
+        std::fs::write(base.join("slurm-node-1/7/.ns"), "").unwrap();
+        assert_eq!(find_holder(&base, 7, "vm"), base.join("slurm-node-1/7/.ns"));
+        std::fs::create_dir_all(base.join("slurm-node-2/7")).unwrap();
+        std::fs::write(base.join("slurm-node-2/7/.ns"), "").unwrap();
+        assert_eq!(find_holder(&base, 7, "vm"), missing, "two are no answer");
+        std::fs::create_dir_all(base.join("vm/7")).unwrap();
+        std::fs::write(base.join("vm/7/.ns"), "").unwrap();
+        assert_eq!(find_holder(&base, 7, "vm"), base.join("vm/7/.ns"));
+        std::fs::create_dir_all(base.join("7")).unwrap();
+        std::fs::write(base.join("7/.ns"), "").unwrap();
+        assert_eq!(find_holder(&base, 7, "vm"), missing);
     }
 
     #[test]
