@@ -210,6 +210,12 @@ fn build_request(
             .filter_map(|name| User::by_name(name).ok())
             .collect(),
     };
+    // Slurm's root-owned configuration and job number decide, never the job's input.
+    let job_namespace = match step.job {
+        Some(job) => ferry_runtime::job_namespace::locate(job)
+            .map_err(|e| format!("Slurm's private /tmp of the job: {e}"))?,
+        None => None,
+    };
     let mut req = step_request::build(Inputs {
         image,
         user,
@@ -217,6 +223,7 @@ fn build_request(
         site: Some(&site),
         launch: Launch::SlurmStep(facts),
     })?;
+    req.job_namespace = job_namespace;
     if let Some(size) = options::writable() {
         step_request::make_writable(&mut req, Some(&site), size.as_deref())?;
     }
@@ -365,9 +372,12 @@ fn task_devices(spank: &Spank, step: &Step) -> Vec<(String, String)> {
 /// Where the task starts without an explicit choice: where slurmstepd put it. But srun
 /// run from a folder that exists only in the image (a shell inside the container did
 /// `cd /opt/app`) made slurmstepd fall back to /tmp on the host: then the folder srun
-/// ran in, when the user can enter it in the container (we are the user here).
+/// ran in, when the user can enter it in the container (we are the user here). So too
+/// at `/`: Slurm's namespace/tmpfs (a private /tmp per job) leaves the task at the root
+/// when it joins the job's namespace and changes to the step's folder only after our
+/// hook (slurmstepd's mgr.c, 26.05).
 fn folder_srun_ran_in(spank: &Spank, here: PathBuf) -> PathBuf {
-    if here != std::path::Path::new("/tmp") {
+    if here != std::path::Path::new("/tmp") && here != std::path::Path::new("/") {
         return here;
     }
     match spank.getenv(CWD_VAR).map(PathBuf::from) {

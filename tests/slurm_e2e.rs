@@ -991,11 +991,21 @@ echo "again: $(srun cat {ONLY_FILE})""#
         Some("only-in-image IMAGE-B"),
         "{job}"
     );
-    assert_eq!(
-        value_of(log, "none: "),
-        Some(format!("host {}", host_mount_ns()).as_str()),
-        "--container=none did not run on the host:\n{job}"
-    );
+    // With a private /tmp per job, Slurm runs the job's plain steps in the job's own
+    // mount namespace (the node's mounts but /tmp and /dev/shm), not the node's.
+    let none = value_of(log, "none: ").unwrap_or_default();
+    if private_tmp_per_job() {
+        assert!(
+            none.starts_with("host mnt:["),
+            "--container=none did not run on the host:\n{job}"
+        );
+    } else {
+        assert_eq!(
+            none,
+            format!("host {}", host_mount_ns()),
+            "--container=none did not run on the host:\n{job}"
+        );
+    }
     assert_eq!(
         value_of(log, "again: "),
         Some("only-in-image IMAGE-A"),
@@ -2467,4 +2477,128 @@ fn no_container_mount_home_leaves_the_home_folder_out() {
         "{with_home}"
     );
     assert_eq!(without.stdout, "absent\nonly-in-image HOME\n", "{without}");
+}
+
+// ---------------------------------------------------------------------------------
+// Slurm's private /tmp per job (`namespace/tmpfs`, once `job_container/tmpfs`): a
+// container step's /tmp and /dev/shm are the job's, the same as a `--container=none`
+// step's. On a cluster without one both are the node's, and the case checks that they
+// still agree.
+
+/// Whether the cluster's slurm.conf gives each job a private /tmp (a tmpfs plugin).
+fn private_tmp_per_job() -> bool {
+    let conf = fs::read_to_string(test_support::on_cluster_node("/etc/slurm/slurm.conf"))
+        .unwrap_or_default();
+    conf.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .rfind(|(k, _)| {
+            k.trim().eq_ignore_ascii_case("NamespaceType")
+                || k.trim().eq_ignore_ascii_case("JobContainerType")
+        })
+        .is_some_and(|(_, v)| v.trim().ends_with("/tmpfs"))
+}
+
+/// Whether job `id` has left the cluster's queue within `limit`.
+fn job_ended(id: u64, limit: Duration) -> bool {
+    let id = id.to_string();
+    wait_until(limit, Duration::from_millis(200), || {
+        let out = cluster_command("squeue", Path::new("/"))
+            .args(["-h", "-j", &id, "-o", "%i"])
+            .stdin(Stdio::null())
+            .output();
+        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim().is_empty())
+    })
+}
+
+#[test]
+#[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
+fn containers_see_the_jobs_own_tmp() {
+    let lab = Lab::core("jobtmp");
+    let image = lab.image("app.sqfs", "APP");
+    let private = private_tmp_per_job();
+    let name = format!("ferry-e2e-jobtmp-{}", std::process::id());
+    let (written, looked) = (lab.path("written"), lab.path("looked"));
+    // The batch script (in the image) writes /tmp and /dev/shm; its container and
+    // --container=none steps read them, and a none step writes /tmp for the container.
+    // Then it waits (at most 60 s) while another job looks.
+    let script = format!(
+        r#"echo "secret-$SLURM_JOB_ID" > /tmp/{name}
+echo "shm-$SLURM_JOB_ID" > /dev/shm/{name}
+echo "container-tmp: $(srun -n1 cat /tmp/{name})"
+echo "container-shm: $(srun -n1 cat /dev/shm/{name})"
+echo "none-tmp: $(srun -n1 --container=none cat /tmp/{name})"
+echo "none-shm: $(srun -n1 --container=none cat /dev/shm/{name})"
+srun -n1 --container=none sh -c 'echo "none-wrote" > /tmp/{name}.none'
+echo "batch-sees-none: $(cat /tmp/{name}.none)"
+rm -f /dev/shm/{name}
+touch {written}
+i=0
+while [ ! -e {looked} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "job-id: $SLURM_JOB_ID""#,
+        written = written.display(),
+        looked = looked.display(),
+    );
+    let container = format!("--container={image}");
+    let (id, output) = lab.submit(&["-n1", &container], &script);
+    let seen = wait_until(Duration::from_secs(90), Duration::from_millis(200), || {
+        written.exists()
+    });
+    // Another job on the node, in a container and on the host.
+    let probe = format!("cat /tmp/{name} 2>/dev/null || echo absent");
+    let other_container = lab.srun(&["-n1", &container, "sh", "-c", &probe]);
+    let other_none = lab.srun(&["-n1", "--container=none", "sh", "-c", &probe]);
+    fs::write(&looked, "").unwrap();
+    assert!(
+        job_ended(id, Duration::from_secs(90)),
+        "job {id} still queued"
+    );
+    let log = fs::read_to_string(&output).unwrap_or_default();
+    let node_tmp = test_support::on_cluster_node(&format!("/tmp/{name}"));
+    let left_on_node = node_tmp.exists();
+    // Without a private /tmp the files are the node's: leave nothing behind.
+    let _ = fs::remove_file(&node_tmp);
+    let _ = fs::remove_file(test_support::on_cluster_node(&format!("/tmp/{name}.none")));
+    assert!(seen, "the job never wrote /tmp:\n{log}");
+    assert_eq!(
+        value_of(&log, "job-id: "),
+        Some(id.to_string().as_str()),
+        "{log}"
+    );
+    let secret = format!("secret-{id}");
+    let shm = format!("shm-{id}");
+    assert_eq!(
+        value_of(&log, "container-tmp: "),
+        Some(secret.as_str()),
+        "{log}"
+    );
+    assert_eq!(
+        value_of(&log, "container-shm: "),
+        Some(shm.as_str()),
+        "{log}"
+    );
+    assert_eq!(value_of(&log, "none-tmp: "), Some(secret.as_str()), "{log}");
+    assert_eq!(value_of(&log, "none-shm: "), Some(shm.as_str()), "{log}");
+    assert_eq!(
+        value_of(&log, "batch-sees-none: "),
+        Some("none-wrote"),
+        "{log}"
+    );
+    other_container.expect_ok();
+    other_none.expect_ok();
+    if private {
+        for other in [&other_container, &other_none] {
+            assert_eq!(other.stdout.trim(), "absent", "another job saw it: {other}");
+        }
+        assert!(
+            !left_on_node,
+            "{} stayed on the node after the job",
+            node_tmp.display()
+        );
+    } else {
+        assert!(
+            left_on_node,
+            "no private /tmp, yet the node's has no /tmp/{name}"
+        );
+    }
 }

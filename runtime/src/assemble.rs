@@ -38,6 +38,15 @@ pub(crate) fn assemble(req: &Request, fuse: Option<FuseHandoff>) -> Result<Assem
         Ok(cache) => (cache, None),
         Err(problem) => (None, Some(problem)),
     };
+    // Slurm's private /tmp per job: the container is made from the job's namespace, so
+    // it sees the job's /tmp and /dev/shm as the job's other steps do. After the cache
+    // (whose names live in the host's namespace), before the user's opener is forked.
+    if let Some(holder) = &req.job_namespace {
+        crate::job_namespace::enter(holder).map_err(|source| MountError::JobNamespace {
+            path: holder.clone(),
+            source,
+        })?;
+    }
     // First the namespace: bind sources must be opened in the namespace they are
     // mounted in (a mount of another namespace cannot be bound: EINVAL). The user's
     // opener is forked after this, so it opens them here too.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod image;
 pub mod image_cache;
 pub mod image_config;
+pub mod job_namespace;
 pub mod mount_error;
 pub mod named;
 pub mod node_checks;

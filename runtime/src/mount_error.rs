@@ -71,6 +71,8 @@ pub enum MountError {
     },
     #[error("restricting the bind {dest}: {source}")]
     Restrict { dest: PathBuf, source: io::Error },
+    #[error("Slurm's private /tmp of this job: cannot enter the job's namespace {path} ({source}); the step would see the node's /tmp, so it does not run: tell the administrators (ferry doctor shows the configuration)")]
+    JobNamespace { path: PathBuf, source: io::Error },
     /// A plan whose operations come in an order the executor cannot follow (a bug).
     #[error("performing the plan: {0}")]
     PlanOrder(&'static str),

@@ -521,9 +521,9 @@ fn proctrack(node: &Node) -> Vec<Finding> {
 
 /// A private /tmp and /dev/shm per job: Slurm's namespace/tmpfs and namespace/linux
 /// (NamespaceType, Slurm 25.11 on) and job_container/tmpfs (JobContainerType, before).
-/// slurmstepd builds them for the job's tasks, but ferry assembles a step's container
-/// from the node's own mounts, so containerized steps get the node's /tmp and /dev/shm
-/// (measured on Slurm 26.05 with namespace/tmpfs, with and without contain_spank).
+/// The tmpfs plugins' namespace is where ferry makes a step's container
+/// (`job_namespace`), so containers get the job's /tmp (measured on Slurm 26.05 with
+/// namespace/tmpfs, with and without contain_spank); namespace/linux's is not entered.
 fn job_tmp(node: &Node) -> Vec<Finding> {
     let mut found = Vec::new();
     for key in ["NamespaceType", "JobContainerType"] {
@@ -533,9 +533,15 @@ fn job_tmp(node: &Node) -> Vec<Finding> {
         if plugin.ends_with("/none") || plugin.is_empty() {
             continue;
         }
+        if plugin.ends_with("/tmpfs") {
+            found.push(ok(format!(
+                "job tmp: {key}={plugin}: containers are made in the job's namespace, so their /tmp and /dev/shm (and job_container.conf's other Dirs) are the job's private ones, as for its steps without a container"
+            )));
+            continue;
+        }
         found.push(warn(
             format!("job tmp: {key}={plugin} gives each job a private /tmp and /dev/shm, but ferry's containers bind the node's: files a step with --container writes there are seen by other jobs on the node and stay after the job, and its steps without a container do not see them"),
-            "tell users to keep job files out of /tmp and /dev/shm in containers (a folder of the job, or --container-mounts=DIR:/tmp), or clean /tmp and /dev/shm of the job's user in the Epilog",
+            "use namespace/tmpfs (ferry makes containers in its namespace), or tell users to keep job files out of /tmp and /dev/shm in containers (a folder of the job, or --container-mounts=DIR:/tmp), or clean /tmp and /dev/shm of the job's user in the Epilog",
         ));
     }
     found

@@ -65,6 +65,9 @@ pub struct Request {
     /// CDI devices (`--container-devices`, the step's GRES): their nodes, mounts,
     /// environment and hooks, resolved against the node's specs.
     pub devices: crate::cdi::Applied,
+    /// Slurm's namespace file of the job's private /tmp on this node
+    /// (`job_namespace::locate`): the container is made from the job's view, not the node's.
+    pub job_namespace: Option<PathBuf>,
 }
 
 impl Request {
@@ -95,6 +98,7 @@ impl Request {
             named: None,
             mount_home: true,
             devices: crate::cdi::Applied::default(),
+            job_namespace: None,
         }
     }
 }
