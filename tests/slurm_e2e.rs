@@ -1669,11 +1669,12 @@ fn pids_of_test_user() -> BTreeSet<u32> {
         .collect()
 }
 
-/// Waits until `squeue` no longer lists the job (ended, whatever the outcome).
+/// Waits until the `squeue` of the cluster under test no longer lists the job (ended,
+/// whatever the outcome).
 fn job_gone(id: u64, limit: Duration) -> bool {
     let id = id.to_string();
     wait_until(limit, Duration::from_millis(200), || {
-        let out = Command::new("squeue")
+        let out = cluster_command("squeue", Path::new("/"))
             .args(["-h", "-j", &id, "-o", "%i"])
             .stdin(Stdio::null())
             .output();
@@ -2499,18 +2500,6 @@ fn private_tmp_per_job() -> bool {
         .is_some_and(|(_, v)| v.trim().ends_with("/tmpfs"))
 }
 
-/// Whether job `id` has left the cluster's queue within `limit`.
-fn job_ended(id: u64, limit: Duration) -> bool {
-    let id = id.to_string();
-    wait_until(limit, Duration::from_millis(200), || {
-        let out = cluster_command("squeue", Path::new("/"))
-            .args(["-h", "-j", &id, "-o", "%i"])
-            .stdin(Stdio::null())
-            .output();
-        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim().is_empty())
-    })
-}
-
 #[test]
 #[ignore = "needs root and the Slurm cluster: run tests/run, or on a prepared host cargo test -- --include-ignored"]
 fn containers_see_the_jobs_own_tmp() {
@@ -2550,7 +2539,7 @@ echo "job-id: $SLURM_JOB_ID""#,
     let other_none = lab.srun(&["-n1", "--container=none", "sh", "-c", &probe]);
     fs::write(&looked, "").unwrap();
     assert!(
-        job_ended(id, Duration::from_secs(90)),
+        job_gone(id, Duration::from_secs(90)),
         "job {id} still queued"
     );
     let log = fs::read_to_string(&output).unwrap_or_default();

@@ -342,21 +342,11 @@ fn serve_when_mounted(req: &Request, device: OwnedFd, channel: UnixStream, paren
     let Ok(Some((image, offset))) = sys::recv_fd(channel.as_fd()) else {
         sys::exit_now(0); // nothing to serve: the setup failed or mounts otherwise
     };
-    let Ok(helper) = sys::cstring(&req.image_policy.fuse_helper) else {
-        sys::exit_now(127);
-    };
     if sys::clear_parent_death_signal().is_err() {
         sys::exit_now(1);
     }
-    let user = &req.user;
-    let _ = sys::exec_fuse_server(&sys::FuseServer {
-        fuse: device.as_fd(),
-        image: image.as_fd(),
-        offset,
-        helper: &helper,
-        uid: user.uid,
-        gid: user.gid,
-        groups: &user.gids(),
+    let _ = with_fuse_server(req, device.as_fd(), image.as_fd(), offset, |server| {
+        Ok(sys::exec_fuse_server(server))
     });
     // The assembly's first look at the mount fails (ENOTCONN): the error the user reads.
     sys::exit_now(127)
@@ -578,20 +568,38 @@ fn start_fuse_server(
         return None; // the report's wait runs out too, and says so
     }
     let (image, offset) = sys::recv_fd(channel.as_fd()).ok()??;
-    let helper = sys::cstring(&req.image_policy.fuse_helper).ok()?;
-    let user = &req.user;
     // On failure our device copy closes on return and the helper's first look at the
     // mount fails (ENOTCONN), which is the error the user reads.
-    sys::spawn_fuse_server(&sys::FuseServer {
-        fuse: device.as_fd(),
-        image: image.as_fd(),
+    with_fuse_server(
+        req,
+        device.as_fd(),
+        image.as_fd(),
+        offset,
+        sys::spawn_fuse_server,
+    )
+    .ok()
+}
+
+/// Calls `start` with the squashfuse `req`'s site runs, as `req`'s user, serving
+/// `image` (its SquashFS from `offset`) through `fuse`.
+fn with_fuse_server<T>(
+    req: &Request,
+    fuse: std::os::fd::BorrowedFd<'_>,
+    image: std::os::fd::BorrowedFd<'_>,
+    offset: u64,
+    start: impl FnOnce(&sys::FuseServer) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let helper = sys::cstring(&req.image_policy.fuse_helper)?;
+    let user = &req.user;
+    start(&sys::FuseServer {
+        fuse,
+        image,
         offset,
         helper: &helper,
         uid: user.uid,
         gid: user.gid,
         groups: &user.gids(),
     })
-    .ok()
 }
 
 /// Reaps our child `pid`, killing it if it has not exited within `limit`.
